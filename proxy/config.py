@@ -1,0 +1,245 @@
+"""Configuration: one YAML file plus CROSSFADE_* environment overrides.
+
+Environment variables win over the file; nested fields use `__`, e.g.
+`CROSSFADE_MODE=new` or `CROSSFADE_FUSION__K=30`. A wrong config fails at start with the
+dotted name of the offending field (see `ConfigError`).
+"""
+
+from __future__ import annotations
+
+import os
+import sysconfig
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class Mode(StrEnum):
+    OLD = "old"
+    SHADOW = "shadow"
+    FUSED = "fused"
+    NEW = "new"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(Strict):
+    """One embedding model. `path` may start with `site:` (relative to site-packages), which is
+    how packaged weights are found without network access."""
+
+    kind: Literal["sentence-transformers", "onnx"] = Field(
+        description="Loader: a sentence-transformers directory or name, or one ONNX file."
+    )
+    path: str = Field(description="Model directory/name (sentence-transformers) or .onnx file.")
+    name: str | None = Field(None, description="Human name in fingerprints; default: file stem.")
+    tokenizer: str | None = Field(None, description="tokenizer.json for kind=onnx.")
+    output: str | None = Field(
+        None, description="ONNX graph output holding the pooled sentence embedding (kind=onnx)."
+    )
+    max_length: int = Field(256, ge=8, le=8192, description="Token limit per text.")
+    normalize: bool = Field(True, description="L2-normalise embeddings (cosine distance).")
+    query_prefix: str = Field("", description="Prepended to queries (e.g. 'query: ' for e5).")
+    document_prefix: str = Field("", description="Prepended to documents.")
+    batch_size: int = Field(32, ge=1, le=1024, description="Texts per encode call.")
+    threads: int = Field(0, ge=0, description="Intra-op threads; 0 = library default.")
+
+    @model_validator(mode="after")
+    def _onnx_needs_tokenizer(self) -> ModelConfig:
+        if self.kind == "onnx" and not self.tokenizer:
+            raise ValueError("kind 'onnx' needs 'tokenizer' (a tokenizer.json path)")
+        return self
+
+
+class IndexConfig(Strict):
+    backend: Literal["edge", "qdrant"] = Field(
+        "edge", description="'edge' = embedded qdrant-edge shard; 'qdrant' = Qdrant server."
+    )
+    path: str | None = Field(
+        None, description="Shard directory (edge); relative paths are under data_dir."
+    )
+    url: str | None = Field(
+        None, description="Qdrant URL (backend=qdrant); ':memory:' = qdrant-client local mode."
+    )
+    api_key: str | None = Field(None, description="Qdrant API key (backend=qdrant).")
+    collection: str = Field("crossfade", description="Collection name (backend=qdrant).")
+    vector: str = Field("dense", description="Name of the dense vector in the index.")
+    sparse_vector: str = Field("bm25", description="Name of the BM25 sparse vector.")
+
+    @model_validator(mode="after")
+    def _backend_needs_location(self) -> IndexConfig:
+        if self.backend == "edge" and not self.path:
+            raise ValueError("backend 'edge' needs 'path'")
+        if self.backend == "qdrant" and not self.url:
+            raise ValueError("backend 'qdrant' needs 'url'")
+        return self
+
+
+class ModelsConfig(Strict):
+    old: ModelConfig
+    new: ModelConfig
+
+
+class IndexesConfig(Strict):
+    old: IndexConfig
+    new: IndexConfig
+
+
+class Weights(Strict):
+    old: float = Field(ge=0)
+    new: float = Field(ge=0)
+    bm25: float = Field(ge=0)
+
+
+class FusionConfig(Strict):
+    """Weighted RRF: score(d) = sum_i w_i / (k + rank_i(d)), ranks from 1.
+
+    Weights are interpolated linearly in coverage between `weights_at_0` and `weights_at_100`,
+    so the old list fades out as the new index fills. Defaults were tuned on SciFact's train
+    split (`crossfade tune`), never on test queries."""
+
+    k: int = Field(60, ge=1, le=1000, description="RRF constant k.")
+    candidates: int = Field(100, ge=10, le=1000, description="Depth of each ranked list.")
+    weights_at_0: Weights = Field(
+        default_factory=lambda: Weights(old=0.6, new=0.6, bm25=1.0),
+        description="List weights at 0% coverage.",
+    )
+    weights_at_100: Weights = Field(
+        default_factory=lambda: Weights(old=0.1, new=1.0, bm25=1.0),
+        description="List weights at 100% coverage.",
+    )
+    impute_missing: bool = Field(
+        True,
+        description="Give a document with no new vector an imputed new-list rank "
+        "(coverage-aware fusion). Off = plain RRF.",
+    )
+    impute_from: list[Literal["old", "bm25"]] = Field(
+        default_factory=lambda: ["old"],
+        min_length=1,
+        description="Lists whose best rank stands in for a missing new-list rank.",
+    )
+    scale_new_ranks: bool = Field(
+        True,
+        description="Divide new-list ranks by coverage: rank r among migrated docs estimates "
+        "rank r/coverage among all docs.",
+    )
+
+
+class ServerConfig(Strict):
+    host: str = Field("127.0.0.1", description="Bind address (loopback unless set otherwise).")
+    port: int = Field(8000, ge=1, le=65535, description="Listen port.")
+    max_query_chars: int = Field(2048, ge=1, description="Longer queries are refused (422).")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger bodies are refused.")
+    query_cache_size: int = Field(4096, ge=0, description="LRU entries of query vectors/model.")
+    coverage_refresh_s: float = Field(2.0, ge=0.1, description="How often coverage is recounted.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CROSSFADE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    data_dir: str = Field(".crossfade", description="Where shards, caches and state live.")
+    mode: Mode = Field(Mode.FUSED, description="Serving mode: old | shadow | fused | new.")
+    models: ModelsConfig
+    indexes: IndexesConfig
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    bm25_avg_len: float = Field(
+        256.0, gt=0, description="Expected document length in tokens for BM25 normalisation."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # env beats the YAML file, which arrives as init kwargs.
+        return (env_settings, init_settings)
+
+    def data_path(self, relative: str) -> Path:
+        p = Path(relative)
+        return p if p.is_absolute() else Path(self.data_dir) / p
+
+
+class ConfigError(Exception):
+    """A config that cannot be used, with the dotted field names at fault."""
+
+
+def resolve_path(value: str) -> str:
+    """`site:rel/path` -> absolute path under this interpreter's site-packages."""
+    if value.startswith("site:"):
+        return str(Path(sysconfig.get_paths()["purelib"]) / value.removeprefix("site:"))
+    return value
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Read the YAML at `path` (or $CROSSFADE_CONFIG), apply env and `overrides`, validate."""
+    path = path or os.environ.get("CROSSFADE_CONFIG")
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError as e:
+            raise ConfigError(f"config file not found: {path}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at top level")
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as e:
+        lines = [
+            f"  {'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in e.errors()
+        ]
+        raise ConfigError("invalid config:\n" + "\n".join(lines)) from e
+
+
+def _type_name(ann: Any) -> str:
+    args = get_args(ann)
+    if get_origin(ann) is Literal:
+        return " / ".join(str(a) for a in args)
+    if args:
+        return " or ".join(_type_name(a) for a in args if a is not type(None)) + (
+            " (optional)" if type(None) in args else ""
+        )
+    return getattr(ann, "__name__", str(ann))
+
+
+def reference_markdown() -> str:
+    """The config reference table, generated from the models above (the README embeds it and a
+    test keeps the two identical, so the docs cannot drift from the code)."""
+    rows = ["| field | type | default | description |", "|---|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, f in model.model_fields.items():
+            ann = f.annotation
+            dotted = f"{prefix}{name}"
+            if isinstance(ann, type) and issubclass(ann, BaseModel) and ann is not Weights:
+                walk(ann, dotted + ".")
+                continue
+            if f.is_required():
+                default: Any = "required"
+            elif f.default_factory is not None:
+                value = f.default_factory()  # type: ignore[call-arg]
+                default = value.model_dump() if isinstance(value, BaseModel) else value
+            else:
+                default = f.default
+            if isinstance(default, StrEnum):
+                default = default.value
+            desc = (f.description or "").replace("|", "\\|")
+            rows.append(f"| `{dotted}` | {_type_name(ann)} | `{default!s}` | {desc} |")
+
+    walk(Settings, "")
+    return "\n".join(rows)

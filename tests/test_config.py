@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from proxy.config import ConfigError, Mode, load_settings, resolve_path
+from tests.conftest import ROOT
+
+
+def test_example_configs_load() -> None:
+    for path in (ROOT / "config").glob("*.yaml"):
+        s = load_settings(path)
+        assert s.models.old.path and s.models.new.path
+
+
+def test_packaged_model_paths_resolve() -> None:
+    s = load_settings(ROOT / "config" / "demo.yaml")
+    assert Path(resolve_path(s.models.old.path)).is_file()
+    assert Path(resolve_path(s.models.new.path)).is_dir()
+
+
+def test_env_overrides_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CROSSFADE_MODE", "new")
+    monkeypatch.setenv("CROSSFADE_FUSION__K", "30")
+    s = load_settings(ROOT / "config" / "demo.yaml")
+    assert s.mode is Mode.NEW and s.fusion.k == 30
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"mode": "sideways"}, "mode"),
+        ({"fusion": {"k": 0}}, "fusion.k"),
+        ({"fusion": {"surprise": 1}}, "fusion.surprise"),
+        (
+            {"indexes": {"old": {"backend": "edge"}, "new": {"backend": "edge", "path": "n"}}},
+            "indexes.old",
+        ),
+        (
+            {
+                "models": {
+                    "old": {"kind": "onnx", "path": "x.onnx"},
+                    "new": {"kind": "sentence-transformers", "path": "y"},
+                }
+            },
+            "models.old",
+        ),
+    ],
+)
+def test_wrong_config_names_the_field(tmp_path: Path, patch: dict, field: str) -> None:
+    import yaml
+
+    data = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    data.update(patch)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as e:
+        load_settings(path)
+    assert field in str(e.value)
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(bad)
+
+
+def test_readme_embeds_the_generated_config_reference() -> None:
+    from proxy.config import reference_markdown
+
+    readme = (ROOT / "README.md").read_text()
+    assert reference_markdown() in readme, "run `crossfade config-reference` and paste it"
