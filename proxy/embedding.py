@@ -1,0 +1,280 @@
+"""Embedding models: loaders, fingerprints, the query-vector LRU and the on-disk document cache.
+
+A model's identity is its fingerprint (weights hash, dimension, distance, normalisation,
+prefixes), never its name: two models with the same name and dimension but different weights
+must not share an index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from proxy.config import ModelConfig, resolve_path
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".pt")
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    name: str
+    weights_sha256: str
+    dim: int
+    distance: str
+    normalize: bool
+    query_prefix: str
+    document_prefix: str
+    max_length: int
+
+    @property
+    def id(self) -> str:
+        """Short stable id written into every point's payload."""
+        digest = hashlib.sha256(repr(sorted(asdict(self).items())).encode()).hexdigest()
+        return f"{self.name}@{digest[:12]}"
+
+
+def _hash_weights(path: Path) -> str:
+    """sha256 over the weight files (not configs), so a re-download with other weights shows."""
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    )
+    if not files:
+        raise FileNotFoundError(f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) under {path}")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+class Embedder(Protocol):
+    fingerprint: Fingerprint
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class _BaseEmbedder:
+    """Shared prefixing, batching and normalisation; subclasses implement `_encode`."""
+
+    fingerprint: Fingerprint
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        self.cfg = cfg
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def _run(self, texts: Sequence[str], prefix: str) -> np.ndarray:
+        out = []
+        for i in range(0, len(texts), self.cfg.batch_size):
+            batch = [prefix + t for t in texts[i : i + self.cfg.batch_size]]
+            out.append(np.asarray(self._encode(batch), dtype=np.float32))
+        if not out:
+            return np.zeros((0, self.fingerprint.dim), dtype=np.float32)
+        vecs = np.concatenate(out)
+        if self.cfg.normalize:
+            vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        return vecs
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self._run(texts, self.cfg.query_prefix)
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        return self._run(texts, self.cfg.document_prefix)
+
+    def _make_fingerprint(self, weights: str, dim: int, default_name: str) -> Fingerprint:
+        c = self.cfg
+        return Fingerprint(
+            name=c.name or default_name,
+            weights_sha256=weights,
+            dim=dim,
+            distance="cosine" if c.normalize else "dot",
+            normalize=c.normalize,
+            query_prefix=c.query_prefix,
+            document_prefix=c.document_prefix,
+            max_length=c.max_length,
+        )
+
+
+class SentenceTransformerEmbedder(_BaseEmbedder):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        location = resolve_path(cfg.path)
+        self.model = SentenceTransformer(location, device="cpu")
+        self.model.max_seq_length = cfg.max_length
+        path = Path(location)
+        weights = _hash_weights(path) if path.exists() else f"name:{cfg.path}"
+        dim = int(self.model.get_embedding_dimension())
+        default_name = path.name if path.name != "model" else path.parent.name
+        self.fingerprint = self._make_fingerprint(weights, dim, default_name)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        return self.model.encode(
+            texts, batch_size=len(texts), convert_to_numpy=True, normalize_embeddings=False
+        )
+
+
+class OnnxEmbedder(_BaseEmbedder):
+    """An ONNX graph that pools inside (one output is the sentence embedding) + tokenizer.json."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        path = Path(resolve_path(cfg.path))
+        opts = ort.SessionOptions()
+        if cfg.threads:
+            opts.intra_op_num_threads = cfg.threads
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.tokenizer = Tokenizer.from_file(resolve_path(cfg.tokenizer or ""))
+        self.tokenizer.enable_truncation(max_length=cfg.max_length)
+        self.tokenizer.enable_padding()
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        outputs = [o for o in self.session.get_outputs()]
+        names = [o.name for o in outputs]
+        if cfg.output is None:
+            raise ValueError(f"ONNX model {path}: set 'output' to one of {names}")
+        if cfg.output not in names:
+            raise ValueError(f"ONNX model {path} has no output {cfg.output!r}; outputs: {names}")
+        self.output = cfg.output
+        dim = self._encode(["dimension probe"]).shape[1]
+        self.fingerprint = self._make_fingerprint(_hash_weights(path), int(dim), path.stem)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        enc = self.tokenizer.encode_batch(texts)
+        feeds = {
+            "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64),
+        }
+        feeds = {k: v for k, v in feeds.items() if k in self.input_names}
+        (out,) = self.session.run([self.output], feeds)
+        return out
+
+
+def load_embedder(cfg: ModelConfig) -> Embedder:
+    try:
+        if cfg.kind == "onnx":
+            return OnnxEmbedder(cfg)
+        return SentenceTransformerEmbedder(cfg)
+    except Exception as e:  # a model that cannot load must stop start-up with its path named
+        raise RuntimeError(f"cannot load {cfg.kind} model from {cfg.path!r}: {e}") from e
+
+
+class QueryCache:
+    """Thread-safe LRU of query vectors for one model (queries repeat; embedding is the cost)."""
+
+    def __init__(self, embedder: Embedder, size: int) -> None:
+        self.embedder = embedder
+        self.size = size
+        self._lru: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def embed(self, query: str) -> np.ndarray:
+        with self._lock:
+            vec = self._lru.get(query)
+            if vec is not None:
+                self._lru.move_to_end(query)
+                self.hits += 1
+                return vec
+        vec = self.embedder.embed_queries([query])[0]
+        with self._lock:
+            self.misses += 1
+            if self.size:
+                self._lru[query] = vec
+                while len(self._lru) > self.size:
+                    self._lru.popitem(last=False)
+        return vec
+
+
+class EmbeddingCache:
+    """Document vectors on disk keyed by (fingerprint id, text sha256).
+
+    Makes re-ingest and repeated evaluation cost seconds instead of minutes; a different model
+    or a changed text can never hit a stale vector because both are in the key."""
+
+    def __init__(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS vec (fp TEXT, sha TEXT, v BLOB, PRIMARY KEY (fp, sha))"
+        )
+        self._lock = threading.Lock()
+
+    def get_many(self, fp: str, shas: Sequence[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        with self._lock:
+            for i in range(0, len(shas), 500):
+                chunk = list(shas[i : i + 500])
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(
+                    f"SELECT sha, v FROM vec WHERE fp = ? AND sha IN ({marks})", [fp, *chunk]
+                )
+                for sha, blob in rows:
+                    found[sha] = np.frombuffer(blob, dtype=np.float32)
+        return found
+
+    def put_many(self, fp: str, items: Sequence[tuple[str, np.ndarray]]) -> None:
+        with self._lock, self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO vec VALUES (?, ?, ?)",
+                [(fp, sha, np.asarray(v, dtype=np.float32).tobytes()) for sha, v in items],
+            )
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def embed_documents_cached(
+    embedder: Embedder,
+    texts: Sequence[str],
+    cache: EmbeddingCache | None = None,
+    chunk: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Embed `texts` as documents, reusing and filling `cache`; `progress(n)` per finished n."""
+    fp = embedder.fingerprint.id
+    shas = [text_sha256(t) for t in texts]
+    known = cache.get_many(fp, shas) if cache else {}
+    out = np.zeros((len(texts), embedder.fingerprint.dim), dtype=np.float32)
+    todo = [i for i, s in enumerate(shas) if s not in known]
+    for i, s in enumerate(shas):
+        if s in known:
+            out[i] = known[s]
+    if progress and len(texts) - len(todo):
+        progress(len(texts) - len(todo))
+    for start in range(0, len(todo), chunk):
+        idx = todo[start : start + chunk]
+        vecs = embedder.embed_documents([texts[i] for i in idx])
+        out[idx] = vecs
+        if cache:
+            cache.put_many(fp, [(shas[i], vecs[j]) for j, i in enumerate(idx)])
+        if progress:
+            progress(len(idx))
+    return out
