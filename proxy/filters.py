@@ -1,0 +1,73 @@
+"""The public filter language of `/search`: a small, validated subset of Qdrant's filter.
+
+Keys name fields of a document's `metadata` (the proxy stores them under `metadata.`), so a
+client can never filter on, or learn about, the proxy's own bookkeeping fields.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*(\.[A-Za-z_][A-Za-z0-9_\-]*)*$")
+Scalar = str | int | bool
+
+
+class Match(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    value: Scalar | None = None
+    any: list[Scalar] | None = Field(None, min_length=1, max_length=1000)
+    except_: list[Scalar] | None = Field(None, alias="except", min_length=1, max_length=1000)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Match:
+        if sum(x is not None for x in (self.value, self.any, self.except_)) != 1:
+            raise ValueError("match needs exactly one of 'value', 'any', 'except'")
+        return self
+
+
+class Range(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    gt: float | None = None
+    gte: float | None = None
+    lt: float | None = None
+    lte: float | None = None
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> Range:
+        if all(x is None for x in (self.gt, self.gte, self.lt, self.lte)):
+            raise ValueError("range needs at least one of gt, gte, lt, lte")
+        return self
+
+
+class Condition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key: str = Field(min_length=1, max_length=128)
+    match: Match | None = None
+    range: Range | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> Condition:
+        if not KEY_RE.match(self.key):
+            raise ValueError(f"bad filter key {self.key!r}: use dotted identifiers")
+        if (self.match is None) == (self.range is None):
+            raise ValueError("a condition needs exactly one of 'match' or 'range'")
+        return self
+
+    @property
+    def field(self) -> str:
+        return f"metadata.{self.key}"
+
+
+class Filter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    must: list[Condition] = Field(default_factory=list, max_length=32)
+    should: list[Condition] = Field(default_factory=list, max_length=32)
+    must_not: list[Condition] = Field(default_factory=list, max_length=32)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Filter:
+        if not (self.must or self.should or self.must_not):
+            raise ValueError("filter needs at least one of must, should, must_not")
+        return self

@@ -1,0 +1,156 @@
+"""The VectorStore protocol: what the proxy needs from an index, whatever engine holds it.
+
+Points are keyed by uuid5(doc_id) so the same document has the same point id in every index.
+Payload of every point: doc_id, text, metadata, text_sha256; points that hold a dense vector
+also carry model_fingerprint, vector_sha256 (hash of the text the vector was computed from) and
+embedded_at. A write never leaves a dense vector of an older text beside a newer text: a point
+either has a vector of its current text or none, so "has a dense vector" means "migrated".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from proxy.config import IndexConfig, Settings
+from proxy.filters import Filter
+
+NAMESPACE = uuid.UUID("6f0c6c39-3f1a-4a57-9f39-1bd0a7e0c0de")
+PAYLOAD_FIELDS = ("doc_id", "text", "metadata", "text_sha256")
+
+
+def point_id(doc_id: str) -> str:
+    return str(uuid.uuid5(NAMESPACE, doc_id))
+
+
+class FingerprintMismatch(ValueError):
+    """A dense vector from another model than the one the index is bound to (bilingual write)."""
+
+
+@dataclass
+class Sparse:
+    indices: list[int]
+    values: list[float]
+
+
+@dataclass
+class PointWrite:
+    doc_id: str
+    text: str
+    text_sha256: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    dense: np.ndarray | None = None
+    fingerprint: str | None = None  # required with `dense`
+    sparse: Sparse | None = None
+    embedded_at: str | None = None
+    # Conditional write: apply only if the stored point still has this text_sha256.
+    if_text_sha256: str | None = None
+
+    def payload(self) -> dict[str, Any]:
+        p: dict[str, Any] = {
+            "doc_id": self.doc_id,
+            "text": self.text,
+            "metadata": self.metadata,
+            "text_sha256": self.text_sha256,
+        }
+        if self.dense is not None:
+            p["model_fingerprint"] = self.fingerprint
+            p["vector_sha256"] = self.text_sha256
+            p["embedded_at"] = self.embedded_at
+        return p
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """What an index is bound to; persisted with the index."""
+
+    dim: int
+    fingerprint: str
+    sparse: bool
+
+
+class VectorStore(Protocol):
+    name: str
+    vector: str
+    sparse_vector: str
+
+    def info(self) -> IndexInfo | None: ...
+
+    def create(self, info: IndexInfo) -> None: ...
+
+    def upsert(self, points: Sequence[PointWrite]) -> None: ...
+
+    def delete(self, doc_ids: Sequence[str]) -> None: ...
+
+    def search_dense(
+        self, vector: np.ndarray, limit: int, flt: Filter | None = None
+    ) -> list[tuple[str, float]]: ...
+
+    def search_sparse(
+        self, sparse: Sparse, limit: int, flt: Filter | None = None
+    ) -> list[tuple[str, float]]: ...
+
+    def with_dense(self, doc_ids: Sequence[str]) -> set[str]: ...
+
+    def retrieve(
+        self, doc_ids: Sequence[str], fields: Sequence[str] | None = None
+    ) -> dict[str, dict[str, Any]]: ...
+
+    def scroll(
+        self, batch: int = 256, fields: Sequence[str] | None = None
+    ) -> Iterator[list[dict[str, Any]]]: ...
+
+    def count(self, dense_only: bool = False) -> int: ...
+
+    def flush(self) -> None: ...
+
+    def drop(self) -> None:
+        """Delete the index and everything in it (rebuilds and simulations only)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def check_fingerprints(info: IndexInfo | None, points: Sequence[PointWrite]) -> None:
+    """The bilingual-write guard: every dense vector must come from the index's bound model."""
+    if info is None:
+        raise RuntimeError("index is not created yet")
+    for p in points:
+        if p.dense is None:
+            continue
+        if p.fingerprint != info.fingerprint:
+            raise FingerprintMismatch(
+                f"doc {p.doc_id!r}: vector from model {p.fingerprint!r}, "
+                f"but this index is bound to {info.fingerprint!r}"
+            )
+        if p.dense.shape != (info.dim,):
+            raise FingerprintMismatch(f"doc {p.doc_id!r}: vector shape {p.dense.shape}")
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write-then-rename so a crash leaves either the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w") as fh:
+        json.dump(data, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def open_store(settings: Settings, which: str) -> VectorStore:
+    cfg: IndexConfig = getattr(settings.indexes, which)
+    if cfg.backend == "edge":
+        from proxy.store.edge import EdgeStore
+
+        return EdgeStore(which, settings.data_path(cfg.path or which), cfg)
+    from proxy.store.server import ServerStore
+
+    return ServerStore(which, cfg)

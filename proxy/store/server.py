@@ -1,0 +1,241 @@
+"""Qdrant server adapter through qdrant-client.
+
+`url: ":memory:"` (or `url: "local:/some/dir"`) uses qdrant-client's local mode, which speaks the
+same client API; that is how this adapter is tested where no Qdrant server can run. The bound
+fingerprint lives in the collection's metadata, so every replica sees the same binding.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import numpy as np
+from qdrant_client import QdrantClient
+from qdrant_client import models as qm
+
+from proxy.config import IndexConfig
+from proxy.filters import Condition, Filter
+from proxy.store import IndexInfo, PointWrite, Sparse, check_fingerprints, point_id
+
+_META_KEY = "crossfade"
+
+
+def _condition(c: Condition) -> qm.FieldCondition:
+    if c.range is not None:
+        r = c.range
+        return qm.FieldCondition(
+            key=c.field, range=qm.Range(gt=r.gt, gte=r.gte, lt=r.lt, lte=r.lte)
+        )
+    m = c.match
+    assert m is not None
+    if m.any is not None:
+        return qm.FieldCondition(key=c.field, match=qm.MatchAny(any=m.any))
+    if m.except_ is not None:
+        return qm.FieldCondition(key=c.field, match=qm.MatchExcept(**{"except": m.except_}))
+    return qm.FieldCondition(key=c.field, match=qm.MatchValue(value=m.value))
+
+
+def to_qdrant_filter(flt: Filter | None) -> qm.Filter | None:
+    if flt is None:
+        return None
+    return qm.Filter(
+        must=[_condition(c) for c in flt.must] or None,
+        should=[_condition(c) for c in flt.should] or None,
+        must_not=[_condition(c) for c in flt.must_not] or None,
+    )
+
+
+def make_client(cfg: IndexConfig) -> QdrantClient:
+    url = cfg.url or ""
+    if url == ":memory:":
+        return QdrantClient(location=":memory:")
+    if url.startswith("local:"):
+        return QdrantClient(path=url.removeprefix("local:"))
+    return QdrantClient(url=url, api_key=cfg.api_key, timeout=10)
+
+
+class ServerStore:
+    def __init__(self, name: str, cfg: IndexConfig, client: QdrantClient | None = None) -> None:
+        self.name = name
+        self.collection = cfg.collection
+        self.vector = cfg.vector
+        self.sparse_vector = cfg.sparse_vector
+        self.client = client or make_client(cfg)
+        # Local mode is plain Python and not safe across threads; a real server is.
+        self._local = (cfg.url or "").startswith((":memory:", "local:"))
+        self._lock = threading.Lock()
+        self._info: IndexInfo | None = None
+        self._load_info()
+
+    def _guard(self) -> AbstractContextManager[Any]:
+        return self._lock if self._local else nullcontext()
+
+    def _load_info(self) -> None:
+        with self._guard():
+            if not self.client.collection_exists(self.collection):
+                return
+            meta = self.client.get_collection(self.collection).config.metadata or {}
+        if _META_KEY in meta:
+            self._info = IndexInfo(**meta[_META_KEY])
+
+    def info(self) -> IndexInfo | None:
+        return self._info
+
+    def create(self, info: IndexInfo) -> None:
+        if self._info is not None:
+            if self._info != info:
+                raise RuntimeError(f"collection {self.collection!r} exists, bound to {self._info}")
+            return
+        sparse = (
+            {self.sparse_vector: qm.SparseVectorParams(modifier=qm.Modifier.IDF)}
+            if info.sparse
+            else None
+        )
+        with self._guard():
+            self.client.create_collection(
+                self.collection,
+                vectors_config={
+                    self.vector: qm.VectorParams(size=info.dim, distance=qm.Distance.COSINE)
+                },
+                sparse_vectors_config=sparse,
+                metadata={_META_KEY: dict(info.__dict__)},
+            )
+            # Local mode has no payload indexes (and warns); a server needs them at scale.
+            for fld in () if self._local else ("doc_id", "text_sha256", "model_fingerprint"):
+                self.client.create_payload_index(self.collection, fld, qm.PayloadSchemaType.KEYWORD)
+        self._info = info
+
+    def _point(self, p: PointWrite) -> qm.PointStruct:
+        vec: dict[str, Any] = {}
+        if p.dense is not None:
+            vec[self.vector] = np.asarray(p.dense, dtype=np.float32).tolist()
+        if p.sparse is not None and self._info and self._info.sparse:
+            vec[self.sparse_vector] = qm.SparseVector(
+                indices=p.sparse.indices, values=p.sparse.values
+            )
+        return qm.PointStruct(id=point_id(p.doc_id), vector=vec, payload=p.payload())
+
+    def upsert(self, points: Sequence[PointWrite]) -> None:
+        check_fingerprints(self._info, points)
+        plain = [self._point(p) for p in points if p.if_text_sha256 is None]
+        with self._guard():
+            if plain:
+                self.client.upsert(self.collection, plain, wait=True)
+            for p in points:
+                if p.if_text_sha256 is None:
+                    continue
+                cond = qm.Filter(
+                    must=[
+                        qm.FieldCondition(
+                            key="text_sha256", match=qm.MatchValue(value=p.if_text_sha256)
+                        )
+                    ]
+                )
+                self.client.upsert(
+                    self.collection,
+                    [self._point(p)],
+                    wait=True,
+                    update_filter=cond,
+                    update_mode=qm.UpdateMode.UPDATE_ONLY,
+                )
+
+    def delete(self, doc_ids: Sequence[str]) -> None:
+        with self._guard():
+            self.client.delete(
+                self.collection,
+                qm.PointIdsList(points=[point_id(d) for d in doc_ids]),
+                wait=True,
+            )
+
+    def flush(self) -> None:
+        """Writes already wait for the server's acknowledgement."""
+
+    def _search(
+        self, query: Any, using: str, limit: int, flt: Filter | None
+    ) -> list[tuple[str, float]]:
+        with self._guard():
+            res = self.client.query_points(
+                self.collection,
+                query=query,
+                using=using,
+                limit=limit,
+                query_filter=to_qdrant_filter(flt),
+                with_payload=["doc_id"],
+            )
+        return [(p.payload["doc_id"], float(p.score)) for p in res.points if p.payload]
+
+    def search_dense(
+        self, vector: np.ndarray, limit: int, flt: Filter | None = None
+    ) -> list[tuple[str, float]]:
+        return self._search(np.asarray(vector, dtype=np.float32).tolist(), self.vector, limit, flt)
+
+    def search_sparse(
+        self, sparse: Sparse, limit: int, flt: Filter | None = None
+    ) -> list[tuple[str, float]]:
+        if not sparse.indices:
+            return []
+        q = qm.SparseVector(indices=sparse.indices, values=sparse.values)
+        return self._search(q, self.sparse_vector, limit, flt)
+
+    def with_dense(self, doc_ids: Sequence[str]) -> set[str]:
+        if not doc_ids:
+            return set()
+        flt = qm.Filter(
+            must=[
+                qm.HasIdCondition(has_id=[point_id(d) for d in doc_ids]),
+                qm.HasVectorCondition(has_vector=self.vector),
+            ]
+        )
+        with self._guard():
+            recs, _ = self.client.scroll(
+                self.collection, scroll_filter=flt, limit=len(doc_ids), with_payload=["doc_id"]
+            )
+        return {r.payload["doc_id"] for r in recs if r.payload}
+
+    def retrieve(
+        self, doc_ids: Sequence[str], fields: Sequence[str] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        if not doc_ids:
+            return {}
+        sel: Any = list(fields) + ["doc_id"] if fields is not None else True
+        with self._guard():
+            recs = self.client.retrieve(
+                self.collection, [point_id(d) for d in doc_ids], with_payload=sel
+            )
+        return {r.payload["doc_id"]: r.payload for r in recs if r.payload}
+
+    def scroll(
+        self, batch: int = 256, fields: Sequence[str] | None = None
+    ) -> Iterator[list[dict[str, Any]]]:
+        sel: Any = list(fields) + ["doc_id"] if fields is not None else True
+        offset = None
+        while True:
+            with self._guard():
+                recs, offset = self.client.scroll(
+                    self.collection, limit=batch, offset=offset, with_payload=sel
+                )
+            if recs:
+                yield [r.payload for r in recs if r.payload]
+            if offset is None:
+                return
+
+    def count(self, dense_only: bool = False) -> int:
+        if self._info is None:
+            return 0
+        flt = (
+            qm.Filter(must=[qm.HasVectorCondition(has_vector=self.vector)]) if dense_only else None
+        )
+        with self._guard():
+            return int(self.client.count(self.collection, count_filter=flt, exact=True).count)
+
+    def drop(self) -> None:
+        with self._guard():
+            if self.client.collection_exists(self.collection):
+                self.client.delete_collection(self.collection)
+        self._info = None
+
+    def close(self) -> None:
+        self.client.close()

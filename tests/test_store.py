@@ -1,0 +1,146 @@
+"""The VectorStore contract, run against both engines: qdrant-edge (embedded, on disk) and
+qdrant-client's local mode (the server adapter's API without a server)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from proxy.config import IndexConfig
+from proxy.embedding import text_sha256
+from proxy.filters import Filter
+from proxy.sparse import Bm25Encoder
+from proxy.store import FingerprintMismatch, IndexInfo, PointWrite, VectorStore
+from proxy.store.edge import EdgeStore
+from proxy.store.server import ServerStore
+
+DIM = 16
+FP = "model-a@000000000001"
+INFO = IndexInfo(dim=DIM, fingerprint=FP, sparse=True)
+TEXTS = {
+    "d0": "Qdrant stores dense vectors for semantic search",
+    "d1": "BM25 ranks documents by keyword frequency and rarity",
+    "d2": "Reciprocal rank fusion merges several ranked lists",
+    "d3": "The quick brown fox jumps over the lazy dog",
+    "d4": "Embedding models map text into vector spaces",
+}
+bm25 = Bm25Encoder(avg_len=8)
+
+
+def vec(seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def write(doc_id: str, text: str, dense: bool = True, **kw: object) -> PointWrite:
+    n = int(doc_id[1:])
+    return PointWrite(
+        doc_id=doc_id,
+        text=text,
+        text_sha256=text_sha256(text),
+        metadata={"n": n, "parity": "even" if n % 2 == 0 else "odd"},
+        dense=vec(n) if dense else None,
+        fingerprint=FP if dense else None,
+        sparse=bm25.document(text),
+        embedded_at="2026-01-01T00:00:00Z" if dense else None,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(params=["edge", "qdrant-local"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
+    if request.param == "edge":
+        s: VectorStore = EdgeStore("t", tmp_path / "shard", IndexConfig(backend="edge", path="x"))
+    else:
+        s = ServerStore("t", IndexConfig(backend="qdrant", url=":memory:", collection="t"))
+    s.create(INFO)
+    # d0..d2 migrated (dense + sparse); d3, d4 seeded only (sparse, no dense vector)
+    s.upsert([write(d, t, dense=d in ("d0", "d1", "d2")) for d, t in TEXTS.items()])
+    yield s
+    s.close()
+
+
+def test_counts_and_dense_membership(store: VectorStore) -> None:
+    assert store.count() == 5
+    assert store.count(dense_only=True) == 3
+    assert store.with_dense(["d0", "d3", "d4", "d2", "missing"]) == {"d0", "d2"}
+
+
+def test_dense_search_finds_the_exact_vector_first(store: VectorStore) -> None:
+    hits = store.search_dense(vec(1), limit=3)
+    assert hits[0][0] == "d1" and hits[0][1] == pytest.approx(1.0, abs=1e-4)
+    assert {d for d, _ in hits} <= {"d0", "d1", "d2"}  # seeded docs have no dense vector
+
+
+def test_sparse_search_covers_seeded_docs(store: VectorStore) -> None:
+    hits = store.search_sparse(bm25.query("lazy fox"), limit=3)
+    assert hits[0][0] == "d3"
+    assert store.search_sparse(bm25.query("the and of"), limit=3) == []  # stopwords only
+
+
+def test_filter_on_metadata(store: VectorStore) -> None:
+    flt = Filter.model_validate({"must": [{"key": "parity", "match": {"value": "odd"}}]})
+    hits = store.search_dense(vec(0), limit=5, flt=flt)
+    assert {d for d, _ in hits} == {"d1"}
+    flt = Filter.model_validate({"must": [{"key": "n", "range": {"gte": 3}}]})
+    assert {d for d, _ in store.search_sparse(bm25.query("vector fox"), 5, flt)} <= {"d3", "d4"}
+
+
+def test_retrieve_and_scroll(store: VectorStore) -> None:
+    got = store.retrieve(["d3", "d0", "nope"], ["text", "metadata"])
+    assert set(got) == {"d0", "d3"}
+    assert got["d3"]["text"] == TEXTS["d3"] and got["d3"]["metadata"]["n"] == 3
+    full = store.retrieve(["d0"])["d0"]
+    assert full["model_fingerprint"] == FP and full["vector_sha256"] == full["text_sha256"]
+    assert "model_fingerprint" not in store.retrieve(["d4"])["d4"]
+    seen = [p["doc_id"] for batch in store.scroll(batch=2, fields=["text_sha256"]) for p in batch]
+    assert sorted(seen) == sorted(TEXTS)
+
+
+def test_conditional_write_skips_a_changed_text(store: VectorStore) -> None:
+    stale = write("d3", TEXTS["d3"], if_text_sha256=text_sha256("an older text"))
+    store.upsert([stale])
+    assert store.with_dense(["d3"]) == set()
+    fresh = write("d3", TEXTS["d3"], if_text_sha256=text_sha256(TEXTS["d3"]))
+    store.upsert([fresh])
+    assert store.with_dense(["d3"]) == {"d3"}
+    # A conditional write never resurrects a deleted document.
+    store.delete(["d4"])
+    store.upsert([write("d4", TEXTS["d4"], if_text_sha256=text_sha256(TEXTS["d4"]))])
+    assert store.retrieve(["d4"]) == {}
+
+
+def test_bilingual_write_is_refused(store: VectorStore) -> None:
+    bad = write("d4", TEXTS["d4"])
+    bad.fingerprint = "model-b@999999999999"
+    with pytest.raises(FingerprintMismatch, match="bound to"):
+        store.upsert([bad])
+    assert store.count(dense_only=True) == 3
+    wrong_dim = write("d4", TEXTS["d4"])
+    wrong_dim.dense = np.ones(DIM + 1, dtype=np.float32)
+    with pytest.raises(FingerprintMismatch):
+        store.upsert([wrong_dim])
+    assert store.with_dense(["d4"]) == set()
+
+
+def test_delete_and_drop(store: VectorStore) -> None:
+    store.delete(["d0", "d3"])
+    assert store.count() == 3
+    store.drop()
+    assert store.info() is None and store.count() == 0
+
+
+def test_edge_index_survives_reopen(tmp_path: Path) -> None:
+    cfg = IndexConfig(backend="edge", path="x")
+    s = EdgeStore("t", tmp_path / "shard", cfg)
+    s.create(INFO)
+    s.upsert([write(d, t) for d, t in TEXTS.items()])
+    s.close()
+    again = EdgeStore("t", tmp_path / "shard", cfg)
+    assert again.info() == INFO and again.count() == 5
+    with pytest.raises(RuntimeError, match="bound to"):
+        again.create(IndexInfo(dim=DIM, fingerprint="other@1", sparse=True))
+    again.close()
