@@ -1,0 +1,118 @@
+"""Coverage-aware weighted reciprocal rank fusion. Pure: no I/O, no models.
+
+    score(d) = sum over lists i of  w_i / (k + rank_i(d))      (ranks start at 1)
+
+Lists: `old` (old model over the old index, which covers every document), `new` (new model over
+the new index, which holds only migrated documents) and `bm25` (sparse, covers every document).
+
+Plain RRF is unfair during a migration: a migrated document can appear in three lists, an
+unmigrated one in two, so migrated documents win on coverage rather than relevance. Two fixes,
+both on by default:
+
+* imputation: a document with no new vector gets, as its new-list rank, its best rank among
+  the lists named in `impute_from` (its old-list rank, its BM25 rank, or the better of both);
+* rank scaling: the new list ranks only the migrated share c of the corpus, so rank r there
+  estimates rank r / c among all documents.
+
+The weights slide linearly with coverage from `weights_at_0` to `weights_at_100`: at 100% the
+old list adds nothing the new list lacks, and a weak old model only dilutes the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from proxy.config import FusionConfig, Weights
+
+LISTS = ("old", "new", "bm25")
+
+
+@dataclass(frozen=True)
+class Fused:
+    doc_id: str
+    score: float
+    ranks: dict[str, int | None]
+    migrated: bool
+    imputed: bool = False
+
+
+@dataclass(frozen=True)
+class FusionParams:
+    k: int
+    weights: Mapping[str, float]
+    impute_missing: bool = True
+    scale_new_ranks: bool = True
+    coverage: float = 1.0
+    lists: tuple[str, ...] = field(default=LISTS)
+    impute_from: tuple[str, ...] = ("old", "bm25")
+
+
+def weights_at(cfg: FusionConfig, coverage: float) -> dict[str, float]:
+    c = min(max(coverage, 0.0), 1.0)
+    lo: Weights = cfg.weights_at_0
+    hi: Weights = cfg.weights_at_100
+    return {n: (1 - c) * getattr(lo, n) + c * getattr(hi, n) for n in LISTS}
+
+
+def params_for(cfg: FusionConfig, coverage: float) -> FusionParams:
+    return FusionParams(
+        k=cfg.k,
+        weights=weights_at(cfg, coverage),
+        impute_missing=cfg.impute_missing,
+        scale_new_ranks=cfg.scale_new_ranks,
+        coverage=coverage,
+        impute_from=tuple(cfg.impute_from),
+    )
+
+
+def plain_rrf(k: int, lists: tuple[str, ...] = LISTS) -> FusionParams:
+    """Equal weights, no coverage awareness: the baseline crossfade must beat."""
+    return FusionParams(
+        k=k,
+        weights={n: 1.0 for n in lists},
+        impute_missing=False,
+        scale_new_ranks=False,
+        lists=lists,
+    )
+
+
+def fuse(
+    ranked: Mapping[str, Sequence[str]],
+    params: FusionParams,
+    migrated: Collection[str],
+    limit: int,
+) -> list[Fused]:
+    """Fuse ranked doc-id lists. `migrated` = docs that hold a new-model vector."""
+    ranks: dict[str, dict[str, int]] = {}
+    for name in params.lists:
+        for r, doc in enumerate(ranked.get(name, ()), start=1):
+            ranks.setdefault(doc, {}).setdefault(name, r)
+
+    scale = 1.0 / params.coverage if params.scale_new_ranks and params.coverage > 0 else 1.0
+    w = params.weights
+    out: list[Fused] = []
+    for doc, rs in ranks.items():
+        is_migrated = doc in migrated
+        score = 0.0
+        imputed = False
+        for name, r in rs.items():
+            eff = r * scale if name == "new" else r
+            score += w.get(name, 0.0) / (params.k + eff)
+        if params.impute_missing and not is_migrated and "new" in params.lists:
+            proxies = [rs[n] for n in params.impute_from if n in rs]
+            if proxies:
+                score += w.get("new", 0.0) / (params.k + min(proxies))
+                imputed = True
+        out.append(
+            Fused(
+                doc_id=doc,
+                score=score,
+                ranks={n: rs.get(n) for n in params.lists},
+                migrated=is_migrated,
+                imputed=imputed,
+            )
+        )
+    # Ties break on the best single rank, then doc id, so results are deterministic.
+    out.sort(key=lambda f: (-f.score, min(r for r in f.ranks.values() if r), f.doc_id))
+    return out[:limit]
