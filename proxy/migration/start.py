@@ -1,0 +1,60 @@
+"""`crossfade migrate start`: create the new index and seed every document into it.
+
+Seeding copies text, metadata and a BM25 sparse vector for every document of the old index,
+with no dense vector: it needs no model inference, so keyword search covers the whole corpus
+from minute one, and the dense side fills in as documents are re-embedded. Re-running is safe:
+a document already seeded with the same text (and any new vector it gained) is left alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.ingest import Progress, ensure_index, now_iso
+from proxy.runtime import Runtime
+from proxy.store import PointWrite, write_json_atomic
+
+STATE_FILE = "migration.json"
+
+
+def start_migration(rt: Runtime, strategy: str = "lazy", progress: bool = True) -> dict[str, Any]:
+    old, new = rt.store("old"), rt.store("new")
+    old_info = old.info()
+    if old_info is None:
+        raise RuntimeError("the old index does not exist: ingest documents into it first")
+    new_info = ensure_index(rt, "new")
+    total = old.count()
+    bar = Progress("seed new index", total) if progress else None
+    seeded = 0
+    for batch in old.scroll(256, ["text", "metadata", "text_sha256"]):
+        have = new.retrieve([p["doc_id"] for p in batch], ["text_sha256"])
+        todo = [
+            p for p in batch if have.get(p["doc_id"], {}).get("text_sha256") != p["text_sha256"]
+        ]
+        if todo:
+            new.upsert(
+                [
+                    PointWrite(
+                        doc_id=p["doc_id"],
+                        text=p["text"],
+                        text_sha256=p["text_sha256"],
+                        metadata=p.get("metadata") or {},
+                        sparse=rt.bm25.document(p["text"]),
+                    )
+                    for p in todo
+                ]
+            )
+            seeded += len(todo)
+        if bar:
+            bar(len(batch))
+    new.flush()
+    state = {
+        "state": "running",
+        "strategy": strategy,
+        "started_at": now_iso(),
+        "old_fingerprint": old_info.fingerprint,
+        "new_fingerprint": new_info.fingerprint,
+        "documents": new.count(),
+    }
+    write_json_atomic(rt.settings.data_path(STATE_FILE), state)
+    return {**state, "seeded": seeded, "migrated": new.count(dense_only=True)}

@@ -1,0 +1,61 @@
+"""Wiring: models, stores and the searcher built from one Settings object.
+
+Models load lazily per side so a command that needs only the old model (ingest into the old
+index) never pays for the new one."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from proxy.config import Settings
+from proxy.embedding import Embedder, EmbeddingCache, QueryCache, load_embedder
+from proxy.search import Coverage, Searcher
+from proxy.sparse import Bm25Encoder
+from proxy.store import VectorStore, open_store
+
+SIDES = ("old", "new")
+
+
+class Runtime:
+    def __init__(self, settings: Settings, models: dict[str, Embedder] | None = None) -> None:
+        self.settings = settings
+        # Already-loaded models may be handed in (tests and tools that build several runtimes).
+        self._models: dict[str, Embedder] = dict(models or {})
+        self._stores: dict[str, VectorStore] = {}
+
+    def model(self, side: str) -> Embedder:
+        if side not in self._models:
+            self._models[side] = load_embedder(getattr(self.settings.models, side))
+        return self._models[side]
+
+    def store(self, side: str) -> VectorStore:
+        if side not in self._stores:
+            self._stores[side] = open_store(self.settings, side)
+        return self._stores[side]
+
+    @cached_property
+    def bm25(self) -> Bm25Encoder:
+        return Bm25Encoder(avg_len=self.settings.bm25_avg_len)
+
+    @cached_property
+    def embedding_cache(self) -> EmbeddingCache:
+        return EmbeddingCache(self.settings.data_path("cache/embeddings.sqlite"))
+
+    def searcher(self) -> Searcher:
+        size = self.settings.server.query_cache_size
+        return Searcher(
+            old_model=QueryCache(self.model("old"), size),
+            new_model=QueryCache(self.model("new"), size),
+            old_store=self.store("old"),
+            new_store=self.store("new"),
+            bm25=self.bm25,
+            fusion=self.settings.fusion,
+            coverage=Coverage(self.store("new"), self.settings.server.coverage_refresh_s),
+        )
+
+    def close(self) -> None:
+        for s in self._stores.values():
+            s.close()
+        self._stores.clear()
+        if "embedding_cache" in self.__dict__:
+            self.embedding_cache.close()

@@ -1,0 +1,170 @@
+"""The query pipeline: embed with both models, run the ranked lists concurrently, fuse, hydrate.
+
+Blocking work (model inference, engine calls) runs in worker threads so the event loop keeps
+serving. Which lists run depends on the mode:
+
+    old    old model over the old index (what clients had before the migration)
+    fused  old + new + BM25, coverage-aware RRF (the migration)
+    new    new model + BM25 over the new index (after cutover)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from proxy.config import FusionConfig, Mode
+from proxy.embedding import QueryCache
+from proxy.filters import Filter
+from proxy.fusion import Fused, FusionParams, fuse, params_for
+from proxy.sparse import Bm25Encoder
+from proxy.store import VectorStore
+
+MODE_LISTS: dict[Mode, tuple[str, ...]] = {
+    Mode.OLD: ("old",),
+    Mode.SHADOW: ("old",),
+    Mode.FUSED: ("old", "new", "bm25"),
+    Mode.NEW: ("new", "bm25"),
+}
+
+
+@dataclass
+class Candidates:
+    ranked: dict[str, list[str]]
+    migrated: set[str]
+
+
+@dataclass
+class SearchResult:
+    mode: Mode
+    coverage: float
+    hits: list[Fused]
+    payloads: dict[str, dict[str, Any]]
+
+
+class Coverage:
+    """Share of documents in the new index that hold a new-model vector, recounted at most
+    every `refresh_s` seconds (a count per query would cost more than the query)."""
+
+    def __init__(self, store: VectorStore | None, refresh_s: float) -> None:
+        self.store = store
+        self.refresh_s = refresh_s
+        self.value = 0.0
+        self.total = 0
+        self.migrated = 0
+        self._at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    def recount(self) -> float:
+        if self.store is None or self.store.info() is None:
+            self.total = self.migrated = 0
+            self.value = 0.0
+        else:
+            self.total = self.store.count()
+            self.migrated = self.store.count(dense_only=True)
+            self.value = self.migrated / self.total if self.total else 0.0
+        self._at = time.monotonic()
+        return self.value
+
+    async def get(self) -> float:
+        if time.monotonic() - self._at >= self.refresh_s:
+            async with self._lock:
+                if time.monotonic() - self._at >= self.refresh_s:
+                    await asyncio.to_thread(self.recount)
+        return self.value
+
+
+class Searcher:
+    def __init__(
+        self,
+        old_model: QueryCache | None,
+        new_model: QueryCache | None,
+        old_store: VectorStore | None,
+        new_store: VectorStore | None,
+        bm25: Bm25Encoder,
+        fusion: FusionConfig,
+        coverage: Coverage,
+    ) -> None:
+        self.old_model = old_model
+        self.new_model = new_model
+        self.old_store = old_store
+        self.new_store = new_store
+        self.bm25 = bm25
+        self.fusion = fusion
+        self.coverage = coverage
+
+    def _dense(
+        self, model: QueryCache, store: VectorStore, query: str, depth: int, flt: Filter | None
+    ) -> list[str]:
+        return [d for d, _ in store.search_dense(model.embed(query), depth, flt)]
+
+    def _sparse(self, store: VectorStore, query: str, depth: int, flt: Filter | None) -> list[str]:
+        return [d for d, _ in store.search_sparse(self.bm25.query(query), depth, flt)]
+
+    def ready_for(self, mode: Mode) -> str | None:
+        """Why `mode` cannot be served now, or None."""
+        lists = MODE_LISTS[mode]
+        if "old" in lists and (self.old_store is None or self.old_store.info() is None):
+            return "the old index does not exist (run `crossfade ingest --index old`)"
+        if {"new", "bm25"} & set(lists) and (
+            self.new_store is None or self.new_store.info() is None
+        ):
+            return "the new index does not exist (run `crossfade migrate start`)"
+        return None
+
+    async def candidates(
+        self, query: str, lists: tuple[str, ...], depth: int, flt: Filter | None = None
+    ) -> Candidates:
+        jobs: dict[str, Any] = {}
+        if "old" in lists:
+            assert self.old_model and self.old_store
+            jobs["old"] = asyncio.to_thread(
+                self._dense, self.old_model, self.old_store, query, depth, flt
+            )
+        if "new" in lists:
+            assert self.new_model and self.new_store
+            jobs["new"] = asyncio.to_thread(
+                self._dense, self.new_model, self.new_store, query, depth, flt
+            )
+        if "bm25" in lists:
+            assert self.new_store
+            jobs["bm25"] = asyncio.to_thread(self._sparse, self.new_store, query, depth, flt)
+        results = await asyncio.gather(*jobs.values())
+        ranked = dict(zip(jobs, results, strict=True))
+        migrated: set[str] = set(ranked.get("new", ()))
+        if "new" in ranked and self.new_store is not None:
+            # Candidates outside the new top-N may still hold a new vector.
+            unknown = {d for name in ("old", "bm25") for d in ranked.get(name, ())} - migrated
+            migrated |= await asyncio.to_thread(self.new_store.with_dense, sorted(unknown))
+        return Candidates(ranked, migrated)
+
+    def params(self, mode: Mode, coverage: float) -> FusionParams:
+        """Fusion for `mode`: coverage-aware only in fused mode; `new` fuses as at 100%."""
+        p = params_for(self.fusion, 1.0 if mode is Mode.NEW else coverage)
+        fused = mode is Mode.FUSED
+        return replace(
+            p,
+            impute_missing=p.impute_missing and fused,
+            scale_new_ranks=p.scale_new_ranks and fused,
+            lists=MODE_LISTS[mode],
+        )
+
+    async def search(
+        self,
+        query: str,
+        k: int,
+        mode: Mode,
+        flt: Filter | None = None,
+        fields: tuple[str, ...] = ("text", "metadata"),
+    ) -> SearchResult:
+        coverage = await self.coverage.get()
+        lists = MODE_LISTS[mode]
+        depth = max(self.fusion.candidates, k)
+        cands = await self.candidates(query, lists, depth, flt)
+        hits = fuse(cands.ranked, self.params(mode, coverage), cands.migrated, k)
+        serving = self.old_store if lists == ("old",) else self.new_store
+        assert serving is not None
+        payloads = await asyncio.to_thread(serving.retrieve, [h.doc_id for h in hits], fields)
+        return SearchResult(mode=mode, coverage=coverage, hits=hits, payloads=payloads)
