@@ -1,0 +1,232 @@
+"""`crossfade` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+import orjson
+
+# Models are loaded from local paths only; never reach for a hub at run time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+DEFAULT_CONFIG = "config/demo.yaml"
+EVAL_CONFIG = "config/scifact.yaml"
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _settings(args: argparse.Namespace, default: str = DEFAULT_CONFIG, **overrides: Any) -> Any:
+    from proxy.config import load_settings
+
+    path = args.config or os.environ.get("CROSSFADE_CONFIG") or default
+    return load_settings(path, **overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from proxy.app import create_app
+    from proxy.runtime import Runtime
+
+    settings = _settings(args)
+    host = args.host or settings.server.host
+    port = args.port or settings.server.port
+    rt = Runtime(settings)
+    # Load both models before listening: a model that cannot load stops start-up here.
+    rt.model("old")
+    rt.model("new")
+    print(f"crossfade: serving mode={settings.mode} on http://{host}:{port}", file=sys.stderr)
+    uvicorn.run(create_app(rt), host=host, port=port, log_level="warning")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from proxy.ingest import ingest, read_jsonl
+    from proxy.runtime import Runtime
+
+    rt = Runtime(_settings(args))
+    try:
+        result = ingest(rt, args.index, read_jsonl(args.file), progress=not args.quiet)
+    finally:
+        rt.close()
+    _print_json(result)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from proxy.migration.start import start_migration
+    from proxy.runtime import Runtime
+
+    rt = Runtime(_settings(args))
+    try:
+        result = start_migration(rt, strategy=args.strategy, progress=not args.quiet)
+    finally:
+        rt.close()
+    _print_json(result)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from proxy.runtime import Runtime
+
+    rt = Runtime(_settings(args))
+    try:
+        out = {}
+        for side in ("old", "new"):
+            store = rt.store(side)
+            info = store.info()
+            out[side] = {
+                "exists": info is not None,
+                "fingerprint": info.fingerprint if info else None,
+                "documents": store.count(),
+                "with_vector": store.count(dense_only=True),
+            }
+        new = out["new"]
+        new["coverage"] = new["with_vector"] / new["documents"] if new["documents"] else 0.0
+    finally:
+        rt.close()
+    _print_json(out)
+    return 0
+
+
+def _coverages(text: str | None) -> list[int]:
+    if not text:
+        return [100]
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise SystemExit(f"--simulate-coverage: expected integers like 0,25,50: {e}") from e
+    if not values or any(v < 0 or v > 100 for v in values):
+        raise SystemExit("--simulate-coverage: percentages must lie in 0..100")
+    return values
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from proxy.experiment import format_table, load_beir, simulate
+
+    settings = _settings(args, EVAL_CONFIG)
+    data = load_beir(args.beir, args.split)
+    result = simulate(
+        settings, data, _coverages(args.simulate_coverage), seed=args.seed, progress=not args.json
+    )
+    if args.json:
+        _print_json({"coverage": result})
+    else:
+        print(
+            f"{data.__class__.__name__} {args.beir} split={args.split}: "
+            f"{len(data.docs)} docs, {len(data.queries)} queries"
+        )
+        for metric in ("ndcg@10", "recall@100"):
+            print(f"\n{metric}")
+            print(format_table(result, metric))
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from proxy.experiment import load_beir
+    from proxy.tuning import tune
+
+    settings = _settings(args, EVAL_CONFIG)
+    if args.split == "test":
+        raise SystemExit("tune on the train split: tuning on test queries would overfit the figure")
+    best = tune(settings, load_beir(args.beir, args.split), seed=args.seed)
+    _print_json(best)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Set up the demo migration (idempotent) and serve it."""
+    from proxy.demo import python_reference
+    from proxy.ingest import ingest
+    from proxy.migration.start import start_migration
+    from proxy.runtime import Runtime
+
+    rt = Runtime(_settings(args))
+    try:
+        docs = python_reference()
+        print(f"demo: {len(docs)} passages of the Python language reference", file=sys.stderr)
+        print(ingest(rt, "old", docs), file=sys.stderr)
+        print(start_migration(rt), file=sys.stderr)
+    finally:
+        rt.close()
+    return cmd_serve(args)
+
+
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    from proxy.config import reference_markdown
+
+    print(reference_markdown())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="crossfade", description=__doc__)
+    p.add_argument("--config", help=f"YAML config (default $CROSSFADE_CONFIG or {DEFAULT_CONFIG})")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the proxy")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("demo", help="ingest the demo corpus, start a migration, serve")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("ingest", help="embed a JSONL corpus into an index (resumable)")
+    s.add_argument("--index", choices=["old", "new"], required=True)
+    s.add_argument("file")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_ingest)
+
+    s = sub.add_parser("migrate", help="migration control")
+    msub = s.add_subparsers(dest="action", required=True)
+    m = msub.add_parser("start", help="create the new index and seed every document (BM25)")
+    m.add_argument("--strategy", choices=["lazy", "shadow", "rebuild"], default="lazy")
+    m.add_argument("--quiet", action="store_true")
+    m.set_defaults(func=cmd_migrate)
+
+    s = sub.add_parser("config-reference", help="print the config reference (markdown)")
+    s.set_defaults(func=cmd_config_reference)
+
+    s = sub.add_parser("status", help="documents, vectors and fingerprints per index")
+    s.set_defaults(func=cmd_status)
+
+    for name, func, helptext in (
+        ("eval", cmd_eval, "quality of old/new/BM25/RRF/crossfade on a BEIR dataset"),
+        ("tune", cmd_tune, "fit fusion weights on a train split"),
+    ):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("--beir", required=True, help="BEIR dir: corpus.jsonl, queries.jsonl, qrels")
+        s.add_argument("--split", default="test" if name == "eval" else "train")
+        s.add_argument("--seed", type=int, default=0)
+        if name == "eval":
+            s.add_argument("--simulate-coverage", help="comma-separated percentages, e.g. 0,50,100")
+            s.add_argument("--json", action="store_true", help="print one JSON object")
+        s.set_defaults(func=func)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from proxy.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as e:
+        print(f"crossfade: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        print(f"crossfade: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

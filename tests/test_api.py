@@ -1,0 +1,135 @@
+"""The HTTP API over real HTTP: uvicorn on 127.0.0.1, real models, the embedded engine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from proxy.app import create_app
+from proxy.demo import python_reference
+from proxy.ingest import ingest
+from proxy.migration.start import start_migration
+from proxy.runtime import Runtime
+from tests.conftest import LiveServer, demo_settings
+
+TOPICS = ("assert", "assignment", "exceptions", "for", "with", "lambda", "import", "try")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, models: dict) -> Iterator[tuple[str, Runtime]]:
+    docs = [d for d in python_reference() if d.metadata["topic"] in TOPICS]
+    rt = Runtime(demo_settings(tmp_path_factory.mktemp("api")), models)
+    ingest(rt, "old", docs, progress=False)
+    start_migration(rt, progress=False)
+    ingest(rt, "new", docs[::3], progress=False)  # a third already migrated
+    with LiveServer(create_app(rt)) as live:
+        yield live.url, rt
+
+
+def counts(rt: Runtime) -> tuple[int, int, int]:
+    return rt.store("old").count(), rt.store("new").count(), rt.store("new").count(dense_only=True)
+
+
+def test_health_and_readiness(server: tuple[str, Runtime]) -> None:
+    url, _ = server
+    assert httpx.get(url + "/healthz").json() == {"status": "ok"}
+    r = httpx.get(url + "/readyz")
+    assert r.status_code == 200 and r.json()["ready"] is True
+
+
+def test_fused_search_returns_provenance(server: tuple[str, Runtime]) -> None:
+    url, rt = server
+    r = httpx.post(url + "/search", json={"query": "how to raise an exception", "k": 5})
+    assert r.status_code == 200
+    body = r.json()
+    assert r.headers["x-crossfade-mode"] == "fused"
+    cov = float(r.headers["x-crossfade-coverage"])
+    _, total, migrated = counts(rt)
+    assert cov == pytest.approx(migrated / total, abs=1e-3) and 0 < cov < 1
+    assert len(body["results"]) == 5
+    scores = [h["score"] for h in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+    with_vector = rt.store("new").with_dense([h["doc_id"] for h in body["results"]])
+    for h in body["results"]:
+        assert set(h["ranks"]) == {"old", "new", "bm25"} and h["text"]
+        assert any(v is not None for v in h["ranks"].values())
+        # `migrated` is the store's truth, whichever lists the doc came from
+        assert h["migrated"] == (h["doc_id"] in with_vector)
+    assert any(h["metadata"]["topic"] in ("exceptions", "try") for h in body["results"][:3])
+
+
+def test_modes_and_text_opt_out(server: tuple[str, Runtime]) -> None:
+    url, _ = server
+    old = httpx.post(url + "/search", json={"query": "lambda expressions", "mode": "old"}).json()
+    assert old["mode"] == "old" and old["results"]
+    assert all(set(h["ranks"]) == {"old"} and not h["migrated"] for h in old["results"])
+    new = httpx.post(
+        url + "/search", json={"query": "lambda expressions", "mode": "new", "with_text": False}
+    ).json()
+    assert new["mode"] == "new" and all(h["text"] is None for h in new["results"])
+    assert all(set(h["ranks"]) == {"new", "bm25"} for h in new["results"])
+
+
+def test_filter_on_metadata(server: tuple[str, Runtime]) -> None:
+    url, _ = server
+    flt = {"must": [{"key": "topic", "match": {"value": "import"}}]}
+    r = httpx.post(url + "/search", json={"query": "loop over a sequence", "k": 10, "filter": flt})
+    assert r.status_code == 200 and r.json()["results"]
+    assert {h["metadata"]["topic"] for h in r.json()["results"]} == {"import"}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"query": ""}, 422, "query"),
+        ({"query": "   "}, 422, "query"),
+        ({"query": "x" * 5000}, 422, "query"),
+        ({"query": "ok", "k": 0}, 422, "k"),
+        ({"query": "ok", "k": 101}, 422, "k"),
+        ({"query": "ok", "kk": 3}, 422, "kk"),
+        ({"query": "ok", "mode": "sideways"}, 422, "mode"),
+        ({"query": "ok", "filter": {"must": [{"key": "topic"}]}}, 422, "filter"),
+        (
+            {"query": "ok", "filter": {"must": [{"key": "a;drop", "match": {"value": 1}}]}},
+            422,
+            "filter",
+        ),
+        ({"query": "ok", "filter": {}}, 422, "filter"),
+        ({"query": 5}, 422, "query"),
+    ],
+)
+def test_bad_input_is_a_clear_4xx_and_changes_nothing(
+    server: tuple[str, Runtime], body: dict, status: int, field: str
+) -> None:
+    url, rt = server
+    before = counts(rt)
+    r = httpx.post(url + "/search", json=body)
+    assert r.status_code == status
+    err = r.json()
+    assert err["error"] and field in str(err.get("problems", err))
+    assert counts(rt) == before
+
+
+def test_non_json_and_oversized_bodies(server: tuple[str, Runtime]) -> None:
+    url, rt = server
+    before = counts(rt)
+    r = httpx.post(
+        url + "/search", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400 and "JSON" in r.json()["error"]
+    r = httpx.post(
+        url + "/search",
+        content=b'{"query": "' + b"a" * 2_000_000 + b'"}',
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 413
+    assert counts(rt) == before
+
+
+def test_metrics_endpoint(server: tuple[str, Runtime]) -> None:
+    url, _ = server
+    httpx.post(url + "/search", json={"query": "for loop"})
+    text = httpx.get(url + "/metrics").text
+    assert 'crossfade_search_seconds_count{mode="fused"}' in text
