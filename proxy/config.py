@@ -106,11 +106,11 @@ class FusionConfig(Strict):
     k: int = Field(60, ge=1, le=1000, description="RRF constant k.")
     candidates: int = Field(100, ge=10, le=1000, description="Depth of each ranked list.")
     weights_at_0: Weights = Field(
-        default_factory=lambda: Weights(old=0.6, new=0.6, bm25=1.0),
+        default_factory=lambda: Weights(old=0.0, new=1.5, bm25=1.0),
         description="List weights at 0% coverage.",
     )
     weights_at_100: Weights = Field(
-        default_factory=lambda: Weights(old=0.1, new=1.0, bm25=1.0),
+        default_factory=lambda: Weights(old=0.0, new=0.6, bm25=1.0),
         description="List weights at 100% coverage.",
     )
     impute_missing: bool = Field(
@@ -119,12 +119,12 @@ class FusionConfig(Strict):
         "(coverage-aware fusion). Off = plain RRF.",
     )
     impute_from: list[Literal["old", "bm25"]] = Field(
-        default_factory=lambda: ["old"],
+        default_factory=lambda: ["old", "bm25"],
         min_length=1,
         description="Lists whose best rank stands in for a missing new-list rank.",
     )
     scale_new_ranks: bool = Field(
-        True,
+        False,
         description="Divide new-list ranks by coverage: rank r among migrated docs estimates "
         "rank r/coverage among all docs.",
     )
