@@ -130,6 +130,29 @@ class FusionConfig(Strict):
     )
 
 
+class MigrationConfig(Strict):
+    """Lazy re-embedding and background backfill, and their budget."""
+
+    lazy: bool = Field(True, description="Enqueue every returned document that has no new vector.")
+    backfill: bool = Field(True, description="Sweep the rest of the corpus in the background.")
+    until: float = Field(
+        100.0, ge=0, le=100, description="Backfill stops at this coverage (%); lazy hits go on."
+    )
+    batch_size: int = Field(32, ge=1, le=1024, description="Documents per re-embed batch.")
+    max_docs_per_s: float = Field(
+        0.0, ge=0, description="Re-embed rate cap in documents/s; 0 = no cap."
+    )
+    cpu_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of wall time the worker may spend re-embedding; it sleeps the rest.",
+    )
+    lease_s: float = Field(
+        120.0, gt=0, description="A claimed batch returns to the queue if not done in this time."
+    )
+
+
 class ServerConfig(Strict):
     host: str = Field("127.0.0.1", description="Bind address (loopback unless set otherwise).")
     port: int = Field(8000, ge=1, le=65535, description="Listen port.")
@@ -149,6 +172,7 @@ class Settings(BaseSettings):
     models: ModelsConfig
     indexes: IndexesConfig
     fusion: FusionConfig = Field(default_factory=FusionConfig)
+    migration: MigrationConfig = Field(default_factory=MigrationConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     bm25_avg_len: float = Field(
         256.0, gt=0, description="Expected document length in tokens for BM25 normalisation."

@@ -9,6 +9,7 @@ from functools import cached_property
 
 from proxy.config import Settings
 from proxy.embedding import Embedder, EmbeddingCache, QueryCache, load_embedder
+from proxy.migration.state import SqliteState
 from proxy.search import Coverage, Searcher
 from proxy.sparse import Bm25Encoder
 from proxy.store import VectorStore, open_store
@@ -41,6 +42,10 @@ class Runtime:
     def embedding_cache(self) -> EmbeddingCache:
         return EmbeddingCache(self.settings.data_path("cache/embeddings.sqlite"))
 
+    @cached_property
+    def state(self) -> SqliteState:
+        return SqliteState(self.settings.data_path("migration.sqlite"))
+
     def searcher(self) -> Searcher:
         size = self.settings.server.query_cache_size
         return Searcher(
@@ -57,5 +62,6 @@ class Runtime:
         for s in self._stores.values():
             s.close()
         self._stores.clear()
-        if "embedding_cache" in self.__dict__:
-            self.embedding_cache.close()
+        for name in ("embedding_cache", "state"):
+            if name in self.__dict__:
+                self.__dict__.pop(name).close()

@@ -144,3 +144,9 @@ def test_edge_index_survives_reopen(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="bound to"):
         again.create(IndexInfo(dim=DIM, fingerprint="other@1", sparse=True))
     again.close()
+
+
+def test_sweep_and_fingerprint_counts(store: VectorStore) -> None:
+    assert sorted(store.without_dense(10)) == ["d3", "d4"]
+    assert store.without_dense(1)[0] in {"d3", "d4"}
+    assert store.fingerprints() == {FP: 3}

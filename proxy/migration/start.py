@@ -12,9 +12,7 @@ from typing import Any
 
 from proxy.ingest import Progress, ensure_index, now_iso
 from proxy.runtime import Runtime
-from proxy.store import PointWrite, write_json_atomic
-
-STATE_FILE = "migration.json"
+from proxy.store import PointWrite
 
 
 def start_migration(rt: Runtime, strategy: str = "lazy", progress: bool = True) -> dict[str, Any]:
@@ -56,5 +54,5 @@ def start_migration(rt: Runtime, strategy: str = "lazy", progress: bool = True) 
         "new_fingerprint": new_info.fingerprint,
         "documents": new.count(),
     }
-    write_json_atomic(rt.settings.data_path(STATE_FILE), state)
+    rt.state.set("migration", state)
     return {**state, "seeded": seeded, "migrated": new.count(dense_only=True)}

@@ -109,6 +109,14 @@ class VectorStore(Protocol):
 
     def count(self, dense_only: bool = False) -> int: ...
 
+    def without_dense(self, limit: int) -> list[str]:
+        """Up to `limit` doc ids that hold no dense vector, in scroll order."""
+        ...
+
+    def fingerprints(self) -> dict[str, int]:
+        """Points holding a dense vector, counted per `model_fingerprint` ("unknown" = none)."""
+        ...
+
     def flush(self) -> None: ...
 
     def drop(self) -> None:
@@ -132,6 +140,15 @@ def check_fingerprints(info: IndexInfo | None, points: Sequence[PointWrite]) -> 
             )
         if p.dense.shape != (info.dim,):
             raise FingerprintMismatch(f"doc {p.doc_id!r}: vector shape {p.dense.shape}")
+
+
+def fingerprint_counts(facets: dict[str, int], with_vector: int) -> dict[str, int]:
+    """Add the vectors that carry no fingerprint at all (written behind the proxy's back)."""
+    out = dict(sorted(facets.items()))
+    unknown = with_vector - sum(facets.values())
+    if unknown > 0:
+        out["unknown"] = unknown
+    return out
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

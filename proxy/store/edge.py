@@ -24,6 +24,7 @@ from proxy.store import (
     PointWrite,
     Sparse,
     check_fingerprints,
+    fingerprint_counts,
     point_id,
     write_json_atomic,
 )
@@ -204,6 +205,23 @@ class EdgeStore:
         self.close()
         shutil.rmtree(self.path, ignore_errors=True)
         self._info = None
+
+    def without_dense(self, limit: int) -> list[str]:
+        flt = qe.Filter(must_not=[qe.HasVectorCondition(self.vector)])
+        recs, _ = self.shard.scroll(
+            qe.ScrollRequest(limit=limit, filter=flt, with_payload=["doc_id"])
+        )
+        return [r.payload["doc_id"] for r in recs if r.payload]
+
+    def fingerprints(self) -> dict[str, int]:
+        if self._shard is None:
+            return {}
+        has = qe.Filter(must=[qe.HasVectorCondition(self.vector)])
+        res = self.shard.facet(
+            qe.FacetRequest("model_fingerprint", limit=1000, exact=True, filter=has)
+        )
+        facets = {str(h.value): int(h.count) for h in res.hits}
+        return fingerprint_counts(facets, self.count(dense_only=True))
 
     def close(self) -> None:
         if self._shard is not None:

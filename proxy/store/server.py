@@ -18,7 +18,14 @@ from qdrant_client import models as qm
 
 from proxy.config import IndexConfig
 from proxy.filters import Condition, Filter
-from proxy.store import IndexInfo, PointWrite, Sparse, check_fingerprints, point_id
+from proxy.store import (
+    IndexInfo,
+    PointWrite,
+    Sparse,
+    check_fingerprints,
+    fingerprint_counts,
+    point_id,
+)
 
 _META_KEY = "crossfade"
 
@@ -230,6 +237,25 @@ class ServerStore:
         )
         with self._guard():
             return int(self.client.count(self.collection, count_filter=flt, exact=True).count)
+
+    def without_dense(self, limit: int) -> list[str]:
+        flt = qm.Filter(must_not=[qm.HasVectorCondition(has_vector=self.vector)])
+        with self._guard():
+            recs, _ = self.client.scroll(
+                self.collection, scroll_filter=flt, limit=limit, with_payload=["doc_id"]
+            )
+        return [r.payload["doc_id"] for r in recs if r.payload]
+
+    def fingerprints(self) -> dict[str, int]:
+        if self._info is None:
+            return {}
+        has = qm.Filter(must=[qm.HasVectorCondition(has_vector=self.vector)])
+        with self._guard():
+            res = self.client.facet(
+                self.collection, "model_fingerprint", facet_filter=has, limit=1000, exact=True
+            )
+        facets = {str(h.value): int(h.count) for h in res.hits}
+        return fingerprint_counts(facets, self.count(dense_only=True))
 
     def drop(self) -> None:
         with self._guard():

@@ -1,0 +1,122 @@
+"""Migration state and the re-embed queue, behind one small interface.
+
+The queue is an accelerator, never the source of truth: "migrated" means the new index holds a
+vector of the document's current text, and a sweep of the new index can always recompute what
+is left. So a lost queue costs time, never data.
+
+This is the embedded engine's implementation (SQLite in WAL mode under the data directory,
+fsync on commit, so a `kill -9` loses nothing acknowledged). Replicas sharing a Qdrant server
+need the same interface kept in the store; claims carry a lease for that reason: an item
+claimed by a worker that dies comes back once its lease expires.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+HIT = 0  # returned by a search: re-embed first
+BACKFILL = 1  # found by the background sweep
+
+
+class MigrationState(Protocol):
+    def enqueue(self, doc_ids: Sequence[str], priority: int) -> int: ...
+
+    def claim(self, n: int, lease_s: float) -> list[str]: ...
+
+    def done(self, doc_ids: Sequence[str]) -> None: ...
+
+    def depth(self) -> dict[str, int]: ...
+
+    def get(self, key: str, default: Any = None) -> Any: ...
+
+    def set(self, key: str, value: Any) -> None: ...
+
+
+class SqliteState:
+    def __init__(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS queue (doc_id TEXT PRIMARY KEY, priority INTEGER,"
+                " enqueued_at REAL, leased_until REAL DEFAULT 0)"
+            )
+            self._db.execute(
+                "CREATE INDEX IF NOT EXISTS queue_order ON queue (priority, enqueued_at)"
+            )
+            self._db.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT)")
+
+    def enqueue(self, doc_ids: Sequence[str], priority: int) -> int:
+        """Add ids; an id already queued keeps its place, moving up if this priority is higher.
+        Returns how many were new."""
+        if not doc_ids:
+            return 0
+        now = time.time()
+        with self._lock:
+            before = self._count()
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT INTO queue (doc_id, priority, enqueued_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(doc_id) DO UPDATE SET priority = min(priority, excluded.priority)",
+                [(d, priority, now) for d in dict.fromkeys(doc_ids)],
+            )
+            self._db.execute("COMMIT")
+            return self._count() - before
+
+    def _count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM queue").fetchone()[0])
+
+    def claim(self, n: int, lease_s: float) -> list[str]:
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            rows = self._db.execute(
+                "SELECT doc_id FROM queue WHERE leased_until < ? ORDER BY priority, enqueued_at"
+                " LIMIT ?",
+                (now, n),
+            ).fetchall()
+            ids = [r[0] for r in rows]
+            self._db.executemany(
+                "UPDATE queue SET leased_until = ? WHERE doc_id = ?",
+                [(now + lease_s, d) for d in ids],
+            )
+            self._db.execute("COMMIT")
+            return ids
+
+    def done(self, doc_ids: Sequence[str]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("DELETE FROM queue WHERE doc_id = ?", [(d,) for d in doc_ids])
+            self._db.execute("COMMIT")
+
+    def depth(self) -> dict[str, int]:
+        with self._lock:
+            rows = dict(self._db.execute("SELECT priority, count(*) FROM queue GROUP BY priority"))
+        hits, backfill = int(rows.get(HIT, 0)), int(rows.get(BACKFILL, 0))
+        return {"hits": hits, "backfill": backfill, "total": hits + backfill}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO kv VALUES (?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value)),
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
