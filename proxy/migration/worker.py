@@ -1,0 +1,163 @@
+"""The re-embed worker: takes queued documents (search hits first, then the backfill sweep),
+embeds them with the new model and writes their vectors with a conditional update.
+
+Budgeted so it cannot starve queries: after each batch it sleeps so that it spends at most
+`cpu_share` of wall time working, and never exceeds `max_docs_per_s`. Pausing stops it
+entirely; `until` stops only the backfill sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from proxy.config import MigrationConfig
+from proxy.ingest import now_iso
+from proxy.migration.state import BACKFILL, MigrationState
+from proxy.runtime import Runtime
+from proxy.store import PointWrite
+
+log = logging.getLogger("crossfade.worker")
+
+
+@dataclass
+class Stats:
+    processed: int = 0
+    skipped: int = 0
+    batches: int = 0
+    last_error: str | None = None
+    window_s: float = 60.0
+    events: deque[tuple[float, int]] = field(default_factory=deque)
+
+    def record(self, written: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.events.append((now, written))
+        while self.events and self.events[0][0] < now - self.window_s:
+            self.events.popleft()
+
+    def rate(self, now: float | None = None) -> float:
+        """Documents re-embedded per second of wall time (sleeps included) over the window."""
+        now = time.monotonic() if now is None else now
+        recent = [(t, n) for t, n in self.events if t >= now - self.window_s]
+        if len(recent) < 2:
+            return 0.0
+        span = max(now - recent[0][0], 1e-6)
+        return sum(n for _, n in recent[1:]) / span
+
+
+def control(state: MigrationState, cfg: MigrationConfig) -> dict[str, object]:
+    """Pause flag and backfill limit: persisted, so a restart honours them."""
+    return {
+        "paused": bool(state.get("paused", False)),
+        "until": float(state.get("until", cfg.until)),
+        "backfill": bool(state.get("backfill", cfg.backfill)),
+    }
+
+
+def set_control(
+    state: MigrationState,
+    action: str | None = None,
+    backfill: bool | None = None,
+    until: float | None = None,
+) -> None:
+    if action is not None:
+        state.set("paused", action == "pause")
+    if backfill is not None:
+        state.set("backfill", backfill)
+    if until is not None:
+        state.set("until", until)
+
+
+class Reembedder:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.cfg = rt.settings.migration
+        self.state: MigrationState = rt.state
+        self.stats = Stats()
+
+    def refill(self) -> int:
+        """Enqueue the next documents of the sweep if the queue runs low and backfill may run."""
+        ctl = control(self.state, self.cfg)
+        if not ctl["backfill"]:
+            return 0
+        new = self.rt.store("new")
+        total = new.count()
+        if total == 0 or 100.0 * new.count(dense_only=True) / total >= float(ctl["until"]):  # type: ignore[arg-type]
+            return 0
+        if self.state.depth()["total"] >= self.cfg.batch_size:
+            return 0
+        return self.state.enqueue(new.without_dense(self.cfg.batch_size * 4), BACKFILL)
+
+    def step(self) -> int:
+        """Process one batch; returns documents written (blocking: run it in a thread)."""
+        new = self.rt.store("new")
+        if new.info() is None:
+            return 0
+        ids = self.state.claim(self.cfg.batch_size, self.cfg.lease_s)
+        if not ids and self.refill():
+            ids = self.state.claim(self.cfg.batch_size, self.cfg.lease_s)
+        if not ids:
+            return 0
+        payloads = new.retrieve(ids, ["text", "metadata", "text_sha256"])
+        have = new.with_dense(list(payloads))
+        # Deleted since enqueued, or already migrated (by a write or another worker): done.
+        todo = [payloads[d] for d in ids if d in payloads and d not in have]
+        written = 0
+        if todo:
+            model = self.rt.model("new")
+            vecs = model.embed_documents([p["text"] for p in todo])
+            stamp = now_iso()
+            new.upsert(
+                [
+                    PointWrite(
+                        doc_id=p["doc_id"],
+                        text=p["text"],
+                        text_sha256=p["text_sha256"],
+                        metadata=p.get("metadata") or {},
+                        dense=vecs[i],
+                        fingerprint=model.fingerprint.id,
+                        sparse=self.rt.bm25.document(p["text"]),
+                        embedded_at=stamp,
+                        # Refused if the text changed while we embedded: never a stale vector.
+                        if_text_sha256=p["text_sha256"],
+                    )
+                    for i, p in enumerate(todo)
+                ]
+            )
+            new.flush()
+            written = len(todo)
+        self.state.done(ids)
+        self.stats.processed += written
+        self.stats.skipped += len(ids) - written
+        self.stats.batches += 1
+        return written
+
+    def sleep_after(self, written: int, busy_s: float) -> float:
+        """Seconds to rest after a batch that took `busy_s`, to honour the budget."""
+        rest = busy_s * (1.0 / self.cfg.cpu_share - 1.0)
+        if self.cfg.max_docs_per_s > 0:
+            rest = max(rest, written / self.cfg.max_docs_per_s - busy_s)
+        return rest
+
+    async def run(self, idle_s: float = 0.5) -> None:
+        while True:
+            if control(self.state, self.cfg)["paused"]:
+                await asyncio.sleep(idle_s)
+                continue
+            t0 = time.monotonic()
+            try:
+                written = await asyncio.to_thread(self.step)
+            except Exception as e:  # keep serving; the queue still holds the batch (lease)
+                log.exception("re-embed batch failed")
+                self.stats.last_error = str(e)
+                await asyncio.sleep(idle_s * 4)
+                continue
+            busy = time.monotonic() - t0
+            if written:
+                self.stats.record(written)
+                await asyncio.sleep(self.sleep_after(written, busy))
+            else:
+                await asyncio.sleep(idle_s)
