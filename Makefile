@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run test lint bench eval clean
+.PHONY: install run test lint bench eval docs clean
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ eval: install
 	$(VENV)/bin/crossfade eval --beir ../shared/data/scifact --simulate-coverage 0,25,50,75,100
 
 bench: eval
+
+# Regenerate the README's config reference from the config models.
+docs: install
+	$(PY) -c "import re, pathlib; from proxy.config import reference_markdown as r; p = pathlib.Path('README.md'); s = p.read_text(); a, b = '<!-- config-reference:start -->', '<!-- config-reference:end -->'; p.write_text(s[: s.index(a) + len(a)] + chr(10) + r() + chr(10) + s[s.index(b):])"
 
 clean:
 	rm -rf $(VENV) .crossfade

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from fastapi import FastAPI, Request
@@ -16,8 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.config import Mode
+from proxy.documents import delete_documents, upsert_documents
 from proxy.filters import Filter
+from proxy.ingest import MAX_TEXT_CHARS, CorpusError, parse_doc
 from proxy.metrics import Metrics
+from proxy.migration.state import HIT
+from proxy.migration.status import migration_status
+from proxy.migration.worker import Reembedder, set_control
 from proxy.runtime import Runtime
 from proxy.search import Searcher
 
@@ -29,6 +34,32 @@ class SearchRequest(BaseModel):
     filter: Filter | None = Field(None, description="Conditions on document metadata.")
     with_text: bool = Field(True, description="Return each document's text.")
     mode: Mode | None = Field(None, description="Override the serving mode for this request.")
+    reembed: bool = Field(
+        True,
+        description="Enqueue returned documents that have no new vector (lazy migration). "
+        "Monitoring and evaluation traffic may turn this off.",
+    )
+
+
+class DocumentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | int = Field(description="Document id.")
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class DocumentsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    documents: list[DocumentIn] = Field(min_length=1, max_length=256)
+
+
+class BackfillControl(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    action: Literal["pause", "resume"] | None = None
+    backfill: bool | None = Field(None, description="Enable or disable the background sweep.")
+    until: float | None = Field(
+        None, ge=0, le=100, description="Stop the sweep at this coverage %."
+    )
 
 
 class Hit(BaseModel):
@@ -93,14 +124,26 @@ def create_app(rt: Runtime) -> FastAPI:
     settings = rt.settings
     metrics = Metrics()
     state: dict[str, Any] = {"searcher": None}
+    worker = Reembedder(rt)
+    background: set[asyncio.Task[Any]] = set()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         # Models load before the first request is accepted (uvicorn waits for startup).
         state["searcher"] = await asyncio.to_thread(rt.searcher)
         await asyncio.to_thread(state["searcher"].coverage.recount)
+        task = asyncio.create_task(worker.run())
         yield
+        task.cancel()
+        await asyncio.gather(task, *background, return_exceptions=True)
         await asyncio.to_thread(rt.close)
+
+    def enqueue_hits(doc_ids: list[str]) -> None:
+        """Queue unmigrated hits off the response path (the queue is only an accelerator)."""
+        if doc_ids:
+            t = asyncio.create_task(asyncio.to_thread(rt.state.enqueue, doc_ids, HIT))
+            background.add(t)
+            t.add_done_callback(background.discard)
 
     app = FastAPI(
         title="crossfade",
@@ -163,6 +206,8 @@ def create_app(rt: Runtime) -> FastAPI:
         took = time.perf_counter() - t0
         metrics.search_latency.labels(mode.value).observe(took)
         metrics.coverage.set(res.coverage)
+        if req.reembed and mode is Mode.FUSED and settings.migration.lazy:
+            enqueue_hits([h.doc_id for h in res.hits if not h.migrated])
         response.headers["X-Crossfade-Mode"] = mode.value
         response.headers["X-Crossfade-Coverage"] = f"{res.coverage:.4f}"
         return SearchResponse(
@@ -181,6 +226,36 @@ def create_app(rt: Runtime) -> FastAPI:
                 for h in res.hits
             ],
         )
+
+    @app.put("/documents", responses={400: {}, 413: {}, 422: {}, 503: {}})
+    async def put_documents(body: DocumentsIn) -> Any:
+        try:
+            docs = [
+                parse_doc(d.model_dump(), f"documents[{i}]") for i, d in enumerate(body.documents)
+            ]
+        except CorpusError as e:
+            return error(422, str(e))
+        if len({d.doc_id for d in docs}) != len(docs):
+            return error(422, "duplicate ids in one batch")
+        try:
+            sides = await asyncio.to_thread(upsert_documents, rt, docs)
+        except RuntimeError as e:
+            return error(503, str(e))
+        return {"upserted": len(docs), "indexes": sides}
+
+    @app.delete("/documents/{doc_id}", responses={503: {}})
+    async def delete_document(doc_id: str) -> Any:
+        existed = await asyncio.to_thread(delete_documents, rt, [doc_id])
+        return {"deleted": doc_id, "existed": existed}
+
+    @app.get("/migration")
+    async def get_migration() -> Any:
+        return await asyncio.to_thread(migration_status, rt, worker)
+
+    @app.post("/migration/backfill", responses={422: {}})
+    async def backfill(body: BackfillControl) -> Any:
+        set_control(rt.state, body.action, body.backfill, body.until)
+        return (await asyncio.to_thread(migration_status, rt, worker))["control"]
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -72,27 +72,90 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _proxy_url(settings: Any) -> str:
+    host = settings.server.host if settings.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    return f"http://{host}:{settings.server.port}"
+
+
+def _ask_proxy(settings: Any, method: str, path: str, body: Any = None) -> Any | None:
+    """The running proxy owns the embedded shards; ask it first. None if it is not running."""
+    import httpx
+
+    try:
+        r = httpx.request(method, _proxy_url(settings) + path, json=body, timeout=30)
+    except httpx.TransportError:
+        return None
+    r.raise_for_status()
+    return r.json()
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    from proxy.migration.status import migration_status
+    from proxy.runtime import Runtime
+
+    settings = _settings(args)
+    out = _ask_proxy(settings, "GET", "/migration")
+    if out is None:
+        rt = Runtime(settings)
+        try:
+            out = migration_status(rt)
+        finally:
+            rt.close()
+    if args.json:
+        _print_json(out)
+        return 0
+    for side, ix in out["indexes"].items():
+        print(
+            f"{side:>4}: {ix['documents']} documents, {ix['with_vector']} with vectors "
+            f"({100 * ix['coverage']:.1f}%), bound to {ix['bound_fingerprint']}"
+        )
+        for fp, n in ix["fingerprints"].items():
+            print(f"        {n:>8}  {fp}")
+    q, ctl = out["queue"], out["control"]
+    eta = f"{out['eta_s']:.0f}s" if out["eta_s"] is not None else "-"
+    print(
+        f"queue: {q['hits']} hits + {q['backfill']} backfill; "
+        f"rate {out['rate_docs_per_s']} docs/s, ETA {eta}; "
+        f"paused={ctl['paused']} backfill={ctl['backfill']} until={ctl['until']}%"
+    )
+    return 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    body: dict[str, Any] = {}
+    if args.action in ("pause", "resume"):
+        body["action"] = args.action
+    if args.action in ("on", "off"):
+        body["backfill"] = args.action == "on"
+    if args.until is not None:
+        body["until"] = float(args.until.rstrip("%"))
+    out = _ask_proxy(settings, "POST", "/migration/backfill", body)
+    if out is None:  # proxy not running: persist the control for its next start
+        from proxy.migration.worker import control, set_control
+        from proxy.runtime import Runtime
+
+        rt = Runtime(settings)
+        try:
+            set_control(rt.state, body.get("action"), body.get("backfill"), body.get("until"))
+            out = control(rt.state, settings.migration)
+        finally:
+            rt.close()
+    _print_json(out)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from proxy.migration.status import verify
     from proxy.runtime import Runtime
 
     rt = Runtime(_settings(args))
     try:
-        out = {}
-        for side in ("old", "new"):
-            store = rt.store(side)
-            info = store.info()
-            out[side] = {
-                "exists": info is not None,
-                "fingerprint": info.fingerprint if info else None,
-                "documents": store.count(),
-                "with_vector": store.count(dense_only=True),
-            }
-        new = out["new"]
-        new["coverage"] = new["with_vector"] / new["documents"] if new["documents"] else 0.0
+        out = verify(rt, sample=args.sample)
     finally:
         rt.close()
     _print_json(out)
-    return 0
+    return 0 if out["ok"] else 1
 
 
 def _coverages(text: str | None) -> list[int]:
@@ -196,8 +259,20 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("config-reference", help="print the config reference (markdown)")
     s.set_defaults(func=cmd_config_reference)
 
-    s = sub.add_parser("status", help="documents, vectors and fingerprints per index")
+    s = sub.add_parser("status", help="coverage, fingerprints, queue, rate and ETA")
+    s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser(
+        "backfill", help="pause/resume the re-embed worker, switch or limit backfill"
+    )
+    s.add_argument("action", choices=["pause", "resume", "on", "off", "limit"])
+    s.add_argument("--until", help="stop the background sweep at this coverage, e.g. 50%%")
+    s.set_defaults(func=cmd_backfill)
+
+    s = sub.add_parser("verify", help="check every point of the new index (stop the proxy first)")
+    s.add_argument("--sample", type=int, default=64, help="vectors re-embedded and compared")
+    s.set_defaults(func=cmd_verify)
 
     for name, func, helptext in (
         ("eval", cmd_eval, "quality of old/new/BM25/RRF/crossfade on a BEIR dataset"),

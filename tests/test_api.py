@@ -20,7 +20,11 @@ TOPICS = ("assert", "assignment", "exceptions", "for", "with", "lambda", "import
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, models: dict) -> Iterator[tuple[str, Runtime]]:
     docs = [d for d in python_reference() if d.metadata["topic"] in TOPICS]
-    rt = Runtime(demo_settings(tmp_path_factory.mktemp("api")), models)
+    # No background migration here: these tests need a fixed coverage.
+    settings = demo_settings(
+        tmp_path_factory.mktemp("api"), migration={"lazy": False, "backfill": False}
+    )
+    rt = Runtime(settings, models)
     ingest(rt, "old", docs, progress=False)
     start_migration(rt, progress=False)
     ingest(rt, "new", docs[::3], progress=False)  # a third already migrated

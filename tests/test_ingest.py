@@ -7,12 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from proxy.cli import main
 from proxy.ingest import CorpusError, ingest, read_jsonl
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
-from tests.conftest import demo_settings
+from tests.conftest import ROOT, demo_settings, free_port
 
 DOCS = [
     {
@@ -93,7 +94,7 @@ def test_migrate_start_seeds_every_doc_without_dense_vectors(
     # BM25 covers every document from minute one
     hits = new.search_sparse(runtime.bm25.query("context manager"), 3)
     assert hits[0][0] == "2"
-    state = json.loads(runtime.settings.data_path("migration.json").read_text())
+    state = runtime.state.get("migration")
     assert state["state"] == "running" and state["new_fingerprint"] == out["new_fingerprint"]
     assert start_migration(runtime, progress=False)["seeded"] == 0  # idempotent
 
@@ -101,17 +102,20 @@ def test_migrate_start_seeds_every_doc_without_dense_vectors(
 def test_cli_ingest_and_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     corpus = write_jsonl(tmp_path / "c.jsonl", DOCS)
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(
-        (Path(__file__).parents[1] / "config" / "demo.yaml")
-        .read_text()
-        .replace("data_dir: .crossfade/demo", f"data_dir: {tmp_path / 'data'}")
-    )
+    data = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    data["data_dir"] = str(tmp_path / "data")
+    data["server"]["port"] = free_port()  # no proxy there: status reads the stores itself
+    cfg.write_text(yaml.safe_dump(data))
     assert main(["--config", str(cfg), "ingest", "--index", "old", "--quiet", str(corpus)]) == 0
     assert json.loads(capsys.readouterr().out)["written"] == 3
     assert main(["--config", str(cfg), "migrate", "start", "--quiet"]) == 0
     capsys.readouterr()
-    assert main(["--config", str(cfg), "status"]) == 0
+    assert main(["--config", str(cfg), "status", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
-    assert status["old"]["documents"] == 3 and status["new"]["documents"] == 3
-    assert status["new"]["coverage"] == 0.0
+    assert status["indexes"]["old"]["documents"] == 3 and status["indexes"]["new"]["documents"] == 3
+    assert status["indexes"]["new"]["coverage"] == 0.0 and status["remaining"] == 3
+    assert main(["--config", str(cfg), "status"]) == 0
+    assert "3 documents, 0 with vectors" in capsys.readouterr().out
+    assert main(["--config", str(cfg), "backfill", "pause"]) == 0
+    assert json.loads(capsys.readouterr().out)["paused"] is True
     assert main(["--config", str(tmp_path / "missing.yaml"), "status"]) == 2

@@ -1,0 +1,177 @@
+"""Lazy re-embedding and backfill on real models and the embedded engine: priority, budget,
+pause/limit, the edit-during-re-embed race, the bilingual-write guard, and verification."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from proxy.demo import python_reference
+from proxy.documents import delete_documents, upsert_documents
+from proxy.embedding import Embedder
+from proxy.ingest import Doc, ingest
+from proxy.migration.start import start_migration
+from proxy.migration.state import BACKFILL, HIT, SqliteState
+from proxy.migration.status import migration_status, verify
+from proxy.migration.worker import Reembedder, set_control
+from proxy.runtime import Runtime
+from proxy.store import FingerprintMismatch, PointWrite
+from tests.conftest import demo_settings
+
+N = 40
+
+
+@pytest.fixture
+def migrating(tmp_path: Path, models: dict[str, Embedder]) -> Iterator[Runtime]:
+    docs = python_reference()[:N]
+    rt = Runtime(demo_settings(tmp_path, migration={"batch_size": 8}), dict(models))
+    ingest(rt, "old", docs, progress=False)
+    start_migration(rt, progress=False)
+    yield rt
+    rt.close()
+
+
+def drain(worker: Reembedder, max_steps: int = 100) -> int:
+    total = 0
+    for _ in range(max_steps):
+        n = worker.step()
+        if n == 0 and worker.state.depth()["total"] == 0 and not worker.refill():
+            return total
+        total += n
+    raise AssertionError("worker did not finish")
+
+
+def test_queue_dedupes_prioritises_and_survives_reopen(tmp_path: Path) -> None:
+    q = SqliteState(tmp_path / "m.sqlite")
+    assert q.enqueue(["a", "b", "c"], BACKFILL) == 3
+    assert q.enqueue(["c", "d", "d"], HIT) == 1  # c moves up, d is new, duplicates collapse
+    assert q.depth() == {"hits": 2, "backfill": 2, "total": 4}
+    assert q.claim(2, lease_s=60) == ["c", "d"]
+    assert q.claim(10, lease_s=60) == ["a", "b"]  # claimed items are leased, not handed twice
+    q.done(["c"])
+    q.set("paused", True)
+    q.close()
+    again = SqliteState(tmp_path / "m.sqlite")
+    assert again.depth()["total"] == 3 and again.get("paused") is True
+    assert again.claim(10, lease_s=60) == []  # leases persist too
+    again.close()
+
+
+def test_expired_lease_returns_the_item(tmp_path: Path) -> None:
+    q = SqliteState(tmp_path / "m.sqlite")
+    q.enqueue(["a"], HIT)
+    assert q.claim(1, lease_s=-1) == ["a"]  # a worker that claimed and died
+    assert q.claim(1, lease_s=60) == ["a"]
+    q.close()
+
+
+def test_hits_first_then_backfill_to_full_coverage(migrating: Runtime) -> None:
+    rt = migrating
+    new = rt.store("new")
+    hits = [f"{d.doc_id}" for d in python_reference()[N - 3 : N]]
+    rt.state.enqueue(hits, HIT)
+    worker = Reembedder(rt)
+    assert worker.step() == 3
+    assert new.with_dense(hits) == set(hits)  # the hits went first
+    assert new.count(dense_only=True) == 3
+    drain(worker)
+    status = migration_status(rt, worker)
+    fp = rt.model("new").fingerprint.id
+    assert status["indexes"]["new"]["fingerprints"] == {fp: N}
+    assert status["indexes"]["new"]["coverage"] == 1.0 and status["queue"]["total"] == 0
+    report = verify(rt, sample=10)
+    assert report["ok"], report["problems"]
+    assert report["documents"] == report["unique_ids"] == N
+
+
+def test_backfill_limit_and_switch(migrating: Runtime) -> None:
+    rt = migrating
+    worker = Reembedder(rt)
+    set_control(rt.state, until=50)
+    drain(worker)
+    covered = rt.store("new").count(dense_only=True)
+    assert N * 0.5 <= covered < N
+    set_control(rt.state, backfill=False, until=100)
+    assert worker.refill() == 0
+    rt.state.enqueue([python_reference()[N - 1].doc_id], HIT)  # lazy hits still flow
+    drain(worker)
+    set_control(rt.state, backfill=True)
+    drain(worker)
+    assert rt.store("new").count(dense_only=True) == N
+
+
+def test_budget_sleeps_to_honour_cpu_share_and_rate(migrating: Runtime) -> None:
+    worker = Reembedder(migrating)
+    worker.cfg = worker.cfg.model_copy(update={"cpu_share": 0.25, "max_docs_per_s": 0})
+    assert worker.sleep_after(8, busy_s=1.0) == pytest.approx(3.0)
+    worker.cfg = worker.cfg.model_copy(update={"cpu_share": 1.0, "max_docs_per_s": 4})
+    assert worker.sleep_after(8, busy_s=1.0) == pytest.approx(1.0)
+
+
+class EditsMidFlight:
+    """The new model, but the first batch it embeds triggers an edit of `doc` through the
+    proxy's write path before the re-embed is written: the race, made deterministic."""
+
+    def __init__(self, real: Embedder, rt: Runtime, doc: Doc) -> None:
+        self.real, self.rt, self.doc = real, rt, doc
+        self.fingerprint = real.fingerprint
+        self.fired = False
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self.real.embed_queries(texts)
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        out = self.real.embed_documents(texts)
+        if not self.fired:
+            self.fired = True
+            upsert_documents(self.rt, [self.doc])
+        return out
+
+
+def test_edit_during_reembed_ends_with_the_final_texts_vector(migrating: Runtime) -> None:
+    rt = migrating
+    target = python_reference()[0]
+    final = Doc(target.doc_id, "Edited: the assert statement checks a condition at runtime.")
+    real = rt.model("new")
+    rt._models["new"] = EditsMidFlight(real, rt, final)
+    rt.state.enqueue([target.doc_id], HIT)
+    Reembedder(rt).step()
+    rt._models["new"] = real
+    new = rt.store("new")
+    assert new.retrieve([target.doc_id], ["text"])[target.doc_id]["text"] == final.text
+    (hit,) = new.search_dense(real.embed_documents([final.text])[0], 1)
+    assert hit[0] == target.doc_id and hit[1] > 0.999
+    report = verify(rt, sample=5)
+    assert report["with_vector"] == 1 and report["sampled"] == 1
+    assert not [p for p in report["problems"] if "without a vector" not in p]
+
+
+def test_bilingual_write_guard_on_real_models(migrating: Runtime) -> None:
+    rt = migrating
+    doc = python_reference()[1]
+    old_model = rt.model("old")
+    foreign = PointWrite(
+        doc_id=doc.doc_id,
+        text=doc.text,
+        text_sha256=doc.sha,
+        dense=old_model.embed_documents([doc.text])[0],  # 384-d too: the silent case
+        fingerprint=old_model.fingerprint.id,
+    )
+    with pytest.raises(FingerprintMismatch, match="bound to"):
+        rt.store("new").upsert([foreign])
+    assert rt.store("new").count(dense_only=True) == 0
+
+
+def test_dual_write_and_delete(migrating: Runtime) -> None:
+    rt = migrating
+    doc = Doc("added-1", "Walrus operator := assigns inside an expression.", {"topic": "x"})
+    assert upsert_documents(rt, [doc]) == ["old", "new"]
+    for side in ("old", "new"):
+        p = rt.store(side).retrieve([doc.doc_id])[doc.doc_id]
+        assert p["model_fingerprint"] == rt.model(side).fingerprint.id
+    assert rt.store("new").search_sparse(rt.bm25.query("walrus operator"), 1)[0][0] == doc.doc_id
+    assert delete_documents(rt, [doc.doc_id]) == {"old": 1, "new": 1}
+    assert rt.store("old").retrieve([doc.doc_id]) == rt.store("new").retrieve([doc.doc_id]) == {}

@@ -1,0 +1,186 @@
+"""Migration over real HTTP: lazy enqueue from searches, backfill pause/resume/limit,
+document writes, status; and a `kill -9` of the proxy process during backfill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from proxy.app import create_app
+from proxy.demo import python_reference
+from proxy.ingest import ingest
+from proxy.migration.start import start_migration
+from proxy.migration.status import verify
+from proxy.runtime import Runtime
+from tests.conftest import ROOT, LiveServer, demo_settings, free_port
+
+N = 48
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def server(tmp_path: Path, models: dict) -> Iterator[tuple[str, Runtime]]:
+    rt = Runtime(
+        demo_settings(tmp_path, migration={"batch_size": 4, "max_docs_per_s": 20}), dict(models)
+    )
+    ingest(rt, "old", python_reference()[:N], progress=False)
+    start_migration(rt, progress=False)
+    rt.state.set("paused", True)  # each test decides when the worker runs
+    with LiveServer(create_app(rt)) as live:
+        yield live.url, rt
+
+
+def status(url: str) -> dict:
+    return httpx.get(url + "/migration").json()
+
+
+def test_searches_enqueue_their_unmigrated_hits(server: tuple[str, Runtime]) -> None:
+    url, rt = server
+    body = httpx.post(url + "/search", json={"query": "assert statement", "k": 5}).json()
+    returned = {h["doc_id"] for h in body["results"]}
+    wait_for(lambda: status(url)["queue"]["hits"] == 5, 10, "hits enqueued")
+    httpx.post(url + "/search", json={"query": "boolean operations", "k": 3, "reembed": False})
+    assert status(url)["queue"]["hits"] == 5  # monitoring traffic does not enqueue
+    httpx.post(url + "/migration/backfill", json={"action": "resume", "backfill": False})
+    wait_for(lambda: status(url)["indexes"]["new"]["with_vector"] == 5, 60, "hits re-embedded")
+    assert rt.store("new").with_dense(sorted(returned)) == returned
+    again = httpx.post(url + "/search", json={"query": "assert statement", "k": 5}).json()
+    assert all(h["migrated"] for h in again["results"] if h["doc_id"] in returned)
+
+
+def test_backfill_pause_resume_and_limit(server: tuple[str, Runtime]) -> None:
+    url, _ = server
+    ctl = httpx.post(url + "/migration/backfill", json={"action": "resume", "until": 50}).json()
+    assert ctl == {"paused": False, "until": 50.0, "backfill": True}
+    wait_for(lambda: status(url)["indexes"]["new"]["coverage"] >= 0.5, 60, "50% coverage")
+    time.sleep(1.5)
+    s = status(url)
+    assert 0.5 <= s["indexes"]["new"]["coverage"] < 1.0  # the sweep stopped at its limit
+    assert s["rate_docs_per_s"] > 0 and s["worker"]["processed"] >= N // 2
+    httpx.post(url + "/migration/backfill", json={"action": "pause", "until": 100})
+    time.sleep(1.0)  # let an in-flight batch land
+    before = status(url)["indexes"]["new"]["with_vector"]
+    time.sleep(1.5)
+    assert status(url)["indexes"]["new"]["with_vector"] == before  # paused means stopped
+    httpx.post(url + "/migration/backfill", json={"action": "resume"})
+    wait_for(lambda: status(url)["indexes"]["new"]["coverage"] == 1.0, 60, "100% coverage")
+    s = status(url)
+    assert s["remaining"] == 0 and len(s["indexes"]["new"]["fingerprints"]) == 1
+
+
+def test_document_writes_over_http(server: tuple[str, Runtime]) -> None:
+    url, rt = server
+    docs = {
+        "documents": [
+            {
+                "id": "n1",
+                "text": "Structural pattern matching with match and case.",
+                "metadata": {"topic": "new"},
+            }
+        ]
+    }
+    r = httpx.put(url + "/documents", json=docs)
+    assert r.status_code == 200 and r.json() == {"upserted": 1, "indexes": ["old", "new"]}
+    hits = httpx.post(url + "/search", json={"query": "pattern matching case", "k": 3}).json()
+    top = hits["results"][0]
+    assert top["doc_id"] == "n1" and top["migrated"]
+    r = httpx.delete(url + "/documents/n1")
+    assert r.json()["existed"] == {"old": 1, "new": 1}
+    assert rt.store("new").retrieve(["n1"]) == {}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"documents": []},
+        {"documents": [{"id": "x", "text": ""}]},
+        {"documents": [{"id": "x", "text": "ok", "extra": 1}]},
+        {"documents": [{"id": "x", "text": "ok"}, {"id": "x", "text": "twice"}]},
+        {"documents": [{"id": "x", "text": "ok", "metadata": "no"}]},
+        {"documents": [{"id": f"d{i}", "text": "t"} for i in range(257)]},
+        {"docs": []},
+    ],
+)
+def test_bad_document_writes_change_nothing(server: tuple[str, Runtime], body: dict) -> None:
+    url, rt = server
+    before = rt.store("old").count(), rt.store("new").count()
+    r = httpx.put(url + "/documents", json=body)
+    assert r.status_code == 422 and r.json()["error"]
+    assert (rt.store("old").count(), rt.store("new").count()) == before
+
+
+def test_kill_9_during_backfill_then_restart_completes(tmp_path: Path, models: dict) -> None:
+    """A real proxy process, killed with SIGKILL mid-backfill, restarted: the migration
+    completes with every document present once and each vector that of its current text."""
+    port = free_port()
+    cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    cfg["data_dir"] = str(tmp_path / "data")
+    cfg["server"]["port"] = port
+    cfg["migration"] = {"batch_size": 4, "max_docs_per_s": 8, "lazy": True}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    rt = Runtime(demo_settings(tmp_path / "data"), dict(models))
+    ingest(rt, "old", python_reference()[:N], progress=False)
+    start_migration(rt, progress=False)
+    rt.close()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy.cli", "--config", str(path), "serve"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def up() -> bool:
+            try:
+                return httpx.get(url + "/readyz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(up, 120, "proxy start")
+        return proc
+
+    proc = start()
+    try:
+        # searches enqueue hits durably; then kill in the middle of the sweep
+        hits = httpx.post(url + "/search", json={"query": "class definitions", "k": 8}).json()
+        wait_for(lambda: 0.2 < status(url)["indexes"]["new"]["coverage"] < 0.8, 60, "mid-backfill")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    proc = start()
+    try:
+        wait_for(lambda: status(url)["indexes"]["new"]["coverage"] == 1.0, 120, "completion")
+        s = status(url)
+        assert s["indexes"]["new"]["documents"] == N and s["queue"]["total"] == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    rt = Runtime(demo_settings(tmp_path / "data"), dict(models))
+    report = verify(rt, sample=N)
+    assert report["ok"], report["problems"]
+    assert report["documents"] == report["unique_ids"] == report["with_vector"] == N
+    migrated = rt.store("new").with_dense([h["doc_id"] for h in hits["results"]])
+    assert len(migrated) == len(hits["results"])  # nothing enqueued was lost
+    rt.close()
