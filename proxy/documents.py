@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from proxy.ingest import Doc, now_iso
+from proxy.ingest import Doc, make_point, now_iso
 from proxy.runtime import SIDES, Runtime
-from proxy.store import PointWrite
 
 
 def live_sides(rt: Runtime) -> list[str]:
@@ -26,23 +25,8 @@ def upsert_documents(rt: Runtime, docs: Sequence[Doc]) -> list[str]:
         raise RuntimeError("no index exists yet: ingest into the old index first")
     stamp = now_iso()
     for side in sides:
-        model = rt.model(side)
-        vecs = model.embed_documents([d.text for d in docs])
-        rt.store(side).upsert(
-            [
-                PointWrite(
-                    doc_id=d.doc_id,
-                    text=d.text,
-                    text_sha256=d.sha,
-                    metadata=d.metadata,
-                    dense=vecs[i],
-                    fingerprint=model.fingerprint.id,
-                    sparse=rt.bm25.document(d.text) if side == "new" else None,
-                    embedded_at=stamp,
-                )
-                for i, d in enumerate(docs)
-            ]
-        )
+        vecs = rt.model(side).embed_documents([d.text for d in docs])
+        rt.store(side).upsert([make_point(rt, side, d, vecs[i], stamp) for i, d in enumerate(docs)])
         rt.store(side).flush()
     return sides
 

@@ -22,11 +22,10 @@ from proxy.config import Mode, Settings
 from proxy.embedding import embed_documents_cached
 from proxy.evaluation import parse_qrels, parse_queries, score_run
 from proxy.fusion import FusionParams, fuse, plain_rrf
-from proxy.ingest import Doc, Progress, ingest, now_iso, read_jsonl
+from proxy.ingest import Doc, Progress, ingest, make_point, now_iso, read_jsonl
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
 from proxy.search import Candidates, Searcher
-from proxy.store import PointWrite
 
 SYSTEMS = ("old", "new", "bm25", "rrf", "crossfade")
 DEPTH = 100
@@ -105,21 +104,7 @@ def simulate(
             stamp = now_iso()
             for start in range(done, target, 512):
                 idx = order[start : min(start + 512, target)]
-                new.upsert(
-                    [
-                        PointWrite(
-                            doc_id=data.docs[i].doc_id,
-                            text=data.docs[i].text,
-                            text_sha256=data.docs[i].sha,
-                            metadata=data.docs[i].metadata,
-                            dense=vecs[i],
-                            fingerprint=model.fingerprint.id,
-                            sparse=rt.bm25.document(data.docs[i].text),
-                            embedded_at=stamp,
-                        )
-                        for i in idx
-                    ]
-                )
+                new.upsert([make_point(rt, "new", data.docs[i], vecs[i], stamp) for i in idx])
             done = max(done, target)
             coverage = searcher.coverage.recount()
             cands = asyncio.run(_all_candidates(searcher, data.queries))

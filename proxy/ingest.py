@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from proxy.embedding import embed_documents_cached, text_sha256
@@ -33,6 +34,11 @@ class Doc:
     @property
     def sha(self) -> str:
         return text_sha256(self.text)
+
+
+def doc_of(payload: dict[str, Any]) -> Doc:
+    """A stored point's payload back into a Doc (its text hash is recomputed from the text)."""
+    return Doc(payload["doc_id"], payload["text"], payload.get("metadata") or {})
 
 
 class CorpusError(ValueError):
@@ -103,6 +109,30 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+def make_point(
+    rt: Runtime,
+    side: str,
+    doc: Doc,
+    vector: np.ndarray | None = None,
+    stamp: str | None = None,
+    conditional: bool = False,
+) -> PointWrite:
+    """The one way a document becomes a point: its payload, a BM25 vector on the new index,
+    and, if given, a dense vector stamped with the side's model fingerprint. `conditional`
+    makes the write apply only while the stored text is still this one."""
+    return PointWrite(
+        doc_id=doc.doc_id,
+        text=doc.text,
+        text_sha256=doc.sha,
+        metadata=doc.metadata,
+        dense=vector,
+        fingerprint=rt.model(side).fingerprint.id if vector is not None else None,
+        sparse=rt.bm25.document(doc.text) if side == "new" else None,
+        embedded_at=(stamp or now_iso()) if vector is not None else None,
+        if_text_sha256=doc.sha if conditional else None,
+    )
+
+
 def ensure_index(rt: Runtime, side: str) -> IndexInfo:
     """Create the side's index bound to the side's model, or check an existing binding."""
     model = rt.model(side)
@@ -144,21 +174,7 @@ def ingest(
             model, [d.text for d in todo], rt.embedding_cache, progress=bar
         )
         stamp = now_iso()
-        store.upsert(
-            [
-                PointWrite(
-                    doc_id=d.doc_id,
-                    text=d.text,
-                    text_sha256=d.sha,
-                    metadata=d.metadata,
-                    dense=vecs[i],
-                    fingerprint=model.fingerprint.id,
-                    sparse=rt.bm25.document(d.text) if side == "new" else None,
-                    embedded_at=stamp,
-                )
-                for i, d in enumerate(todo)
-            ]
-        )
+        store.upsert([make_point(rt, side, d, vecs[i], stamp) for i, d in enumerate(todo)])
         written += len(todo)
     store.flush()
     return {"written": written, "skipped": skipped, "total": store.count()}

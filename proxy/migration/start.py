@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.ingest import Progress, ensure_index, now_iso
+from proxy.ingest import Progress, doc_of, ensure_index, make_point, now_iso
 from proxy.runtime import Runtime
-from proxy.store import PointWrite
 
 
 def start_migration(rt: Runtime, strategy: str = "lazy", progress: bool = True) -> dict[str, Any]:
@@ -30,18 +29,7 @@ def start_migration(rt: Runtime, strategy: str = "lazy", progress: bool = True) 
             p for p in batch if have.get(p["doc_id"], {}).get("text_sha256") != p["text_sha256"]
         ]
         if todo:
-            new.upsert(
-                [
-                    PointWrite(
-                        doc_id=p["doc_id"],
-                        text=p["text"],
-                        text_sha256=p["text_sha256"],
-                        metadata=p.get("metadata") or {},
-                        sparse=rt.bm25.document(p["text"]),
-                    )
-                    for p in todo
-                ]
-            )
+            new.upsert([make_point(rt, "new", doc_of(p)) for p in todo])
             seeded += len(todo)
         if bar:
             bar(len(batch))

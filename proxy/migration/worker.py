@@ -15,10 +15,9 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from proxy.config import MigrationConfig
-from proxy.ingest import now_iso
+from proxy.ingest import doc_of, make_point, now_iso
 from proxy.migration.state import BACKFILL, MigrationState
 from proxy.runtime import Runtime
-from proxy.store import PointWrite
 
 log = logging.getLogger("crossfade.worker")
 
@@ -104,31 +103,19 @@ class Reembedder:
         payloads = new.retrieve(ids, ["text", "metadata", "text_sha256"])
         have = new.with_dense(list(payloads))
         # Deleted since enqueued, or already migrated (by a write or another worker): done.
-        todo = [payloads[d] for d in ids if d in payloads and d not in have]
-        written = 0
+        todo = [doc_of(payloads[d]) for d in ids if d in payloads and d not in have]
         if todo:
-            model = self.rt.model("new")
-            vecs = model.embed_documents([p["text"] for p in todo])
+            vecs = self.rt.model("new").embed_documents([d.text for d in todo])
             stamp = now_iso()
+            # Conditional: refused if the text changed while we embedded, never a stale vector.
             new.upsert(
                 [
-                    PointWrite(
-                        doc_id=p["doc_id"],
-                        text=p["text"],
-                        text_sha256=p["text_sha256"],
-                        metadata=p.get("metadata") or {},
-                        dense=vecs[i],
-                        fingerprint=model.fingerprint.id,
-                        sparse=self.rt.bm25.document(p["text"]),
-                        embedded_at=stamp,
-                        # Refused if the text changed while we embedded: never a stale vector.
-                        if_text_sha256=p["text_sha256"],
-                    )
-                    for i, p in enumerate(todo)
+                    make_point(self.rt, "new", d, vecs[i], stamp, conditional=True)
+                    for i, d in enumerate(todo)
                 ]
             )
             new.flush()
-            written = len(todo)
+        written = len(todo)
         self.state.done(ids)
         self.stats.processed += written
         self.stats.skipped += len(ids) - written
