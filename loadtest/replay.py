@@ -189,7 +189,7 @@ def main() -> int:
         checkpoint("lazy drained", len(train_q))
         lazy_coverage = rows[-1]["coverage"]
 
-        httpx.post(proxy.url + "/migration/backfill", json={"backfill": True})
+        crossfade("--config", args.config, "backfill", "on", env=env)
         wait_until(lambda: proxy.status()["indexes"]["new"]["coverage"] >= 0.75, 1800, "75%", 2)
         checkpoint("backfill", len(train_q))
         proxy.kill9()

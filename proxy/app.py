@@ -3,28 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any, Literal
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from proxy.beir import load_beir
 from proxy.config import Mode
 from proxy.documents import delete_documents, upsert_documents
 from proxy.filters import Filter
 from proxy.ingest import MAX_TEXT_CHARS, CorpusError, parse_doc
 from proxy.metrics import Metrics
+from proxy.migration.control import ControlPlane
+from proxy.migration.cutover import routing_dict
+from proxy.migration.drift import drift_report
 from proxy.migration.state import HIT
 from proxy.migration.status import migration_status
-from proxy.migration.worker import Reembedder, set_control
+from proxy.migration.worker import Reembedder, control_state, set_control
 from proxy.runtime import Runtime
 from proxy.search import Searcher
+from proxy.security import admin_key, check_bearer
 
 
 class SearchRequest(BaseModel):
@@ -51,6 +59,32 @@ class DocumentIn(BaseModel):
 class DocumentsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     documents: list[DocumentIn] = Field(min_length=1, max_length=256)
+
+
+class ModeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Mode
+    actor: str | None = Field(None, max_length=200)
+
+
+class SplitIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Mode | None = Field(None, description="Mode for the split share; null clears it.")
+    percent: float = Field(0.0, ge=0, le=100)
+    actor: str | None = Field(None, max_length=200)
+
+
+class CutoverIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    beir: str | None = Field(None, description="BEIR dir of labelled queries (default: config).")
+    split: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    force: bool = Field(False, description="Switch even if the gate refuses (recorded).")
+    actor: str | None = Field(None, max_length=200)
+
+
+class ActorIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    actor: str | None = Field(None, max_length=200)
 
 
 class BackfillControl(BaseModel):
@@ -125,32 +159,33 @@ def create_app(rt: Runtime) -> FastAPI:
     metrics = Metrics()
     state: dict[str, Any] = {"searcher": None}
     worker = Reembedder(rt)
+    control = ControlPlane(rt)
+    key = admin_key(settings)
     background: set[asyncio.Task[Any]] = set()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         # Models load before the first request is accepted (uvicorn waits for startup).
         state["searcher"] = await asyncio.to_thread(rt.searcher)
-        await asyncio.to_thread(state["searcher"].coverage.recount)
+        await state["searcher"].coverage.refresh()
         task = asyncio.create_task(worker.run())
         yield
         task.cancel()
         await asyncio.gather(task, *background, return_exceptions=True)
         await asyncio.to_thread(rt.close)
 
-    def enqueue_hits(doc_ids: list[str]) -> None:
-        """Queue unmigrated hits off the response path (the queue is only an accelerator)."""
-        if doc_ids:
-            t = asyncio.create_task(asyncio.to_thread(rt.state.enqueue, doc_ids, HIT))
-            background.add(t)
-            t.add_done_callback(background.discard)
+    def in_background(coro: Any) -> None:
+        """Work that must not delay the response (enqueueing hits, shadow comparisons)."""
+        t = asyncio.create_task(coro)
+        background.add(t)
+        t.add_done_callback(background.discard)
 
-    app = FastAPI(
-        title="crossfade",
-        version="0.1.0",
-        lifespan=lifespan,
-    )
+    app = FastAPI(title="crossfade", version="0.1.0", lifespan=lifespan)
     app.add_middleware(BodyLimit, limit=settings.server.max_body_bytes)
+    if settings.server.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.server.cors_origins, allow_methods=["*"]
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> OrjsonResponse:
@@ -167,6 +202,17 @@ def create_app(rt: Runtime) -> FastAPI:
             raise RuntimeError("not started")
         return s
 
+    def admin(request: Request) -> None:
+        """Dependency of every admin route: checked before the body is even parsed."""
+        if not check_bearer(request.headers.get("authorization"), key):
+            raise HTTPException(401, "admin endpoints need 'Authorization: Bearer <admin key>'")
+
+    guarded = [Depends(admin)]
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> OrjsonResponse:
+        return error(exc.status_code, str(exc.detail))
+
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -176,17 +222,26 @@ def create_app(rt: Runtime) -> FastAPI:
         s = state["searcher"]
         if s is None:
             return error(503, "models are loading")
-        why = s.ready_for(settings.mode)
-        if why:
-            return error(503, why, ready=False)
-        return OrjsonResponse({"ready": True, "mode": settings.mode, "coverage": s.coverage.value})
+        for mode in control.modes_in_use():
+            why = s.ready_for(mode)
+            if why:
+                return error(503, why, ready=False)
+        return OrjsonResponse(
+            {"ready": True, "routing": routing_dict(control.routing), "coverage": s.coverage.value}
+        )
+
+    async def shadow_compare(query: str, served: list[str], flt: Filter | None) -> None:
+        res = await searcher().search(query, 10, Mode.NEW, flt, fields=())
+        o, r = control.shadow.record(served, [h.doc_id for h in res.hits])
+        metrics.shadow_overlap.observe(o)
+        metrics.shadow_rbo.observe(r)
 
     @app.post(
         "/search",
         response_model=SearchResponse,
         responses={400: {}, 413: {}, 422: {}, 503: {}},
     )
-    async def search(req: SearchRequest, response: Response) -> Any:
+    async def search(req: SearchRequest, request: Request, response: Response) -> Any:
         if not req.query.strip():
             return error(422, "query is blank", problems=[{"field": "body.query"}])
         if len(req.query) > settings.server.max_query_chars:
@@ -196,7 +251,8 @@ def create_app(rt: Runtime) -> FastAPI:
                 problems=[{"field": "body.query"}],
             )
         s = searcher()
-        mode = req.mode or settings.mode
+        client = request.headers.get(settings.routing.client_key_header)
+        mode, generation = control.route(client, req.mode)
         why = s.ready_for(mode)
         if why:
             return error(503, why)
@@ -205,10 +261,22 @@ def create_app(rt: Runtime) -> FastAPI:
         res = await s.search(req.query, req.k, mode, req.filter, fields)
         took = time.perf_counter() - t0
         metrics.search_latency.labels(mode.value).observe(took)
-        metrics.coverage.set(res.coverage)
-        if req.reembed and mode is Mode.FUSED and settings.migration.lazy:
-            enqueue_hits([h.doc_id for h in res.hits if not h.migrated])
+        if (
+            req.reembed
+            and mode is Mode.FUSED
+            and control_state(rt.state, settings.migration)["lazy"]
+        ):
+            unmigrated = [h.doc_id for h in res.hits if not h.migrated]
+            if unmigrated:
+                in_background(asyncio.to_thread(rt.state.enqueue, unmigrated, HIT))
+        if (
+            mode is Mode.SHADOW
+            and s.ready_for(Mode.NEW) is None
+            and random.random() < settings.shadow.sample_rate
+        ):
+            in_background(shadow_compare(req.query, [h.doc_id for h in res.hits], req.filter))
         response.headers["X-Crossfade-Mode"] = mode.value
+        response.headers["X-Crossfade-Generation"] = str(generation)
         response.headers["X-Crossfade-Coverage"] = f"{res.coverage:.4f}"
         return SearchResponse(
             mode=mode,
@@ -248,17 +316,79 @@ def create_app(rt: Runtime) -> FastAPI:
         existed = await asyncio.to_thread(delete_documents, rt, [doc_id])
         return {"deleted": doc_id, "existed": existed}
 
+    async def full_status() -> dict[str, Any]:
+        out = await asyncio.to_thread(migration_status, rt, worker)
+        out["routing"] = routing_dict(control.routing)
+        out["shadow"] = control.shadow.summary()
+        out["last_gate"] = control.last_gate
+        return out
+
     @app.get("/migration")
     async def get_migration() -> Any:
-        return await asyncio.to_thread(migration_status, rt, worker)
+        return await full_status()
 
-    @app.post("/migration/backfill", responses={422: {}})
+    @app.get("/drift")
+    async def drift() -> Any:
+        return await asyncio.to_thread(drift_report, rt, control.modes_in_use())
+
+    @app.post("/migration/backfill", responses={401: {}, 422: {}}, dependencies=guarded)
     async def backfill(body: BackfillControl) -> Any:
         set_control(rt.state, body.action, body.backfill, body.until)
-        return (await asyncio.to_thread(migration_status, rt, worker))["control"]
+        return control_state(rt.state, settings.migration)
+
+    @app.get("/admin/routing", responses={401: {}}, dependencies=guarded)
+    async def get_routing() -> Any:
+        return routing_dict(control.routing)
+
+    @app.post("/admin/mode", responses={401: {}, 409: {}, 422: {}}, dependencies=guarded)
+    async def set_mode(body: ModeIn) -> Any:
+        why = searcher().ready_for(body.mode)
+        if why:
+            return error(409, why)
+        target = replace(control.routing, mode=body.mode)
+        return await control.switch(target, "set mode", body.actor or "admin")
+
+    @app.post("/admin/split", responses={401: {}, 409: {}, 422: {}}, dependencies=guarded)
+    async def set_split(body: SplitIn) -> Any:
+        if body.mode is not None:
+            why = searcher().ready_for(body.mode)
+            if why:
+                return error(409, why)
+        target = replace(
+            control.routing,
+            split_mode=body.mode,
+            split_percent=body.percent if body.mode else 0.0,
+        )
+        return await control.switch(target, "set split", body.actor or "admin")
+
+    @app.post("/admin/cutover", responses={401: {}, 409: {}, 422: {}}, dependencies=guarded)
+    async def cutover(body: CutoverIn) -> Any:
+        beir = body.beir or settings.cutover.eval_set
+        data = None
+        if beir:
+            try:
+                data = await asyncio.to_thread(
+                    load_beir, beir, body.split or settings.cutover.eval_split, False
+                )
+            except (OSError, ValueError) as e:
+                return error(422, f"cannot read labelled queries from {beir!r}: {e}")
+        if searcher().ready_for(Mode.NEW):
+            return error(409, searcher().ready_for(Mode.NEW) or "")
+        ok, result = await control.cutover(searcher(), data, body.force, body.actor or "admin")
+        return result if ok else error(409, "cutover refused by the gate", gate=result)
+
+    @app.post("/admin/rollback", responses={401: {}, 422: {}}, dependencies=guarded)
+    async def rollback(body: ActorIn | None = None) -> Any:
+        return await control.rollback((body.actor if body else None) or "admin")
+
+    @app.get("/admin/audit", responses={401: {}}, dependencies=guarded)
+    async def audit(n: int = 50) -> Any:
+        return await asyncio.to_thread(control.audit.tail, max(1, min(n, 1000)))
 
     @app.get("/metrics")
     async def prometheus() -> Response:
+        status = await full_status()
+        metrics.update(status)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -81,11 +82,17 @@ def _ask_proxy(settings: Any, method: str, path: str, body: Any = None) -> Any |
     """The running proxy owns the embedded shards; ask it first. None if it is not running."""
     import httpx
 
+    from proxy.security import admin_key
+
+    headers = {"Authorization": f"Bearer {admin_key(settings)}"}
     try:
-        r = httpx.request(method, _proxy_url(settings) + path, json=body, timeout=30)
+        r = httpx.request(
+            method, _proxy_url(settings) + path, json=body, headers=headers, timeout=600
+        )
     except httpx.TransportError:
         return None
-    r.raise_for_status()
+    if r.status_code >= 400:
+        raise RuntimeError(f"proxy answered {r.status_code}: {r.text}")
     return r.json()
 
 
@@ -132,16 +139,96 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         body["until"] = float(args.until.rstrip("%"))
     out = _ask_proxy(settings, "POST", "/migration/backfill", body)
     if out is None:  # proxy not running: persist the control for its next start
-        from proxy.migration.worker import control, set_control
+        from proxy.migration.worker import control_state, set_control
         from proxy.runtime import Runtime
 
         rt = Runtime(settings)
         try:
             set_control(rt.state, body.get("action"), body.get("backfill"), body.get("until"))
-            out = control(rt.state, settings.migration)
+            out = control_state(rt.state, settings.migration)
         finally:
             rt.close()
     _print_json(out)
+    return 0
+
+
+def _actor() -> str:
+    return os.environ.get("CROSSFADE_ACTOR") or os.environ.get("USER") or "cli"
+
+
+def _admin_call(args: argparse.Namespace, path: str, body: dict[str, Any]) -> int:
+    """Admin actions go through the running proxy: it owns the serving pointer."""
+    import httpx
+
+    from proxy.security import admin_key
+
+    settings = _settings(args)
+    headers = {"Authorization": f"Bearer {admin_key(settings)}"}
+    try:
+        r = httpx.post(_proxy_url(settings) + path, json=body, headers=headers, timeout=900)
+    except httpx.TransportError as e:
+        raise RuntimeError(f"no proxy answering at {_proxy_url(settings)}: {e}") from e
+    _print_json(r.json())
+    return 0 if r.status_code < 400 else 1
+
+
+def cmd_cutover(args: argparse.Namespace) -> int:
+    body = {
+        "beir": str(Path(args.beir).resolve()) if args.beir else None,
+        "split": args.split,
+        "force": args.force,
+        "actor": _actor(),
+    }
+    return _admin_call(args, "/admin/cutover", body)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    return _admin_call(args, "/admin/rollback", {"actor": _actor()})
+
+
+def cmd_mode(args: argparse.Namespace) -> int:
+    return _admin_call(args, "/admin/mode", {"mode": args.mode, "actor": _actor()})
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    mode = None if args.mode == "none" else args.mode
+    body = {"mode": mode, "percent": float(args.percent.rstrip("%")), "actor": _actor()}
+    return _admin_call(args, "/admin/split", body)
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    from proxy.migration.control import ControlPlane
+    from proxy.migration.drift import drift_report
+    from proxy.runtime import Runtime
+
+    settings = _settings(args)
+    out = _ask_proxy(settings, "GET", "/drift")
+    if out is None:
+        rt = Runtime(settings)
+        try:
+            out = drift_report(rt, ControlPlane(rt).modes_in_use())
+        finally:
+            rt.close()
+    _print_json(out)
+    for side, ix in out["indexes"].items():
+        if ix["alarm"]:
+            print(
+                f"crossfade: DRIFT in the serving {side} index (bound to "
+                f"{ix['bound_fingerprint']}): foreign vectors {ix['foreign']}",
+                file=sys.stderr,
+            )
+    return 1 if out["alarm"] else 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from proxy.migration.plan import plan
+    from proxy.runtime import Runtime
+
+    rt = Runtime(_settings(args))
+    try:
+        _print_json(plan(rt, args.sample))
+    finally:
+        rt.close()
     return 0
 
 
@@ -171,7 +258,8 @@ def _coverages(text: str | None) -> list[int]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from proxy.experiment import format_table, load_beir, simulate
+    from proxy.beir import load_beir
+    from proxy.experiment import format_table, simulate
 
     settings = _settings(args, EVAL_CONFIG)
     data = load_beir(args.beir, args.split)
@@ -192,7 +280,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from proxy.experiment import load_beir
+    from proxy.beir import load_beir
     from proxy.tuning import tune
 
     settings = _settings(args, EVAL_CONFIG)
@@ -269,6 +357,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("action", choices=["pause", "resume", "on", "off", "limit"])
     s.add_argument("--until", help="stop the background sweep at this coverage, e.g. 50%%")
     s.set_defaults(func=cmd_backfill)
+
+    s = sub.add_parser("cutover", help="gated, atomic switch to the new index (via the proxy)")
+    s.add_argument("--beir", help="BEIR dir of labelled queries (default: cutover.eval_set)")
+    s.add_argument("--split", help="qrels split (default: cutover.eval_split)")
+    s.add_argument("--force", action="store_true", help="switch even if the gate refuses")
+    s.set_defaults(func=cmd_cutover)
+
+    s = sub.add_parser("rollback", help="switch back to the previous serving pointer")
+    s.set_defaults(func=cmd_rollback)
+
+    s = sub.add_parser("mode", help="set the base serving mode")
+    s.add_argument("mode", choices=["old", "shadow", "fused", "new"])
+    s.set_defaults(func=cmd_mode)
+
+    s = sub.add_parser("split", help="route a sticky share of clients to another mode")
+    s.add_argument("--mode", required=True, choices=["old", "shadow", "fused", "new", "none"])
+    s.add_argument("--percent", required=True, help="e.g. 10%%")
+    s.set_defaults(func=cmd_split)
+
+    s = sub.add_parser("drift", help="fingerprint distribution; exits 1 if a serving index drifts")
+    s.set_defaults(func=cmd_drift)
+
+    s = sub.add_parser("plan", help="estimate re-embed time, tokens, cost and storage")
+    s.add_argument("--sample", type=int, help="documents embedded to measure speed")
+    s.set_defaults(func=cmd_plan)
 
     s = sub.add_parser("verify", help="check every point of the new index (stop the proxy first)")
     s.add_argument("--sample", type=int, default=64, help="vectors re-embedded and compared")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -153,6 +153,46 @@ class MigrationConfig(Strict):
     )
 
 
+class RoutingConfig(Strict):
+    """Traffic split: a sticky share of clients goes to another mode."""
+
+    split_mode: Mode | None = Field(None, description="Mode for the split share of clients.")
+    split_percent: float = Field(0.0, ge=0, le=100, description="Share of client keys (%).")
+    client_key_header: str = Field(
+        "X-Client-Key", description="Header whose value makes routing sticky per client."
+    )
+
+
+class ShadowConfig(Strict):
+    sample_rate: float = Field(
+        0.1, ge=0, le=1, description="Share of shadow-mode requests that also run the new path."
+    )
+
+
+class CutoverConfig(Strict):
+    """The gate a cutover must pass (or be forced, which is recorded)."""
+
+    min_coverage: float = Field(100.0, ge=0, le=100, description="Required coverage (%).")
+    max_ndcg_drop: float = Field(
+        0.0, ge=0, le=1, description="New nDCG@10 may trail old by at most this."
+    )
+    max_recall_drop: float = Field(
+        0.01, ge=0, le=1, description="New recall@10 may trail old by at most this."
+    )
+    max_p95_ms: float = Field(0.0, ge=0, description="New-mode p95 latency cap; 0 = none.")
+    eval_set: str | None = Field(
+        None, description="BEIR dir of labelled queries used when a cutover names none."
+    )
+    eval_split: str = Field("test", description="Qrels split of the eval set.")
+
+
+class PlanConfig(Strict):
+    price_per_million_tokens: float = Field(
+        0.02, ge=0, description="Price of a hosted embedding API, for `crossfade plan`."
+    )
+    sample: int = Field(128, ge=8, le=10_000, description="Documents embedded to measure speed.")
+
+
 class ServerConfig(Strict):
     host: str = Field("127.0.0.1", description="Bind address (loopback unless set otherwise).")
     port: int = Field(8000, ge=1, le=65535, description="Listen port.")
@@ -160,6 +200,14 @@ class ServerConfig(Strict):
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger bodies are refused.")
     query_cache_size: int = Field(4096, ge=0, description="LRU entries of query vectors/model.")
     coverage_refresh_s: float = Field(2.0, ge=0.1, description="How often coverage is recounted.")
+    admin_key: SecretStr | None = Field(
+        None,
+        description="Bearer key for admin endpoints; unset = a random one is written to "
+        "<data_dir>/admin.key (mode 0600) at start.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS; empty = CORS off."
+    )
 
 
 class Settings(BaseSettings):
@@ -173,6 +221,10 @@ class Settings(BaseSettings):
     indexes: IndexesConfig
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     migration: MigrationConfig = Field(default_factory=MigrationConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    shadow: ShadowConfig = Field(default_factory=ShadowConfig)
+    cutover: CutoverConfig = Field(default_factory=CutoverConfig)
+    plan: PlanConfig = Field(default_factory=PlanConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     bm25_avg_len: float = Field(
         256.0, gt=0, description="Expected document length in tokens for BM25 normalisation."

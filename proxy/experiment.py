@@ -13,42 +13,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from proxy.beir import Beir
 from proxy.config import Mode, Settings
 from proxy.embedding import embed_documents_cached
-from proxy.evaluation import parse_qrels, parse_queries, score_run
+from proxy.evaluation import score_run
 from proxy.fusion import FusionParams, fuse, plain_rrf
-from proxy.ingest import Doc, Progress, ingest, make_point, now_iso, read_jsonl
+from proxy.ingest import Progress, ingest, make_point, now_iso
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
 from proxy.search import Candidates, Searcher
 
 SYSTEMS = ("old", "new", "bm25", "rrf", "crossfade")
 DEPTH = 100
-
-
-@dataclass
-class Beir:
-    docs: list[Doc]
-    queries: dict[str, str]
-    qrels: dict[str, dict[str, int]]
-
-
-def load_beir(root: str | Path, split: str = "test") -> Beir:
-    root = Path(root)
-    qrels_file = root / ("qrels.tsv" if split == "test" else f"qrels-{split}.tsv")
-    if not qrels_file.exists():  # the standard BEIR layout
-        qrels_file = root / "qrels" / f"{split}.tsv"
-    with qrels_file.open() as fh:
-        qrels = parse_qrels(fh)
-    with (root / "queries.jsonl").open("rb") as fh:
-        queries = {q: t for q, t in parse_queries(fh).items() if q in qrels}
-    qrels = {q: r for q, r in qrels.items() if q in queries}
-    return Beir(list(read_jsonl(root / "corpus.jsonl")), queries, qrels)
 
 
 def system_runs(

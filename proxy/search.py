@@ -68,6 +68,11 @@ class Coverage:
         self._at = time.monotonic()
         return self.value
 
+    async def refresh(self) -> float:
+        async with self._lock:
+            await asyncio.to_thread(self.recount)
+        return self.value
+
     async def get(self) -> float:
         if time.monotonic() - self._at >= self.refresh_s:
             async with self._lock:

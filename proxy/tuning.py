@@ -14,9 +14,10 @@ import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from proxy.beir import Beir
 from proxy.config import FusionConfig, Settings, Weights
 from proxy.evaluation import score_run
-from proxy.experiment import DEPTH, Beir, simulate
+from proxy.experiment import DEPTH, simulate
 from proxy.fusion import fuse, params_for
 from proxy.search import Candidates
 

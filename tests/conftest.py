@@ -71,3 +71,14 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+def drain(worker: object, max_steps: int = 200) -> int:
+    """Run a Reembedder until the queue is empty and the sweep finds nothing (bounded)."""
+    total = 0
+    for _ in range(max_steps):
+        n = worker.step()  # type: ignore[attr-defined]
+        if n == 0 and worker.state.depth()["total"] == 0 and not worker.refill():  # type: ignore[attr-defined]
+            return total
+        total += n
+    raise AssertionError("worker did not finish")

@@ -19,7 +19,7 @@ from proxy.migration.status import migration_status, verify
 from proxy.migration.worker import Reembedder, set_control
 from proxy.runtime import Runtime
 from proxy.store import FingerprintMismatch, PointWrite
-from tests.conftest import demo_settings
+from tests.conftest import demo_settings, drain
 
 N = 40
 
@@ -32,16 +32,6 @@ def migrating(tmp_path: Path, models: dict[str, Embedder]) -> Iterator[Runtime]:
     start_migration(rt, progress=False)
     yield rt
     rt.close()
-
-
-def drain(worker: Reembedder, max_steps: int = 100) -> int:
-    total = 0
-    for _ in range(max_steps):
-        n = worker.step()
-        if n == 0 and worker.state.depth()["total"] == 0 and not worker.refill():
-            return total
-        total += n
-    raise AssertionError("worker did not finish")
 
 
 def test_queue_dedupes_prioritises_and_survives_reopen(tmp_path: Path) -> None:

@@ -24,6 +24,8 @@ from proxy.runtime import Runtime
 from tests.conftest import ROOT, LiveServer, demo_settings, free_port
 
 N = 48
+KEY = "test-admin-key"
+ADMIN = {"Authorization": f"Bearer {KEY}"}
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):  # type: ignore[no-untyped-def]
@@ -38,9 +40,12 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):  # ty
 
 @pytest.fixture
 def server(tmp_path: Path, models: dict) -> Iterator[tuple[str, Runtime]]:
-    rt = Runtime(
-        demo_settings(tmp_path, migration={"batch_size": 4, "max_docs_per_s": 20}), dict(models)
+    settings = demo_settings(
+        tmp_path,
+        migration={"batch_size": 4, "max_docs_per_s": 20},
+        server={"admin_key": KEY},
     )
+    rt = Runtime(settings, dict(models))
     ingest(rt, "old", python_reference()[:N], progress=False)
     start_migration(rt, progress=False)
     rt.state.set("paused", True)  # each test decides when the worker runs
@@ -59,7 +64,9 @@ def test_searches_enqueue_their_unmigrated_hits(server: tuple[str, Runtime]) -> 
     wait_for(lambda: status(url)["queue"]["hits"] == 5, 10, "hits enqueued")
     httpx.post(url + "/search", json={"query": "boolean operations", "k": 3, "reembed": False})
     assert status(url)["queue"]["hits"] == 5  # monitoring traffic does not enqueue
-    httpx.post(url + "/migration/backfill", json={"action": "resume", "backfill": False})
+    httpx.post(
+        url + "/migration/backfill", headers=ADMIN, json={"action": "resume", "backfill": False}
+    )
     wait_for(lambda: status(url)["indexes"]["new"]["with_vector"] == 5, 60, "hits re-embedded")
     assert rt.store("new").with_dense(sorted(returned)) == returned
     again = httpx.post(url + "/search", json={"query": "assert statement", "k": 5}).json()
@@ -68,19 +75,29 @@ def test_searches_enqueue_their_unmigrated_hits(server: tuple[str, Runtime]) -> 
 
 def test_backfill_pause_resume_and_limit(server: tuple[str, Runtime]) -> None:
     url, _ = server
-    ctl = httpx.post(url + "/migration/backfill", json={"action": "resume", "until": 50}).json()
-    assert ctl == {"paused": False, "until": 50.0, "backfill": True}
+    ctl = httpx.post(
+        url + "/migration/backfill", headers=ADMIN, json={"action": "resume", "until": 50}
+    ).json()
+    assert ctl == {"paused": False, "lazy": True, "until": 50.0, "backfill": True}
+    refused = httpx.post(url + "/migration/backfill", json={"action": "pause"})
+    assert refused.status_code == 401
+    wrong = httpx.post(
+        url + "/migration/backfill",
+        json={"action": "pause"},
+        headers={"Authorization": "Bearer nope"},
+    )
+    assert wrong.status_code == 401 and status(url)["control"]["paused"] is False
     wait_for(lambda: status(url)["indexes"]["new"]["coverage"] >= 0.5, 60, "50% coverage")
     time.sleep(1.5)
     s = status(url)
     assert 0.5 <= s["indexes"]["new"]["coverage"] < 1.0  # the sweep stopped at its limit
     assert s["rate_docs_per_s"] > 0 and s["worker"]["processed"] >= N // 2
-    httpx.post(url + "/migration/backfill", json={"action": "pause", "until": 100})
+    httpx.post(url + "/migration/backfill", headers=ADMIN, json={"action": "pause", "until": 100})
     time.sleep(1.0)  # let an in-flight batch land
     before = status(url)["indexes"]["new"]["with_vector"]
     time.sleep(1.5)
     assert status(url)["indexes"]["new"]["with_vector"] == before  # paused means stopped
-    httpx.post(url + "/migration/backfill", json={"action": "resume"})
+    httpx.post(url + "/migration/backfill", headers=ADMIN, json={"action": "resume"})
     wait_for(lambda: status(url)["indexes"]["new"]["coverage"] == 1.0, 60, "100% coverage")
     s = status(url)
     assert s["remaining"] == 0 and len(s["indexes"]["new"]["fingerprints"]) == 1

@@ -10,8 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from proxy.config import Mode
 from proxy.ingest import Progress, doc_of, ensure_index, make_point, now_iso
+from proxy.migration.cutover import AUDIT, AuditLog, load_routing, routing_dict, save_routing
+from proxy.migration.worker import set_control
+from proxy.router import Routing
 from proxy.runtime import Runtime
+
+STRATEGY_MODE = {"lazy": Mode.FUSED, "shadow": Mode.SHADOW, "rebuild": Mode.OLD}
 
 
 def start_migration(rt: Runtime, strategy: str = "lazy", progress: bool = True) -> dict[str, Any]:
@@ -43,4 +49,22 @@ def start_migration(rt: Runtime, strategy: str = "lazy", progress: bool = True) 
         "documents": new.count(),
     }
     rt.state.set("migration", state)
+    # The strategy decides what serves while the new index fills, and whether hits re-embed:
+    # lazy = fused + lazy + backfill; shadow = old served, new compared + backfill;
+    # rebuild = old served + backfill only, then a gated swap.
+    set_control(rt.state, lazy=strategy == "lazy")
+    before, _ = load_routing(rt.settings)
+    mode = STRATEGY_MODE.get(strategy)
+    if mode is not None and mode is not before.mode:
+        after = Routing(mode=mode, generation=before.generation + 1)
+        save_routing(rt.settings, after, before)
+        AuditLog(rt.settings.data_path(AUDIT)).append(
+            {
+                "action": f"migrate start ({strategy})",
+                "actor": "cli",
+                "from": routing_dict(before),
+                "to": routing_dict(after),
+                "gate": None,
+            }
+        )
     return {**state, "seeded": seeded, "migrated": new.count(dense_only=True)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.migration.worker import Reembedder, control
+from proxy.migration.worker import Reembedder, control_state
 from proxy.runtime import SIDES, Runtime
 
 
@@ -30,7 +30,7 @@ def migration_status(rt: Runtime, worker: Reembedder | None = None) -> dict[str,
         "migration": rt.state.get("migration"),
         "indexes": indexes,
         "queue": rt.state.depth(),
-        "control": control(rt.state, rt.settings.migration),
+        "control": control_state(rt.state, rt.settings.migration),
         "worker": None
         if worker is None
         else {

@@ -13,6 +13,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from proxy.config import MigrationConfig
 from proxy.ingest import doc_of, make_point, now_iso
@@ -47,12 +48,14 @@ class Stats:
         return sum(n for _, n in recent[1:]) / span
 
 
-def control(state: MigrationState, cfg: MigrationConfig) -> dict[str, object]:
-    """Pause flag and backfill limit: persisted, so a restart honours them."""
+def control_state(state: MigrationState, cfg: MigrationConfig) -> dict[str, Any]:
+    """Pause flag, lazy and backfill switches, backfill limit: persisted in the migration
+    state (so a restart honours them), the config supplying defaults."""
     return {
         "paused": bool(state.get("paused", False)),
-        "until": float(state.get("until", cfg.until)),
+        "lazy": bool(state.get("lazy", cfg.lazy)),
         "backfill": bool(state.get("backfill", cfg.backfill)),
+        "until": float(state.get("until", cfg.until)),
     }
 
 
@@ -61,7 +64,10 @@ def set_control(
     action: str | None = None,
     backfill: bool | None = None,
     until: float | None = None,
+    lazy: bool | None = None,
 ) -> None:
+    if lazy is not None:
+        state.set("lazy", lazy)
     if action is not None:
         state.set("paused", action == "pause")
     if backfill is not None:
@@ -79,7 +85,7 @@ class Reembedder:
 
     def refill(self) -> int:
         """Enqueue the next documents of the sweep if the queue runs low and backfill may run."""
-        ctl = control(self.state, self.cfg)
+        ctl = control_state(self.state, self.cfg)
         if not ctl["backfill"]:
             return 0
         new = self.rt.store("new")
@@ -131,7 +137,7 @@ class Reembedder:
 
     async def run(self, idle_s: float = 0.5) -> None:
         while True:
-            if control(self.state, self.cfg)["paused"]:
+            if control_state(self.state, self.cfg)["paused"]:
                 await asyncio.sleep(idle_s)
                 continue
             t0 = time.monotonic()

@@ -257,6 +257,28 @@ class ServerStore:
         facets = {str(h.value): int(h.count) for h in res.hits}
         return fingerprint_counts(facets, self.count(dense_only=True))
 
+    def set_alias(self, alias: str, collection: str) -> None:
+        """Point `alias` at `collection` in one request (atomic on the server): the serving
+        pointer for clients outside the proxy."""
+        create = qm.CreateAliasOperation(
+            create_alias=qm.CreateAlias(collection_name=collection, alias_name=alias)
+        )
+        with self._guard():
+            existing = {a.alias_name for a in self.client.get_aliases().aliases}
+            ops: list[Any] = [create]
+            if alias in existing:
+                ops.insert(
+                    0, qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=alias))
+                )
+            self.client.update_collection_aliases(change_aliases_operations=ops)
+
+    def alias_target(self, alias: str) -> str | None:
+        with self._guard():
+            for a in self.client.get_aliases().aliases:
+                if a.alias_name == alias:
+                    return a.collection_name
+        return None
+
     def drop(self) -> None:
         with self._guard():
             if self.client.collection_exists(self.collection):

@@ -1,0 +1,133 @@
+"""Cutover and rollback: the serving pointer, the audit log and the quality gate.
+
+The serving pointer (mode, traffic split, generation) is one JSON file written by atomic
+rename: a crash leaves the old pointer or the new one, never neither. In the running proxy
+it is one immutable `Routing` object swapped by a single assignment, so every request sees
+either the old or the new pointer, whole. With the Qdrant-server backend the pointer is
+mirrored to a collection alias (`<new collection>_serving`) that clients outside the proxy can
+follow. Dual writes continue after cutover, which is what makes rollback lossless.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from proxy.beir import Beir
+from proxy.config import CutoverConfig, Mode, Settings
+from proxy.evaluation import score_run
+from proxy.ingest import now_iso
+from proxy.router import Routing
+from proxy.search import Searcher
+from proxy.store import write_json_atomic
+
+POINTER = "serving.json"
+AUDIT = "audit.jsonl"
+
+
+def load_routing(settings: Settings) -> tuple[Routing, Routing | None]:
+    """The persisted pointer and the one before it, or the config's mode if none yet."""
+    path = settings.data_path(POINTER)
+    if not path.exists():
+        return Routing(mode=settings.mode), None
+    data = json.loads(path.read_text())
+    prev = data.pop("previous", None)
+    return _routing(data), (_routing(prev) if prev else None)
+
+
+def _routing(d: dict[str, Any]) -> Routing:
+    return Routing(
+        mode=Mode(d["mode"]),
+        split_mode=Mode(d["split_mode"]) if d.get("split_mode") else None,
+        split_percent=float(d.get("split_percent", 0.0)),
+        generation=int(d.get("generation", 0)),
+    )
+
+
+def routing_dict(r: Routing) -> dict[str, Any]:
+    return {
+        "mode": r.mode.value,
+        "split_mode": r.split_mode.value if r.split_mode else None,
+        "split_percent": r.split_percent,
+        "generation": r.generation,
+    }
+
+
+def save_routing(settings: Settings, routing: Routing, previous: Routing | None) -> None:
+    data = routing_dict(routing)
+    data["previous"] = routing_dict(previous) if previous else None
+    write_json_atomic(settings.data_path(POINTER), data)
+
+
+class AuditLog:
+    """Append-only JSON lines, fsynced: who, when, what, from, to, and the gate's numbers."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, entry: dict[str, Any]) -> dict[str, Any]:
+        entry = {"at": now_iso(), **entry}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(entry, default=str) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        return entry
+
+    def tail(self, n: int = 50) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        lines = self.path.read_text().splitlines()[-n:]
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+async def measure(searcher: Searcher, data: Beir, mode: Mode) -> dict[str, float]:
+    """Quality and latency of one mode on labelled queries, through the serving path."""
+    run: dict[str, list[str]] = {}
+    took: list[float] = []
+    for qid, text in data.queries.items():
+        t0 = time.perf_counter()
+        res = await searcher.search(text, 10, mode, fields=())
+        took.append(time.perf_counter() - t0)
+        run[qid] = [h.doc_id for h in res.hits]
+    scores = score_run(run, data.qrels)
+    return {
+        "ndcg@10": scores["ndcg@10"],
+        "recall@10": scores["recall@10"],
+        "p95_ms": round(float(np.percentile(took, 95)) * 1000, 2) if took else 0.0,
+        "queries": len(run),
+    }
+
+
+def decide(
+    coverage: float, old: dict[str, float], new: dict[str, float], gate: CutoverConfig
+) -> list[str]:
+    """Why the gate refuses (empty = it holds). Pure."""
+    why = []
+    if coverage * 100 < gate.min_coverage:
+        why.append(f"coverage {100 * coverage:.2f}% < required {gate.min_coverage:g}%")
+    if new["ndcg@10"] < old["ndcg@10"] - gate.max_ndcg_drop:
+        why.append(
+            f"nDCG@10 new {new['ndcg@10']:.4f} < old {old['ndcg@10']:.4f} - {gate.max_ndcg_drop:g}"
+        )
+    if new["recall@10"] < old["recall@10"] - gate.max_recall_drop:
+        why.append(
+            f"recall@10 new {new['recall@10']:.4f} < old {old['recall@10']:.4f}"
+            f" - {gate.max_recall_drop:g}"
+        )
+    if gate.max_p95_ms and new["p95_ms"] > gate.max_p95_ms:
+        why.append(f"p95 new {new['p95_ms']:.1f} ms > {gate.max_p95_ms:g} ms")
+    return why
+
+
+async def evaluate_gate(searcher: Searcher, data: Beir, gate: CutoverConfig) -> dict[str, Any]:
+    coverage = await searcher.coverage.refresh()
+    old = await measure(searcher, data, Mode.OLD)
+    new = await measure(searcher, data, Mode.NEW)
+    why = decide(coverage, old, new, gate)
+    return {"ok": not why, "refused_because": why, "coverage": coverage, "old": old, "new": new}

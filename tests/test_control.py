@@ -1,0 +1,245 @@
+"""Control plane: routing (pure), the gate's decision (pure), and over real HTTP on real models
+every strategy end to end: start -> ... -> gated cutover -> rollback; drift; admin auth."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import qdrant_edge as qe
+
+from proxy.cli import main
+from proxy.config import CutoverConfig, Mode
+from proxy.demo import python_reference
+from proxy.ingest import ingest
+from proxy.migration.cutover import decide, load_routing
+from proxy.migration.start import start_migration
+from proxy.migration.worker import Reembedder
+from proxy.router import Routing, bucket, rank_biased_overlap, route
+from proxy.runtime import Runtime
+from proxy.store import point_id
+from tests.conftest import LiveServer, demo_settings, drain
+
+KEY = "control-test-key"
+ADMIN = {"Authorization": f"Bearer {KEY}"}
+N = 40
+
+
+def test_split_routes_ten_percent_of_keys_and_is_sticky() -> None:
+    r = Routing(mode=Mode.FUSED, split_mode=Mode.NEW, split_percent=10)
+    keys = [f"client-{i}" for i in range(5000)]
+    first = [route(r, k) for k in keys]
+    share = sum(m is Mode.NEW for m in first) / len(keys)
+    assert 0.08 <= share <= 0.12, share
+    assert [route(r, k) for k in keys] == first  # sticky
+    assert route(r, "client-1", override=Mode.OLD) is Mode.OLD
+    assert route(Routing(mode=Mode.OLD), "anyone") is Mode.OLD
+    assert 0 <= bucket("x") < 10_000
+
+
+def test_rank_biased_overlap_bounds() -> None:
+    a = [str(i) for i in range(10)]
+    assert rank_biased_overlap(a, a) == pytest.approx(1.0)
+    assert rank_biased_overlap(a, [str(i) for i in range(10, 20)]) == 0.0
+    swapped = a[:8] + [a[9], a[8]]
+    assert 0.9 < rank_biased_overlap(a, swapped) < 1.0
+    assert rank_biased_overlap(a, a[::-1]) < rank_biased_overlap(a, swapped)
+
+
+def test_gate_decision() -> None:
+    gate = CutoverConfig(min_coverage=100, max_ndcg_drop=0.0, max_recall_drop=0.01)
+    good = {"ndcg@10": 0.6, "recall@10": 0.7, "p95_ms": 10.0}
+    worse = {"ndcg@10": 0.5, "recall@10": 0.7, "p95_ms": 10.0}
+    assert decide(1.0, good, good, gate) == []
+    assert any("coverage" in w for w in decide(0.5, good, good, gate))
+    assert any("nDCG@10" in w for w in decide(1.0, good, worse, gate))
+
+
+def make_beir(root: Path, docs: list) -> Path:
+    """Labelled queries over the demo corpus: a passage's first line asks for that passage."""
+    root.mkdir()
+    qs, qrels = [], []
+    for i, d in enumerate(docs[:: max(1, len(docs) // 12)]):
+        first = next(line for line in d.text.splitlines() if line.strip())
+        qs.append({"_id": f"q{i}", "text": first})
+        qrels.append(f"q{i}\t{d.doc_id}\t1")
+    (root / "queries.jsonl").write_text("\n".join(json.dumps(q) for q in qs) + "\n")
+    (root / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(qrels) + "\n")
+    (root / "corpus.jsonl").write_text("")
+    return root
+
+
+@pytest.fixture
+def setup(tmp_path: Path, models: dict) -> Iterator[tuple[Runtime, Path]]:
+    docs = python_reference()[:N]
+    settings = demo_settings(
+        tmp_path / "data",
+        server={"admin_key": KEY},
+        shadow={"sample_rate": 1.0},
+        migration={"batch_size": 8},
+        # The demo's labelled set is tiny (a passage's first line asks for it): allow some noise.
+        cutover={"max_ndcg_drop": 0.1},
+    )
+    rt = Runtime(settings, dict(models))
+    ingest(rt, "old", docs, progress=False)
+    yield rt, make_beir(tmp_path / "beir", docs)
+    rt.close()
+
+
+def post(url: str, path: str, body: dict | None = None) -> httpx.Response:
+    return httpx.post(url + path, json=body or {}, headers=ADMIN, timeout=120)
+
+
+@pytest.mark.parametrize("strategy", ["rebuild", "shadow", "lazy"])
+def test_strategy_end_to_end(setup: tuple[Runtime, Path], strategy: str) -> None:
+    rt, beir = setup
+    start_migration(rt, strategy=strategy, progress=False)
+    expected = {"rebuild": Mode.OLD, "shadow": Mode.SHADOW, "lazy": Mode.FUSED}[strategy]
+    assert load_routing(rt.settings)[0].mode is expected
+    rt.state.set("paused", True)  # the test drives the worker itself
+    with LiveServer(_app(rt)) as live:
+        url = live.url
+        r = httpx.post(url + "/search", json={"query": "assert statement"})
+        assert r.headers["x-crossfade-mode"] == expected.value
+        # Refused while the new index is incomplete, with the numbers
+        refused = post(url, "/admin/cutover", {"beir": str(beir)})
+        assert refused.status_code == 409
+        assert any("coverage" in w for w in refused.json()["gate"]["refused_because"])
+        if strategy == "shadow":
+            wait = httpx.get(url + "/migration").json()["shadow"]
+            assert wait["compared"] >= 1 and wait["mean_overlap@10"] is not None
+        drain(Reembedder(rt))
+        ok = post(url, "/admin/cutover", {"beir": str(beir), "actor": "tester"})
+        assert ok.status_code == 200, ok.text
+        gate = ok.json()
+        assert gate["ok"] and gate["coverage"] == 1.0 and gate["new"]["ndcg@10"] > 0
+        r = httpx.post(url + "/search", json={"query": "assert statement"})
+        assert r.headers["x-crossfade-mode"] == "new"
+        assert all(set(h["ranks"]) == {"new", "bm25"} for h in r.json()["results"])
+        back = post(url, "/admin/rollback", {"actor": "tester"})
+        assert back.status_code == 200 and back.json()["to"]["mode"] == expected.value
+        r = httpx.post(url + "/search", json={"query": "assert statement"})
+        assert r.headers["x-crossfade-mode"] == expected.value
+        audit = httpx.get(url + "/admin/audit", headers=ADMIN).json()
+        actions = [a["action"] for a in audit]
+        assert actions[-3:] == ["cutover refused", "cutover", "rollback"]
+        assert audit[-2]["actor"] == "tester" and audit[-2]["gate"]["new"]["ndcg@10"] > 0
+    # the pointer survives a restart
+    assert load_routing(rt.settings)[0].mode is expected
+
+
+def _app(rt: Runtime):  # type: ignore[no-untyped-def]
+    from proxy.app import create_app
+
+    return create_app(rt)
+
+
+def test_gate_refuses_a_worse_model_and_force_is_recorded(setup: tuple[Runtime, Path]) -> None:
+    rt, beir = setup
+    start_migration(rt, strategy="rebuild", progress=False)
+    rt.state.set("paused", True)
+    drain(Reembedder(rt))
+    with LiveServer(_app(rt)) as live:
+        gate = post(live.url, "/admin/cutover", {"beir": str(_worse_for_new(rt, beir))})
+        assert gate.status_code == 409
+        why = gate.json()["gate"]["refused_because"]
+        assert any("nDCG@10 new" in w for w in why), why
+        forced = post(live.url, "/admin/cutover", {"beir": str(beir), "force": True})
+        assert forced.status_code == 200 and forced.json()["forced"] is True
+        audit = httpx.get(live.url + "/admin/audit", headers=ADMIN).json()
+        assert audit[-1]["action"] == "cutover (forced)"
+
+
+def _worse_for_new(rt: Runtime, beir: Path) -> Path:
+    """Relabel each query with the old model's top hit where the new model disagrees: a
+    labelled set on which the new model is measurably worse (a 'worse model')."""
+    import asyncio
+
+    out = beir.parent / "beir-worse"
+    out.mkdir()
+    searcher = rt.searcher()
+    qrels = []
+    queries = [json.loads(x) for x in (beir / "queries.jsonl").read_text().splitlines()]
+    for q in queries:
+        old = asyncio.run(searcher.search(q["text"], 10, Mode.OLD, fields=()))
+        new = asyncio.run(searcher.search(q["text"], 10, Mode.NEW, fields=()))
+        new_ids = [h.doc_id for h in new.hits]
+        pick = next((h.doc_id for h in old.hits if h.doc_id not in new_ids[:3]), old.hits[0].doc_id)
+        qrels.append(f"{q['_id']}\t{pick}\t1")
+    (out / "queries.jsonl").write_text((beir / "queries.jsonl").read_text())
+    (out / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(qrels) + "\n")
+    (out / "corpus.jsonl").write_text("")
+    return out
+
+
+def test_admin_endpoints_refuse_missing_or_wrong_keys(setup: tuple[Runtime, Path]) -> None:
+    rt, _ = setup
+    start_migration(rt, progress=False)
+    with LiveServer(_app(rt)) as live:
+        for path in (
+            "/admin/mode",
+            "/admin/split",
+            "/admin/cutover",
+            "/admin/rollback",
+            "/migration/backfill",
+        ):
+            assert httpx.post(live.url + path, json={}).status_code == 401
+            bad = httpx.post(live.url + path, json={}, headers={"Authorization": "Bearer x"})
+            assert bad.status_code == 401
+        assert httpx.get(live.url + "/admin/audit").status_code == 401
+        r = post(live.url, "/admin/split", {"mode": "new", "percent": 50})
+        assert r.status_code == 200 and r.json()["to"]["split_percent"] == 50
+        modes = {
+            httpx.post(
+                live.url + "/search", json={"query": "loops"}, headers={"X-Client-Key": f"k{i}"}
+            ).headers["x-crossfade-mode"]
+            for i in range(40)
+        }
+        assert modes == {"fused", "new"}
+
+
+def test_drift_catches_vectors_written_behind_the_proxy(
+    setup: tuple[Runtime, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rt, _ = setup
+    start_migration(rt, progress=False)
+    cfg = rt.settings.data_path("c.yaml")
+    import yaml
+
+    data = yaml.safe_load((Path(__file__).parents[1] / "config" / "demo.yaml").read_text())
+    data["data_dir"] = str(Path(rt.settings.data_dir))
+    data["server"]["port"] = 1  # nothing listens there: drift reads the stores itself
+    cfg.write_text(yaml.safe_dump(data))
+    rt.close()
+    assert main(["--config", str(cfg), "drift"]) == 0
+    capsys.readouterr()
+    # Another model writes 10 vectors straight into the new shard, bypassing the proxy.
+    shard = qe.EdgeShard.load(str(rt.settings.data_path("new")))
+    foreign_fp = "e5-small-v2@deadbeef0000"
+    rng = np.random.default_rng(1)
+    docs = python_reference()[:10]
+    points = [
+        qe.Point(
+            point_id(d.doc_id),
+            {"dense": rng.standard_normal(384).tolist()},
+            {
+                "doc_id": d.doc_id,
+                "text": d.text,
+                "text_sha256": d.sha,
+                "model_fingerprint": foreign_fp,
+            },
+        )
+        for d in docs
+    ]
+    shard.update(qe.UpdateOperation.upsert_points(points))
+    shard.flush()
+    shard.close()
+    assert main(["--config", str(cfg), "drift"]) == 1
+    captured = capsys.readouterr()
+    assert foreign_fp in captured.err
+    report = json.loads(captured.out)
+    assert report["indexes"]["new"]["foreign"] == {foreign_fp: 10}
