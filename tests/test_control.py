@@ -14,7 +14,7 @@ import qdrant_edge as qe
 
 from proxy.cli import main
 from proxy.config import CutoverConfig, Mode
-from proxy.demo import python_reference
+from proxy.demo import python_reference, write_eval_set
 from proxy.ingest import ingest
 from proxy.migration.cutover import decide, load_routing
 from proxy.migration.start import start_migration
@@ -59,20 +59,6 @@ def test_gate_decision() -> None:
     assert any("nDCG@10" in w for w in decide(1.0, good, worse, gate))
 
 
-def make_beir(root: Path, docs: list) -> Path:
-    """Labelled queries over the demo corpus: a passage's first line asks for that passage."""
-    root.mkdir()
-    qs, qrels = [], []
-    for i, d in enumerate(docs[:: max(1, len(docs) // 12)]):
-        first = next(line for line in d.text.splitlines() if line.strip())
-        qs.append({"_id": f"q{i}", "text": first})
-        qrels.append(f"q{i}\t{d.doc_id}\t1")
-    (root / "queries.jsonl").write_text("\n".join(json.dumps(q) for q in qs) + "\n")
-    (root / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(qrels) + "\n")
-    (root / "corpus.jsonl").write_text("")
-    return root
-
-
 @pytest.fixture
 def setup(tmp_path: Path, models: dict) -> Iterator[tuple[Runtime, Path]]:
     docs = python_reference()[:N]
@@ -86,7 +72,7 @@ def setup(tmp_path: Path, models: dict) -> Iterator[tuple[Runtime, Path]]:
     )
     rt = Runtime(settings, dict(models))
     ingest(rt, "old", docs, progress=False)
-    yield rt, make_beir(tmp_path / "beir", docs)
+    yield rt, write_eval_set(tmp_path / "beir", docs, every=3)
     rt.close()
 
 

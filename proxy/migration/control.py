@@ -73,23 +73,30 @@ class ControlPlane:
     async def switch(
         self, target: Routing, action: str, actor: str, gate: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        """Persist the pointer (atomic rename), then swap it in memory (one assignment)."""
         async with self._lock:
-            before = self.routing
-            new = replace(target, generation=before.generation + 1)
-            await asyncio.to_thread(save_routing, self.settings, new, before)
-            await asyncio.to_thread(self._mirror_alias, new)
-            self.previous, self.routing = before, new
-            return await asyncio.to_thread(
-                self.audit.append,
-                {
-                    "action": action,
-                    "actor": actor,
-                    "from": routing_dict(before),
-                    "to": routing_dict(new),
-                    "gate": gate,
-                },
-            )
+            return await self._switch(target, action, actor, gate)
+
+    async def _switch(
+        self, target: Routing, action: str, actor: str, gate: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """Persist the pointer (atomic rename), then swap it in memory (one assignment).
+        Callers hold `_lock`: control operations run one at a time, so a rollback asked for
+        while a cutover is being evaluated waits for it and then undoes it."""
+        before = self.routing
+        new = replace(target, generation=before.generation + 1)
+        await asyncio.to_thread(save_routing, self.settings, new, before)
+        await asyncio.to_thread(self._mirror_alias, new)
+        self.previous, self.routing = before, new
+        return await asyncio.to_thread(
+            self.audit.append,
+            {
+                "action": action,
+                "actor": actor,
+                "from": routing_dict(before),
+                "to": routing_dict(new),
+                "gate": gate,
+            },
+        )
 
     def _mirror_alias(self, routing: Routing) -> None:
         """Qdrant server: point `<new collection>_serving` at the collection now serving."""
@@ -106,18 +113,20 @@ class ControlPlane:
     ) -> tuple[bool, dict[str, Any]]:
         if data is None and not force:
             return False, {"ok": False, "refused_because": ["no labelled queries to gate on"]}
-        gate = await evaluate_gate(searcher, data, self.settings.cutover) if data else None
-        self.last_gate = gate
-        if gate is not None and not gate["ok"] and not force:
-            await asyncio.to_thread(
-                self.audit.append, {"action": "cutover refused", "actor": actor, "gate": gate}
-            )
-            return False, gate
-        entry = await self.switch(
-            Routing(mode=Mode.NEW), "cutover (forced)" if force else "cutover", actor, gate
-        )
+        async with self._lock:
+            gate = await evaluate_gate(searcher, data, self.settings.cutover) if data else None
+            self.last_gate = gate
+            if gate is not None and not gate["ok"] and not force:
+                await asyncio.to_thread(
+                    self.audit.append, {"action": "cutover refused", "actor": actor, "gate": gate}
+                )
+                return False, gate
+            action = "cutover (forced)" if force else "cutover"
+            entry = await self._switch(Routing(mode=Mode.NEW), action, actor, gate)
         return True, {**(gate or {"ok": None}), "forced": force, "audit": entry}
 
     async def rollback(self, actor: str) -> dict[str, Any]:
-        target = self.previous or Routing(mode=Mode.OLD)
-        return await self.switch(target, "rollback", actor)
+        """Back to the pointer before the last switch (or to `old` if there was none)."""
+        async with self._lock:
+            target = self.previous or Routing(mode=Mode.OLD)
+            return await self._switch(target, "rollback", actor, None)
