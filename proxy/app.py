@@ -363,7 +363,8 @@ def create_app(rt: Runtime) -> FastAPI:
 
     @app.post("/admin/cutover", responses={401: {}, 409: {}, 422: {}}, dependencies=guarded)
     async def cutover(body: CutoverIn) -> Any:
-        beir = body.beir or settings.cutover.eval_set
+        configured = settings.cutover.eval_set
+        beir = body.beir or (str(settings.data_path(configured)) if configured else None)
         data = None
         if beir:
             try:

@@ -293,17 +293,21 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Set up the demo migration (idempotent) and serve it."""
-    from proxy.demo import python_reference
+    from proxy.demo import python_reference, write_eval_set
     from proxy.ingest import ingest
     from proxy.migration.start import start_migration
     from proxy.runtime import Runtime
 
-    rt = Runtime(_settings(args))
+    settings = _settings(args)
+    rt = Runtime(settings)
     try:
         docs = python_reference()
         print(f"demo: {len(docs)} passages of the Python language reference", file=sys.stderr)
         print(ingest(rt, "old", docs), file=sys.stderr)
-        print(start_migration(rt), file=sys.stderr)
+        if rt.state.get("migration") is None:
+            print(start_migration(rt), file=sys.stderr)
+        if settings.cutover.eval_set:
+            write_eval_set(settings.data_path(settings.cutover.eval_set), docs)
     finally:
         rt.close()
     return cmd_serve(args)

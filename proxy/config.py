@@ -181,7 +181,9 @@ class CutoverConfig(Strict):
     )
     max_p95_ms: float = Field(0.0, ge=0, description="New-mode p95 latency cap; 0 = none.")
     eval_set: str | None = Field(
-        None, description="BEIR dir of labelled queries used when a cutover names none."
+        None,
+        description="BEIR dir of labelled queries used when a cutover names none; "
+        "relative paths are under data_dir.",
     )
     eval_split: str = Field("test", description="Qrels split of the eval set.")
 

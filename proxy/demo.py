@@ -30,15 +30,25 @@ def python_reference(max_chars: int = 1200) -> list[Doc]:
     return docs
 
 
-def write_eval_set(root: Path, docs: list[Doc], every: int = 12) -> Path:
-    """A small labelled set over the demo corpus, in BEIR layout, for the cutover gate: the
-    first line of every n-th passage (usually its heading) is a query judging that passage."""
+QUESTIONS = Path(__file__).resolve().parents[1] / "config" / "demo-eval" / "questions.tsv"
+
+
+def write_eval_set(root: Path, docs: list[Doc], questions: Path = QUESTIONS) -> Path:
+    """The demo's labelled set in BEIR layout, for the cutover gate: hand-written questions,
+    each judging every passage of its reference topics as relevant."""
+    by_topic: dict[str, list[str]] = {}
+    for d in docs:
+        by_topic.setdefault(str(d.metadata["topic"]), []).append(d.doc_id)
     root.mkdir(parents=True, exist_ok=True)
     queries, qrels = [], []
-    for i, d in enumerate(docs[::every]):
-        first = next(line for line in d.text.splitlines() if line.strip())
-        queries.append(json.dumps({"_id": f"q{i}", "text": first}))
-        qrels.append(f"q{i}\t{d.doc_id}\t1")
+    lines = [x for x in questions.read_text().splitlines() if x.strip() and not x.startswith("#")]
+    for i, line in enumerate(lines):
+        text, topics = line.split("\t")
+        judged = [d for t in topics.split() for d in by_topic.get(t, [])]
+        if not judged:
+            continue
+        queries.append(json.dumps({"_id": f"q{i}", "text": text}))
+        qrels.extend(f"q{i}\t{d}\t1" for d in judged)
     (root / "queries.jsonl").write_text("\n".join(queries) + "\n")
     (root / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(qrels) + "\n")
     (root / "corpus.jsonl").write_text("")  # the corpus is the demo's; the gate needs none

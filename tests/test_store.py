@@ -150,3 +150,34 @@ def test_sweep_and_fingerprint_counts(store: VectorStore) -> None:
     assert sorted(store.without_dense(10)) == ["d3", "d4"]
     assert store.without_dense(1)[0] in {"d3", "d4"}
     assert store.fingerprints() == {FP: 3}
+
+
+def test_server_backend_mirrors_the_serving_pointer_to_an_alias(tmp_path: Path) -> None:
+    """Old and new collections on one Qdrant (local mode here): cutover and rollback move the
+    `<new>_serving` alias in one request."""
+    import asyncio
+
+    from proxy.config import Mode, load_settings
+    from proxy.migration.control import ControlPlane
+    from proxy.router import Routing
+    from proxy.runtime import Runtime
+    from tests.conftest import ROOT
+
+    settings = load_settings(
+        ROOT / "config" / "demo.yaml",
+        data_dir=str(tmp_path),
+        indexes={
+            "old": {"backend": "qdrant", "url": ":memory:", "collection": "docs_v1"},
+            "new": {"backend": "qdrant", "url": ":memory:", "collection": "docs_v2"},
+        },
+    )
+    rt = Runtime(settings)
+    for side in ("old", "new"):
+        rt.store(side).create(IndexInfo(dim=DIM, fingerprint=f"{side}@1", sparse=side == "new"))
+    plane = ControlPlane(rt)
+    new = rt.store("new")
+    asyncio.run(plane.switch(Routing(mode=Mode.NEW), "cutover", "test"))
+    assert new.alias_target("docs_v2_serving") == "docs_v2"  # type: ignore[attr-defined]
+    asyncio.run(plane.rollback("test"))
+    assert new.alias_target("docs_v2_serving") == "docs_v1"  # type: ignore[attr-defined]
+    rt.close()

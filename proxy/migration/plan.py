@@ -64,7 +64,7 @@ def plan(rt: Runtime, sample: int | None = None) -> dict[str, Any]:
         "tokens": {"per_doc": round(tokens_per_doc, 1), "total": int(total_tokens)},
         "api_cost": {
             "price_per_million_tokens": cfg.plan.price_per_million_tokens,
-            "total": round(total_tokens / 1e6 * cfg.plan.price_per_million_tokens, 4),
+            "total": round(total_tokens / 1e6 * cfg.plan.price_per_million_tokens, 6),
         },
         "storage_bytes": {
             "new_vectors": vec_bytes,

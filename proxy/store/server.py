@@ -55,13 +55,42 @@ def to_qdrant_filter(flt: Filter | None) -> qm.Filter | None:
     )
 
 
+_shared: dict[tuple[str, str | None], tuple[QdrantClient, int]] = {}
+_shared_lock = threading.Lock()
+# Local mode is plain Python and not thread-safe; its instances share one lock.
+_local_mode_lock = threading.Lock()
+
+
 def make_client(cfg: IndexConfig) -> QdrantClient:
+    """One client per (url, key) in a process: the old and new collections of one Qdrant
+    (or of one local-mode instance, which can be opened only once) share it, so an alias can
+    point from one to the other."""
     url = cfg.url or ""
-    if url == ":memory:":
-        return QdrantClient(location=":memory:")
-    if url.startswith("local:"):
-        return QdrantClient(path=url.removeprefix("local:"))
-    return QdrantClient(url=url, api_key=cfg.api_key, timeout=10)
+    key = (url, cfg.api_key)
+    with _shared_lock:
+        if key in _shared:
+            client, refs = _shared[key]
+            _shared[key] = (client, refs + 1)
+            return client
+        if url == ":memory:":
+            client = QdrantClient(location=":memory:")
+        elif url.startswith("local:"):
+            client = QdrantClient(path=url.removeprefix("local:"))
+        else:
+            client = QdrantClient(url=url, api_key=cfg.api_key, timeout=10)
+        _shared[key] = (client, 1)
+        return client
+
+
+def release_client(cfg: IndexConfig) -> None:
+    key = (cfg.url or "", cfg.api_key)
+    with _shared_lock:
+        client, refs = _shared[key]
+        if refs > 1:
+            _shared[key] = (client, refs - 1)
+            return
+        del _shared[key]
+    client.close()
 
 
 class ServerStore:
@@ -70,10 +99,11 @@ class ServerStore:
         self.collection = cfg.collection
         self.vector = cfg.vector
         self.sparse_vector = cfg.sparse_vector
+        self._cfg = cfg
+        self._owned = client is None
         self.client = client or make_client(cfg)
-        # Local mode is plain Python and not safe across threads; a real server is.
         self._local = (cfg.url or "").startswith((":memory:", "local:"))
-        self._lock = threading.Lock()
+        self._lock = _local_mode_lock
         self._info: IndexInfo | None = None
         self._load_info()
 
@@ -286,4 +316,6 @@ class ServerStore:
         self._info = None
 
     def close(self) -> None:
-        self.client.close()
+        if self._owned:
+            self._owned = False
+            release_client(self._cfg)
