@@ -154,6 +154,20 @@ class _TooLarge(Exception):
     pass
 
 
+class JsonBodies:
+    """Every body this API takes is JSON: read it as JSON whatever Content-Type says, so that
+    `curl -d '{...}'` (which sends form encoding) works as users expect."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
+
+
 def create_app(rt: Runtime) -> FastAPI:
     settings = rt.settings
     metrics = Metrics()
@@ -181,6 +195,7 @@ def create_app(rt: Runtime) -> FastAPI:
         t.add_done_callback(background.discard)
 
     app = FastAPI(title="crossfade", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(JsonBodies)
     app.add_middleware(BodyLimit, limit=settings.server.max_body_bytes)
     if settings.server.cors_origins:
         app.add_middleware(

@@ -137,3 +137,13 @@ def test_metrics_endpoint(server: tuple[str, Runtime]) -> None:
     httpx.post(url + "/search", json={"query": "for loop"})
     text = httpx.get(url + "/metrics").text
     assert 'crossfade_search_seconds_count{mode="fused"}' in text
+
+
+def test_curl_style_form_content_type_is_read_as_json(server: tuple[str, Runtime]) -> None:
+    url, _ = server
+    r = httpx.post(
+        url + "/search",
+        content=b'{"query": "with statement", "k": 2}',
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 200 and len(r.json()["results"]) == 2
