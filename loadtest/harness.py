@@ -80,8 +80,8 @@ async def run_load(
     actions: Sequence[tuple[float, Callable[[], Awaitable[Any]], str]] = (),
 ) -> LoadReport:
     """`actions`: (fraction of requests sent, coroutine factory, label), fired once each, in
-    order, each after the previous one finished; the run lasts at least `requests` requests
-    and until the last action is done (or `max_seconds`)."""
+    order; the run lasts at least `requests` requests and until the last action is done (or
+    `max_seconds`)."""
     report = LoadReport()
     sent = 0
     deadline = time.monotonic() + max_seconds
@@ -92,17 +92,28 @@ async def run_load(
     def actions_busy() -> bool:
         return bool(pending) or any(not t.done() for t in fired)
 
+    spacing = requests / (len(pending) + 1)
+    last_done_at: list[int] = []  # request count when each fired action had finished
+
     async def next_index() -> int | None:
-        """The next request number; the load goes on past `requests` until every action has
-        run (one at a time, in order), so each switch happens under traffic."""
+        """The next request number. Actions fire in order, each once the previous one has
+        finished and `spacing` requests more have been served since (so every state gets
+        traffic); the load goes on past `requests` until the last action is done and has
+        seen its share of traffic too."""
         nonlocal sent
         async with lock:
-            if time.monotonic() > deadline or (sent >= requests and not actions_busy()):
+            settled = not fired or (
+                len(last_done_at) == len(fired) and sent >= last_done_at[-1] + spacing
+            )
+            if time.monotonic() > deadline or (sent >= requests and not actions_busy() and settled):
                 return None
             i = sent
             sent += 1
-            previous_done = all(t.done() for t in fired)
-            if pending and previous_done and sent >= pending[0][0] * requests:
+            if fired and fired[-1].done() and len(last_done_at) < len(fired):
+                last_done_at.append(sent)
+            ready = not fired or len(last_done_at) == len(fired)
+            after = last_done_at[-1] + spacing if last_done_at else 0
+            if pending and ready and sent >= max(pending[0][0] * requests, after):
                 _, make, label = pending.pop(0)
                 report.events.append({"at_request": sent, "action": label})
                 fired.append(asyncio.create_task(make()))

@@ -27,6 +27,7 @@ from proxy.metrics import Metrics
 from proxy.migration.control import ControlPlane
 from proxy.migration.cutover import routing_dict
 from proxy.migration.drift import drift_report
+from proxy.migration.plan import plan
 from proxy.migration.state import HIT
 from proxy.migration.status import migration_status
 from proxy.migration.worker import Reembedder, control_state, set_control
@@ -396,6 +397,12 @@ def create_app(rt: Runtime) -> FastAPI:
     @app.post("/admin/rollback", responses={401: {}, 422: {}}, dependencies=guarded)
     async def rollback(body: ActorIn | None = None) -> Any:
         return await control.rollback((body.actor if body else None) or "admin")
+
+    @app.get("/admin/plan", responses={401: {}}, dependencies=guarded)
+    async def get_plan(sample: int | None = None) -> Any:
+        return await asyncio.to_thread(
+            plan, rt, sample if sample is None else max(8, min(sample, 10_000))
+        )
 
     @app.get("/admin/audit", responses={401: {}}, dependencies=guarded)
     async def audit(n: int = 50) -> Any:

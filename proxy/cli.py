@@ -224,11 +224,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from proxy.migration.plan import plan
     from proxy.runtime import Runtime
 
-    rt = Runtime(_settings(args))
-    try:
-        _print_json(plan(rt, args.sample))
-    finally:
-        rt.close()
+    settings = _settings(args)
+    query = f"?sample={args.sample}" if args.sample else ""
+    out = _ask_proxy(settings, "GET", "/admin/plan" + query)
+    if out is None:
+        rt = Runtime(settings)
+        try:
+            out = plan(rt, args.sample)
+        finally:
+            rt.close()
+    _print_json(out)
     return 0
 
 

@@ -68,7 +68,15 @@ class EdgeStore:
         meta = path / META_FILE
         if meta.exists():
             self._info = IndexInfo(**json.loads(meta.read_text()))
-            self._shard = qe.EdgeShard.load(str(path))
+            try:
+                self._shard = qe.EdgeShard.load(str(path))
+            except Exception as e:
+                if "WouldBlock" in str(e):
+                    raise RuntimeError(
+                        f"the {name} index at {path} is open in another process (a running "
+                        "`crossfade serve`?): use the proxy's HTTP API, or stop it first"
+                    ) from e
+                raise
 
     @property
     def shard(self) -> qe.EdgeShard:
