@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run test lint bench eval docs clean
+.PHONY: install run test lint bench eval replay cutover-load docs clean
 
 install: $(STAMP)
 
@@ -36,6 +36,16 @@ eval: install
 	$(VENV)/bin/crossfade eval --beir ../shared/data/scifact --simulate-coverage 0,25,50,75,100
 
 bench: eval
+
+# The whole migration through HTTP on SciFact: lazy replay, backfill, kill -9, verify (~15 min).
+replay: install
+	mkdir -p .crossfade
+	$(VENV)/bin/crossfade eval --beir ../shared/data/scifact --simulate-coverage 0 --json > .crossfade/eval-baseline.json
+	$(PY) loadtest/replay.py --beir ../shared/data/scifact --baseline .crossfade/eval-baseline.json
+
+# 16 clients, >= 2,000 requests, a gated cutover and a rollback in the middle.
+cutover-load: install
+	$(PY) loadtest/cutover.py --clients 16 --requests 2000
 
 # Regenerate the README's config reference from the config models.
 docs: install
