@@ -7,6 +7,7 @@ must not share an index.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
 import threading
@@ -185,32 +186,76 @@ def load_embedder(cfg: ModelConfig) -> Embedder:
         raise RuntimeError(f"cannot load {cfg.kind} model from {cfg.path!r}: {e}") from e
 
 
-class QueryCache:
-    """Thread-safe LRU of query vectors for one model (queries repeat; embedding is the cost)."""
+class QueryEmbedder:
+    """Query vectors for one model: an LRU in front (queries repeat; embedding is the cost) and
+    micro-batching behind it. Concurrent requests that miss the cache are embedded together in
+    one forward pass: a single consumer takes everything queued when it is free (up to
+    `max_batch`), so a lone request waits for nothing and a burst shares one batch."""
 
-    def __init__(self, embedder: Embedder, size: int) -> None:
+    def __init__(self, embedder: Embedder, size: int, max_batch: int = 32) -> None:
         self.embedder = embedder
         self.size = size
+        self.max_batch = max_batch
         self._lru: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
+        self._pending: list[tuple[str, asyncio.Future[np.ndarray]]] = []
+        self._consumer: asyncio.Task[None] | None = None
         self.hits = 0
         self.misses = 0
+        self.batches = 0
 
-    def embed(self, query: str) -> np.ndarray:
+    def _get(self, query: str) -> np.ndarray | None:
         with self._lock:
             vec = self._lru.get(query)
             if vec is not None:
                 self._lru.move_to_end(query)
                 self.hits += 1
-                return vec
-        vec = self.embedder.embed_queries([query])[0]
+            return vec
+
+    def _put(self, query: str, vec: np.ndarray) -> None:
         with self._lock:
             self.misses += 1
             if self.size:
                 self._lru[query] = vec
                 while len(self._lru) > self.size:
                     self._lru.popitem(last=False)
+
+    def embed(self, query: str) -> np.ndarray:
+        """Blocking, unbatched: for callers outside the event loop."""
+        vec = self._get(query)
+        if vec is None:
+            vec = self.embedder.embed_queries([query])[0]
+            self._put(query, vec)
         return vec
+
+    async def aembed(self, query: str) -> np.ndarray:
+        vec = self._get(query)
+        if vec is not None:
+            return vec
+        fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._pending.append((query, fut))
+        if self._consumer is None or self._consumer.done():
+            self._consumer = asyncio.create_task(self._consume())
+        return await fut
+
+    async def _consume(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            texts = list(dict.fromkeys(q for q, _ in batch))
+            try:
+                vecs = await asyncio.to_thread(self.embedder.embed_queries, texts)
+            except Exception as e:  # every waiter of this batch gets the error, none hangs
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            self.batches += 1
+            by_text = dict(zip(texts, vecs, strict=True))
+            for text, vec in by_text.items():
+                self._put(text, vec)
+            for q, fut in batch:
+                if not fut.done():
+                    fut.set_result(by_text[q])
 
 
 class EmbeddingCache:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import cached_property
 
 from proxy.config import Settings
-from proxy.embedding import Embedder, EmbeddingCache, QueryCache, load_embedder
+from proxy.embedding import Embedder, EmbeddingCache, QueryEmbedder, load_embedder
 from proxy.migration.state import SqliteState
 from proxy.search import Coverage, Searcher
 from proxy.sparse import Bm25Encoder
@@ -49,8 +49,8 @@ class Runtime:
     def searcher(self) -> Searcher:
         size = self.settings.server.query_cache_size
         return Searcher(
-            old_model=QueryCache(self.model("old"), size),
-            new_model=QueryCache(self.model("new"), size),
+            old_model=QueryEmbedder(self.model("old"), size),
+            new_model=QueryEmbedder(self.model("new"), size),
             old_store=self.store("old"),
             new_store=self.store("new"),
             bm25=self.bm25,

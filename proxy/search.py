@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from proxy.config import FusionConfig, Mode
-from proxy.embedding import QueryCache
+from proxy.embedding import QueryEmbedder
 from proxy.filters import Filter
 from proxy.fusion import Fused, FusionParams, fuse, params_for
 from proxy.sparse import Bm25Encoder
@@ -84,8 +84,8 @@ class Coverage:
 class Searcher:
     def __init__(
         self,
-        old_model: QueryCache | None,
-        new_model: QueryCache | None,
+        old_model: QueryEmbedder | None,
+        new_model: QueryEmbedder | None,
         old_store: VectorStore | None,
         new_store: VectorStore | None,
         bm25: Bm25Encoder,
@@ -100,10 +100,12 @@ class Searcher:
         self.fusion = fusion
         self.coverage = coverage
 
-    def _dense(
-        self, model: QueryCache, store: VectorStore, query: str, depth: int, flt: Filter | None
+    async def _dense(
+        self, model: QueryEmbedder, store: VectorStore, query: str, depth: int, flt: Filter | None
     ) -> list[str]:
-        return [d for d, _ in store.search_dense(model.embed(query), depth, flt)]
+        vec = await model.aembed(query)  # micro-batched with concurrent requests
+        hits = await asyncio.to_thread(store.search_dense, vec, depth, flt)
+        return [d for d, _ in hits]
 
     def _sparse(self, store: VectorStore, query: str, depth: int, flt: Filter | None) -> list[str]:
         return [d for d, _ in store.search_sparse(self.bm25.query(query), depth, flt)]
@@ -125,14 +127,10 @@ class Searcher:
         jobs: dict[str, Any] = {}
         if "old" in lists:
             assert self.old_model and self.old_store
-            jobs["old"] = asyncio.to_thread(
-                self._dense, self.old_model, self.old_store, query, depth, flt
-            )
+            jobs["old"] = self._dense(self.old_model, self.old_store, query, depth, flt)
         if "new" in lists:
             assert self.new_model and self.new_store
-            jobs["new"] = asyncio.to_thread(
-                self._dense, self.new_model, self.new_store, query, depth, flt
-            )
+            jobs["new"] = self._dense(self.new_model, self.new_store, query, depth, flt)
         if "bm25" in lists:
             assert self.new_store
             jobs["bm25"] = asyncio.to_thread(self._sparse, self.new_store, query, depth, flt)

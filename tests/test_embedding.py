@@ -12,7 +12,7 @@ from proxy.config import ModelConfig
 from proxy.embedding import (
     Embedder,
     EmbeddingCache,
-    QueryCache,
+    QueryEmbedder,
     embed_documents_cached,
     load_embedder,
     text_sha256,
@@ -74,7 +74,7 @@ def test_unloadable_model_names_its_path() -> None:
 
 
 def test_query_cache_reuses_vectors(models: dict[str, Embedder]) -> None:
-    qc = QueryCache(models["old"], size=2)
+    qc = QueryEmbedder(models["old"], size=2)
     v1 = qc.embed("first")
     assert np.array_equal(qc.embed("first"), v1) and qc.hits == 1
     qc.embed("second")
@@ -94,3 +94,19 @@ def test_document_cache_roundtrip(tmp_path: Path, models: dict[str, Embedder]) -
     # another fingerprint never hits these vectors
     assert cache.get_many("other@1", [text_sha256(t) for t in texts]) == {}
     cache.close()
+
+
+def test_concurrent_queries_share_one_batch(models: dict[str, Embedder]) -> None:
+    import asyncio
+
+    qe = QueryEmbedder(models["new"], size=100, max_batch=8)
+    texts = [f"question number {i}" for i in range(20)] + ["question number 3"]
+
+    async def burst() -> list[np.ndarray]:
+        return await asyncio.gather(*(qe.aembed(t) for t in texts))
+
+    vecs = asyncio.run(burst())
+    assert qe.batches < len(texts)  # 1 alone, then the rest in batches of <= 8
+    solo = models["new"].embed_queries([texts[5]])[0]
+    assert np.allclose(vecs[5], solo, atol=1e-5)  # batching does not change a vector
+    assert np.array_equal(vecs[3], vecs[-1])
