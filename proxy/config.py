@@ -113,6 +113,11 @@ class FusionConfig(Strict):
         default_factory=lambda: Weights(old=0.0, new=0.6, bm25=1.0),
         description="List weights at 100% coverage.",
     )
+    bm25_after_cutover: bool = Field(
+        True,
+        description="In `new` mode, fuse BM25 with the new dense list (hybrid). Off = one "
+        "dense search, the same work as a plain vector-search pipeline.",
+    )
     impute_missing: bool = Field(
         True,
         description="Give a document with no new vector an imputed new-list rank "

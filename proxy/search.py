@@ -30,6 +30,12 @@ MODE_LISTS: dict[Mode, tuple[str, ...]] = {
 }
 
 
+def lists_for(mode: Mode, fusion: FusionConfig) -> tuple[str, ...]:
+    if mode is Mode.NEW and not fusion.bm25_after_cutover:
+        return ("new",)
+    return MODE_LISTS[mode]
+
+
 @dataclass
 class Candidates:
     ranked: dict[str, list[str]]
@@ -136,9 +142,11 @@ class Searcher:
             jobs["bm25"] = asyncio.to_thread(self._sparse, self.new_store, query, depth, flt)
         results = await asyncio.gather(*jobs.values())
         ranked = dict(zip(jobs, results, strict=True))
+        if "new" in ranked and self.coverage.value >= 1.0:
+            return Candidates(ranked, {d for r in ranked.values() for d in r})
         migrated: set[str] = set(ranked.get("new", ()))
-        if "new" in ranked and self.new_store is not None:
-            # Candidates outside the new top-N may still hold a new vector.
+        if "new" in ranked and self.new_store is not None and self.coverage.value < 1.0:
+            # Candidates outside the new top-N may still hold a new vector (at 100% all do).
             unknown = {d for name in ("old", "bm25") for d in ranked.get(name, ())} - migrated
             migrated |= await asyncio.to_thread(self.new_store.with_dense, sorted(unknown))
         return Candidates(ranked, migrated)
@@ -151,7 +159,7 @@ class Searcher:
             p,
             impute_missing=p.impute_missing and fused,
             scale_new_ranks=p.scale_new_ranks and fused,
-            lists=MODE_LISTS[mode],
+            lists=lists_for(mode, self.fusion),
         )
 
     async def search(
@@ -163,7 +171,9 @@ class Searcher:
         fields: tuple[str, ...] = ("text", "metadata"),
     ) -> SearchResult:
         coverage = await self.coverage.get()
-        lists = MODE_LISTS[mode]
+        lists = lists_for(mode, self.fusion)
+        if len(lists) == 1:
+            return await self._single(query, k, mode, lists[0], flt, fields, coverage)
         depth = max(self.fusion.candidates, k)
         cands = await self.candidates(query, lists, depth, flt)
         hits = fuse(cands.ranked, self.params(mode, coverage), cands.migrated, k)
@@ -171,3 +181,26 @@ class Searcher:
         assert serving is not None
         payloads = await asyncio.to_thread(serving.retrieve, [h.doc_id for h in hits], fields)
         return SearchResult(mode=mode, coverage=coverage, hits=hits, payloads=payloads)
+
+    async def _single(
+        self,
+        query: str,
+        k: int,
+        mode: Mode,
+        name: str,
+        flt: Filter | None,
+        fields: tuple[str, ...],
+        coverage: float,
+    ) -> SearchResult:
+        """One dense list, nothing to fuse: embed, one search returning the payloads."""
+        model, store = (
+            (self.old_model, self.old_store) if name == "old" else (self.new_model, self.new_store)
+        )
+        assert model is not None and store is not None
+        vec = await model.aembed(query)
+        rows = await asyncio.to_thread(store.query_dense, vec, k, flt, fields)
+        hits = [
+            Fused(doc_id=p["doc_id"], score=s, ranks={name: r}, migrated=name == "new")
+            for r, (p, s) in enumerate(rows, start=1)
+        ]
+        return SearchResult(mode, coverage, hits, {p["doc_id"]: p for p, _ in rows})

@@ -93,6 +93,13 @@ class VectorStore(Protocol):
         self, vector: np.ndarray, limit: int, flt: Filter | None = None
     ) -> list[tuple[str, float]]: ...
 
+    def query_dense(
+        self, vector: np.ndarray, limit: int, flt: Filter | None, fields: Sequence[str]
+    ) -> list[tuple[dict[str, Any], float]]:
+        """Nearest points with the payload `fields` (and doc_id): one call, for single-list
+        modes that need no fusion."""
+        ...
+
     def search_sparse(
         self, sparse: Sparse, limit: int, flt: Filter | None = None
     ) -> list[tuple[str, float]]: ...

@@ -147,11 +147,16 @@ class EdgeStore:
     def search_dense(
         self, vector: np.ndarray, limit: int, flt: Filter | None = None
     ) -> list[tuple[str, float]]:
+        return [(p["doc_id"], s) for p, s in self.query_dense(vector, limit, flt, ())]
+
+    def query_dense(
+        self, vector: np.ndarray, limit: int, flt: Filter | None, fields: Sequence[str]
+    ) -> list[tuple[dict[str, Any], float]]:
         q = qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist(), using=self.vector)
         req = qe.QueryRequest(
-            limit=limit, query=q, filter=to_edge_filter(flt), with_payload=["doc_id"]
+            limit=limit, query=q, filter=to_edge_filter(flt), with_payload=["doc_id", *fields]
         )
-        return self._hits(self.shard.query(req))
+        return [(p.payload, float(p.score)) for p in self.shard.query(req) if p.payload]
 
     def search_sparse(
         self, sparse: Sparse, limit: int, flt: Filter | None = None

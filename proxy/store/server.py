@@ -191,8 +191,8 @@ class ServerStore:
         """Writes already wait for the server's acknowledgement."""
 
     def _search(
-        self, query: Any, using: str, limit: int, flt: Filter | None
-    ) -> list[tuple[str, float]]:
+        self, query: Any, using: str, limit: int, flt: Filter | None, fields: Sequence[str] = ()
+    ) -> list[tuple[dict[str, Any], float]]:
         with self._guard():
             res = self.client.query_points(
                 self.collection,
@@ -200,14 +200,20 @@ class ServerStore:
                 using=using,
                 limit=limit,
                 query_filter=to_qdrant_filter(flt),
-                with_payload=["doc_id"],
+                with_payload=["doc_id", *fields],
             )
-        return [(p.payload["doc_id"], float(p.score)) for p in res.points if p.payload]
+        return [(p.payload, float(p.score)) for p in res.points if p.payload]
 
     def search_dense(
         self, vector: np.ndarray, limit: int, flt: Filter | None = None
     ) -> list[tuple[str, float]]:
-        return self._search(np.asarray(vector, dtype=np.float32).tolist(), self.vector, limit, flt)
+        return [(p["doc_id"], s) for p, s in self.query_dense(vector, limit, flt, ())]
+
+    def query_dense(
+        self, vector: np.ndarray, limit: int, flt: Filter | None, fields: Sequence[str]
+    ) -> list[tuple[dict[str, Any], float]]:
+        vec = np.asarray(vector, dtype=np.float32).tolist()
+        return self._search(vec, self.vector, limit, flt, fields)
 
     def search_sparse(
         self, sparse: Sparse, limit: int, flt: Filter | None = None
@@ -215,7 +221,7 @@ class ServerStore:
         if not sparse.indices:
             return []
         q = qm.SparseVector(indices=sparse.indices, values=sparse.values)
-        return self._search(q, self.sparse_vector, limit, flt)
+        return [(p["doc_id"], s) for p, s in self._search(q, self.sparse_vector, limit, flt)]
 
     def with_dense(self, doc_ids: Sequence[str]) -> set[str]:
         if not doc_ids:

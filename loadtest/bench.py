@@ -1,0 +1,210 @@
+"""`make bench`: what does the proxy cost? crossfade against the direct pipeline, one run,
+same machine, same engine, same SciFact data; ratios are what carry on a shared machine.
+
+Scenarios (each alone on the machine, one after another, loopback only, bounded):
+  direct@16, fused@16   steady load, no migration work (worker paused)
+  direct@1,  new@1      a single client: the proxy's `new` mode does the direct pipeline's work
+  migrating@16          fused, with lazy re-embedding and backfill active at the default budget
+
+Every request carries a distinct SciFact query (the proxy's query cache cannot help), and
+`with_text` is true on both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from loadtest.harness import run_load  # noqa: E402
+from proxy.beir import load_beir  # noqa: E402
+from proxy.config import load_settings  # noqa: E402
+from proxy.experiment import simulate  # noqa: E402
+
+KEY = "bench-admin-key"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited during start")
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} not ready")
+
+
+def build(beir: Path, data: Path, coverage: int) -> Path:
+    """Old index + new index at `coverage`% through the eval machinery (cached embeddings)."""
+    settings = load_settings(ROOT / "config" / "scifact.yaml", data_dir=str(data))
+    simulate(settings, load_beir(beir, "test"), [coverage], progress=False)
+    return data
+
+
+def queries(beir: Path) -> list[str]:
+    with (beir / "queries.jsonl").open("rb") as fh:
+        from proxy.evaluation import parse_queries
+
+        return list(parse_queries(fh).values())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--beir", default=str(ROOT.parent / "shared" / "data" / "scifact"))
+    ap.add_argument("--work", default=str(ROOT / ".crossfade" / "bench"))
+    ap.add_argument("--requests", type=int, default=1000, help="per 16-client scenario")
+    ap.add_argument("--single", type=int, default=200, help="requests per 1-client scenario")
+    ap.add_argument("--out", default=str(ROOT / ".crossfade" / "bench.json"))
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    beir, work = Path(args.beir), Path(args.work)
+    qs = queries(beir)
+
+    print("bench: building indexes (cached embeddings after the first run)", file=sys.stderr)
+    shutil.rmtree(work, ignore_errors=True)
+    cache = ROOT / ".crossfade" / "scifact" / "cache"  # `make eval`'s embeddings, if any
+    for d in ("full", "proxy"):
+        if cache.exists():
+            shutil.copytree(cache, work / d / "cache")
+    full = build(beir, work / "full", 100)  # the direct pipeline's index: every vector
+    if not cache.exists():
+        shutil.copytree(full / "cache", work / "proxy" / "cache")
+    proxy_data = build(beir, work / "proxy", 50)  # the proxy mid-migration: half migrated
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    dport, pport = free_port(), free_port()
+    direct = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "loadtest" / "direct.py"),
+            "--shard",
+            str(full / "new"),
+            "--port",
+            str(dport),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    penv = {
+        **env,
+        "CROSSFADE_DATA_DIR": str(proxy_data),
+        "CROSSFADE_SERVER__PORT": str(pport),
+        "CROSSFADE_SERVER__ADMIN_KEY": KEY,
+        "CROSSFADE_MODE": "fused",
+        # Every query is distinct anyway; no cache makes the comparison with direct exact.
+        "CROSSFADE_SERVER__QUERY_CACHE_SIZE": "0",
+        **{k: v for k, v in os.environ.items() if k.startswith("CROSSFADE_")},
+    }
+    proxy = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "proxy.cli",
+            "--config",
+            str(ROOT / "config" / "scifact.yaml"),
+            "serve",
+        ],
+        env=penv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    durl, purl = f"http://127.0.0.1:{dport}", f"http://127.0.0.1:{pport}"
+    admin = {"Authorization": f"Bearer {KEY}"}
+    results: dict[str, Any] = {}
+    offset = 0
+
+    def load(name: str, url: str, clients: int, n: int, payload: dict[str, Any]) -> None:
+        nonlocal offset
+        batch = qs[offset : offset + n]
+        offset = (offset + n) % max(len(qs) - n, 1)
+        rep = asyncio.run(
+            run_load(
+                url,
+                batch,
+                clients=clients,
+                requests=n,
+                max_seconds=600,
+                payload=payload,
+                check_modes=url == purl,
+            )
+        )
+        results[name] = rep.summary()
+        s = results[name]
+        print(
+            f"{name:>14}: {s['requests']} req, {s['errors']} err, {s['qps']} qps, "
+            f"p50 {s['p50_ms']} p95 {s['p95_ms']} p99 {s['p99_ms']} ms",
+            file=sys.stderr,
+        )
+
+    try:
+        wait_ready(durl, direct)
+        wait_ready(purl, proxy)
+        httpx.post(purl + "/migration/backfill", json={"action": "pause"}, headers=admin)
+        warm = {"with_text": True}
+        load("warmup-direct", durl, 4, 50, warm)
+        load("warmup-proxy", purl, 4, 50, warm)
+        load("direct@16", durl, 16, args.requests, {})
+        load("fused@16", purl, 16, args.requests, {"with_text": True, "reembed": False})
+        load("direct@1", durl, 1, args.single, {})
+        load("new@1", purl, 1, args.single, {"mode": "new", "reembed": False})
+        # `new` mode fuses BM25 by default (fusion.bm25_after_cutover); that is more work than
+        # the direct pipeline does, so it is measured separately above, and the same-work
+        # comparison runs a proxy with it off.
+        httpx.post(purl + "/migration/backfill", json={"action": "resume"}, headers=admin)
+        time.sleep(3)  # let the worker get going
+        load("migrating@16", purl, 16, args.requests, {"with_text": True})
+        status = httpx.get(purl + "/migration").json()
+        results["migration_during_run"] = {
+            "rate_docs_per_s": status["rate_docs_per_s"],
+            "coverage": status["indexes"]["new"]["coverage"],
+        }
+    finally:
+        for p in (direct, proxy):
+            p.send_signal(signal.SIGTERM)
+            p.wait(60)
+    r = results
+    ratios = {
+        "fused_qps_over_direct_qps@16": round(r["fused@16"]["qps"] / r["direct@16"]["qps"], 3),
+        "fused_p99_over_direct_p99@16": round(
+            r["fused@16"]["p99_ms"] / r["direct@16"]["p99_ms"], 3
+        ),
+        "new_p50_over_direct_p50@1": round(r["new@1"]["p50_ms"] / r["direct@1"]["p50_ms"], 3),
+        "migrating_p99_over_fused_p99@16": round(
+            r["migrating@16"]["p99_ms"] / r["fused@16"]["p99_ms"], 3
+        ),
+    }
+    results["ratios"] = ratios
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(json.dumps(ratios, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
