@@ -35,7 +35,9 @@ lint: install
 eval: install
 	$(VENV)/bin/crossfade eval --beir ../shared/data/scifact --simulate-coverage 0,25,50,75,100
 
-bench: eval
+# crossfade against the direct single-model pipeline on SciFact; prints ratios from one run.
+bench: install
+	$(PY) loadtest/bench.py
 
 # The whole migration through HTTP on SciFact: lazy replay, backfill, kill -9, verify (~15 min).
 replay: install

@@ -228,6 +228,11 @@ class QueryEmbedder:
             self._put(query, vec)
         return vec
 
+    @property
+    def idle(self) -> bool:
+        """No batch in flight: a request now would be a batch of one anyway."""
+        return not self._pending and (self._consumer is None or self._consumer.done())
+
     async def aembed(self, query: str) -> np.ndarray:
         vec = self._get(query)
         if vec is not None:

@@ -197,8 +197,14 @@ class Searcher:
             (self.old_model, self.old_store) if name == "old" else (self.new_model, self.new_store)
         )
         assert model is not None and store is not None
-        vec = await model.aembed(query)
-        rows = await asyncio.to_thread(store.query_dense, vec, k, flt, fields)
+        if model.idle:
+            # Nothing to batch with: embed and search in one worker-thread hop.
+            rows = await asyncio.to_thread(
+                lambda: store.query_dense(model.embed(query), k, flt, fields)
+            )
+        else:
+            vec = await model.aembed(query)
+            rows = await asyncio.to_thread(store.query_dense, vec, k, flt, fields)
         hits = [
             Fused(doc_id=p["doc_id"], score=s, ranks={name: r}, migrated=name == "new")
             for r, (p, s) in enumerate(rows, start=1)
