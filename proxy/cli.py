@@ -51,11 +51,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from proxy.ingest import ingest, read_jsonl
     from proxy.runtime import Runtime
 
-    rt = Runtime(_settings(args))
-    try:
+    with Runtime(_settings(args)) as rt:
         result = ingest(rt, args.index, read_jsonl(args.file), progress=not args.quiet)
-    finally:
-        rt.close()
     _print_json(result)
     return 0
 
@@ -64,11 +61,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from proxy.migration.start import start_migration
     from proxy.runtime import Runtime
 
-    rt = Runtime(_settings(args))
-    try:
+    with Runtime(_settings(args)) as rt:
         result = start_migration(rt, strategy=args.strategy, progress=not args.quiet)
-    finally:
-        rt.close()
     _print_json(result)
     return 0
 
@@ -78,36 +72,47 @@ def _proxy_url(settings: Any) -> str:
     return f"http://{host}:{settings.server.port}"
 
 
-def _ask_proxy(settings: Any, method: str, path: str, body: Any = None) -> Any | None:
-    """The running proxy owns the embedded shards; ask it first. None if it is not running."""
+def _call_proxy(settings: Any, method: str, path: str, body: Any = None) -> Any | None:
+    """One request to the running proxy, with the admin key; None if no proxy answers."""
     import httpx
 
     from proxy.security import admin_key
 
     headers = {"Authorization": f"Bearer {admin_key(settings)}"}
     try:
-        r = httpx.request(
-            method, _proxy_url(settings) + path, json=body, headers=headers, timeout=600
+        return httpx.request(
+            method, _proxy_url(settings) + path, json=body, headers=headers, timeout=900
         )
     except httpx.TransportError:
+        return None
+
+
+def _ask_proxy(settings: Any, method: str, path: str, body: Any = None) -> Any | None:
+    """The running proxy owns the embedded shards; ask it first. None if it is not running."""
+    r = _call_proxy(settings, method, path, body)
+    if r is None:
         return None
     if r.status_code >= 400:
         raise RuntimeError(f"proxy answered {r.status_code}: {r.text}")
     return r.json()
 
 
+def _from_proxy_or_stores(settings: Any, path: str, local: Any) -> Any:
+    """Ask the running proxy (it owns the embedded shards); if none runs, open the stores."""
+    out = _ask_proxy(settings, "GET", path)
+    if out is None:
+        from proxy.runtime import Runtime
+
+        with Runtime(settings) as rt:
+            out = local(rt)
+    return out
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from proxy.migration.status import migration_status
-    from proxy.runtime import Runtime
 
     settings = _settings(args)
-    out = _ask_proxy(settings, "GET", "/migration")
-    if out is None:
-        rt = Runtime(settings)
-        try:
-            out = migration_status(rt)
-        finally:
-            rt.close()
+    out = _from_proxy_or_stores(settings, "/migration", migration_status)
     if args.json:
         _print_json(out)
         return 0
@@ -142,12 +147,9 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         from proxy.migration.worker import control_state, set_control
         from proxy.runtime import Runtime
 
-        rt = Runtime(settings)
-        try:
+        with Runtime(settings) as rt:
             set_control(rt.state, body.get("action"), body.get("backfill"), body.get("until"))
             out = control_state(rt.state, settings.migration)
-        finally:
-            rt.close()
     _print_json(out)
     return 0
 
@@ -157,17 +159,12 @@ def _actor() -> str:
 
 
 def _admin_call(args: argparse.Namespace, path: str, body: dict[str, Any]) -> int:
-    """Admin actions go through the running proxy: it owns the serving pointer."""
-    import httpx
-
-    from proxy.security import admin_key
-
+    """Admin actions go through the running proxy: it owns the serving pointer. The answer is
+    printed whatever its status (a refused cutover carries the gate's numbers)."""
     settings = _settings(args)
-    headers = {"Authorization": f"Bearer {admin_key(settings)}"}
-    try:
-        r = httpx.post(_proxy_url(settings) + path, json=body, headers=headers, timeout=900)
-    except httpx.TransportError as e:
-        raise RuntimeError(f"no proxy answering at {_proxy_url(settings)}: {e}") from e
+    r = _call_proxy(settings, "POST", path, body)
+    if r is None:
+        raise RuntimeError(f"no proxy answering at {_proxy_url(settings)}")
     _print_json(r.json())
     return 0 if r.status_code < 400 else 1
 
@@ -199,16 +196,11 @@ def cmd_split(args: argparse.Namespace) -> int:
 def cmd_drift(args: argparse.Namespace) -> int:
     from proxy.migration.control import ControlPlane
     from proxy.migration.drift import drift_report
-    from proxy.runtime import Runtime
 
     settings = _settings(args)
-    out = _ask_proxy(settings, "GET", "/drift")
-    if out is None:
-        rt = Runtime(settings)
-        try:
-            out = drift_report(rt, ControlPlane(rt).modes_in_use())
-        finally:
-            rt.close()
+    out = _from_proxy_or_stores(
+        settings, "/drift", lambda rt: drift_report(rt, ControlPlane(rt).modes_in_use())
+    )
     _print_json(out)
     for side, ix in out["indexes"].items():
         if ix["alarm"]:
@@ -222,17 +214,10 @@ def cmd_drift(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from proxy.migration.plan import plan
-    from proxy.runtime import Runtime
 
     settings = _settings(args)
     query = f"?sample={args.sample}" if args.sample else ""
-    out = _ask_proxy(settings, "GET", "/admin/plan" + query)
-    if out is None:
-        rt = Runtime(settings)
-        try:
-            out = plan(rt, args.sample)
-        finally:
-            rt.close()
+    out = _from_proxy_or_stores(settings, "/admin/plan" + query, lambda rt: plan(rt, args.sample))
     _print_json(out)
     return 0
 
@@ -241,11 +226,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from proxy.migration.status import verify
     from proxy.runtime import Runtime
 
-    rt = Runtime(_settings(args))
-    try:
+    with Runtime(_settings(args)) as rt:
         out = verify(rt, sample=args.sample)
-    finally:
-        rt.close()
     _print_json(out)
     return 0 if out["ok"] else 1
 
@@ -304,8 +286,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from proxy.runtime import Runtime
 
     settings = _settings(args)
-    rt = Runtime(settings)
-    try:
+    with Runtime(settings) as rt:
         docs = python_reference()
         print(f"demo: {len(docs)} passages of the Python language reference", file=sys.stderr)
         print(ingest(rt, "old", docs), file=sys.stderr)
@@ -313,8 +294,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(start_migration(rt), file=sys.stderr)
         if settings.cutover.eval_set:
             write_eval_set(settings.data_path(settings.cutover.eval_set), docs)
-    finally:
-        rt.close()
     return cmd_serve(args)
 
 

@@ -58,6 +58,12 @@ class Runtime:
             coverage=Coverage(self.store("new"), self.settings.server.coverage_refresh_s),
         )
 
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         for s in self._stores.values():
             s.close()
