@@ -222,6 +222,31 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_optimize(args: argparse.Namespace) -> int:
+    """Build the HNSW index of an embedded shard, offline. qdrant-edge's optimize() holds the
+    GIL for its whole run (tens of seconds at 100k points), so the proxy never calls it: run
+    this with the proxy stopped (the shard's lock refuses it otherwise)."""
+    import time
+
+    from proxy.runtime import Runtime
+
+    settings = _settings(args)
+    if getattr(settings.indexes, args.index).backend != "edge":
+        raise RuntimeError("optimize is for the embedded engine; a Qdrant server optimizes itself")
+    with Runtime(settings) as rt:
+        store = rt.store(args.index)
+        t0 = time.perf_counter()
+        changed = store.shard.optimize()  # type: ignore[attr-defined]
+        _print_json(
+            {
+                "index": args.index,
+                "optimized": changed,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from proxy.migration.status import verify
     from proxy.runtime import Runtime
@@ -370,6 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("plan", help="estimate re-embed time, tokens, cost and storage")
     s.add_argument("--sample", type=int, help="documents embedded to measure speed")
     s.set_defaults(func=cmd_plan)
+
+    s = sub.add_parser("optimize", help="build an embedded shard's HNSW index (proxy stopped)")
+    s.add_argument("--index", choices=["old", "new"], required=True)
+    s.set_defaults(func=cmd_optimize)
 
     s = sub.add_parser("verify", help="check every point of the new index (stop the proxy first)")
     s.add_argument("--sample", type=int, default=64, help="vectors re-embedded and compared")

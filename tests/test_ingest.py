@@ -116,6 +116,10 @@ def test_cli_ingest_and_status(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert status["indexes"]["new"]["coverage"] == 0.0 and status["remaining"] == 3
     assert main(["--config", str(cfg), "status"]) == 0
     assert "3 documents, 0 with vectors" in capsys.readouterr().out
+    assert main(["--config", str(cfg), "optimize", "--index", "old"]) == 0
+    assert json.loads(capsys.readouterr().out)["index"] == "old"
+    assert main(["--config", str(cfg), "status", "--json"]) == 0  # still readable after it
+    assert json.loads(capsys.readouterr().out)["indexes"]["old"]["documents"] == 3
     assert main(["--config", str(cfg), "backfill", "pause"]) == 0
     assert json.loads(capsys.readouterr().out)["paused"] is True
     assert main(["--config", str(tmp_path / "missing.yaml"), "status"]) == 2
