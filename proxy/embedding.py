@@ -13,6 +13,7 @@ import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -194,6 +195,9 @@ class QueryEmbedder:
 
     def __init__(self, embedder: Embedder, size: int, max_batch: int = 32) -> None:
         self.embedder = embedder
+        # One dedicated inference thread per model: torch/OpenMP keeps one thread team per
+        # calling thread, and teams left spinning on a 2-core machine slow the one working.
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="query-embed")
         self.size = size
         self.max_batch = max_batch
         self._lru: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -248,7 +252,8 @@ class QueryEmbedder:
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
             texts = list(dict.fromkeys(q for q, _ in batch))
             try:
-                vecs = await asyncio.to_thread(self.embedder.embed_queries, texts)
+                loop = asyncio.get_running_loop()
+                vecs = await loop.run_in_executor(self.executor, self.embedder.embed_queries, texts)
             except Exception as e:  # every waiter of this batch gets the error, none hangs
                 for _, fut in batch:
                     if not fut.done():

@@ -198,9 +198,9 @@ class Searcher:
         )
         assert model is not None and store is not None
         if model.idle:
-            # Nothing to batch with: embed and search in one worker-thread hop.
-            rows = await asyncio.to_thread(
-                lambda: store.query_dense(model.embed(query), k, flt, fields)
+            # Nothing to batch with: embed and search in one hop, on the model's own thread.
+            rows = await asyncio.get_running_loop().run_in_executor(
+                model.executor, lambda: store.query_dense(model.embed(query), k, flt, fields)
             )
         else:
             vec = await model.aembed(query)

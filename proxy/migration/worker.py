@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +83,8 @@ class Reembedder:
         self.cfg = rt.settings.migration
         self.state: MigrationState = rt.state
         self.stats = Stats()
+        # Its own thread, always the same one (one OpenMP team), apart from the query threads.
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="reembed")
 
     def refill(self) -> int:
         """Enqueue the next documents of the sweep if the queue runs low and backfill may run."""
@@ -142,7 +145,8 @@ class Reembedder:
                 continue
             t0 = time.monotonic()
             try:
-                written = await asyncio.to_thread(self.step)
+                loop = asyncio.get_running_loop()
+                written = await loop.run_in_executor(self.executor, self.step)
             except Exception as e:  # keep serving; the queue still holds the batch (lease)
                 log.exception("re-embed batch failed")
                 self.stats.last_error = str(e)
