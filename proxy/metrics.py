@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 
 class Metrics:
@@ -19,9 +19,6 @@ class Metrics:
             ["mode"],
             registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-        )
-        self.requests = Counter(
-            "crossfade_requests", "Requests by route and status", ["route", "status"], registry=r
         )
         ratio = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
         self.shadow_overlap = Histogram(
