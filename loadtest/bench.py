@@ -34,34 +34,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from loadtest.harness import run_load  # noqa: E402
+from loadtest.harness import free_port, run_load, wait_ready  # noqa: E402
 from proxy.beir import load_beir  # noqa: E402
 from proxy.config import load_settings  # noqa: E402
 from proxy.experiment import simulate  # noqa: E402
 
 KEY = "bench-admin-key"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url} exited during start")
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} not ready")
 
 
 def build(beir: Path, data: Path, coverage: int) -> Path:

@@ -15,10 +15,8 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from loadtest.harness import run_load  # noqa: E402
+from loadtest.harness import free_port, run_load, wait_ready  # noqa: E402
 from proxy.config import load_settings  # noqa: E402
 from proxy.demo import python_reference, write_eval_set  # noqa: E402
 from proxy.ingest import ingest  # noqa: E402
@@ -37,12 +35,6 @@ from proxy.migration.worker import Reembedder  # noqa: E402
 from proxy.runtime import Runtime  # noqa: E402
 
 KEY = "loadtest-admin-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def prepare(data_dir: Path, port: int, models: dict[str, Any] | None = None) -> Path:
@@ -81,19 +73,12 @@ def serve(config: Path, port: int) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError("proxy exited during start")
-        time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("proxy did not become ready")
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc)
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc
 
 
 def run(data_dir: Path, clients: int, requests: int, models: dict[str, Any] | None = None) -> dict:

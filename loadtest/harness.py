@@ -10,6 +10,8 @@ when given fractions of the requests have been sent.
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -160,3 +162,23 @@ async def run_load(
         except Exception as e:  # an action failing is a finding, not a crash of the harness
             ev["result"] = f"failed: {e!r}"
     return report
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited during start")
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} not ready")

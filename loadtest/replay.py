@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,15 +29,12 @@ from typing import Any
 
 import httpx
 
-from proxy.evaluation import parse_qrels, parse_queries, score_run
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from loadtest.harness import free_port  # noqa: E402
+from proxy.evaluation import parse_qrels, parse_queries, score_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def crossfade(*args: str, env: dict[str, str]) -> str:

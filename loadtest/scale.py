@@ -30,8 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from loadtest.bench import free_port, queries, wait_ready  # noqa: E402
-from loadtest.harness import run_load  # noqa: E402
+from loadtest.bench import queries  # noqa: E402
+from loadtest.harness import free_port, run_load, wait_ready  # noqa: E402
 from proxy.beir import load_beir  # noqa: E402
 from proxy.config import load_settings  # noqa: E402
 from proxy.embedding import embed_documents_cached  # noqa: E402
