@@ -9,7 +9,6 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
-from pathlib import Path
 
 from proxy.config import Settings
 
@@ -34,8 +33,3 @@ def check_bearer(header: str | None, key: str) -> bool:
     if not header or not header.startswith("Bearer "):
         return False
     return hmac.compare_digest(header.removeprefix("Bearer ").encode(), key.encode())
-
-
-def read_key_file(data_dir: Path) -> str | None:
-    path = data_dir / KEY_FILE
-    return path.read_text().strip() if path.exists() else None

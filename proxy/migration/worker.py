@@ -91,12 +91,15 @@ class Reembedder:
         ctl = control_state(self.state, self.cfg)
         if not ctl["backfill"]:
             return 0
-        new = self.rt.store("new")
-        total = new.count()
-        if total == 0 or 100.0 * new.count(dense_only=True) / total >= float(ctl["until"]):  # type: ignore[arg-type]
-            return 0
         if self.state.depth()["total"] >= self.cfg.batch_size:
             return 0
+        new = self.rt.store("new")
+        until = float(ctl["until"])
+        if until < 100.0:  # only a limited sweep needs the coverage (two counts)
+            total = new.count()
+            if total == 0 or 100.0 * new.count(dense_only=True) / total >= until:
+                return 0
+        # At 100% the sweep finds nothing: an idle worker pays one small scroll, not counts.
         return self.state.enqueue(new.without_dense(self.cfg.batch_size * 4), BACKFILL)
 
     def step(self) -> int:
