@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,6 +28,7 @@ from proxy.metrics import Metrics
 from proxy.migration.control import ControlPlane
 from proxy.migration.cutover import routing_dict
 from proxy.migration.drift import drift_report
+from proxy.migration.history import History
 from proxy.migration.plan import plan
 from proxy.migration.state import HIT
 from proxy.migration.status import migration_status
@@ -34,6 +36,8 @@ from proxy.migration.worker import Reembedder, control_state, set_control
 from proxy.runtime import Runtime
 from proxy.search import Searcher
 from proxy.security import admin_key, check_bearer
+
+DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
 
 
 class SearchRequest(BaseModel):
@@ -177,16 +181,18 @@ def create_app(rt: Runtime) -> FastAPI:
     control = ControlPlane(rt)
     key = admin_key(settings)
     background: set[asyncio.Task[Any]] = set()
+    history = History()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         # Models load before the first request is accepted (uvicorn waits for startup).
         state["searcher"] = await asyncio.to_thread(rt.searcher)
         await state["searcher"].coverage.refresh()
-        task = asyncio.create_task(worker.run())
+        tasks = [asyncio.create_task(worker.run()), asyncio.create_task(sample_history())]
         yield
-        task.cancel()
-        await asyncio.gather(task, *background, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, *background, return_exceptions=True)
         await asyncio.to_thread(rt.close)
 
     lazy_cache: dict[str, float | bool] = {"at": float("-inf"), "on": True}
@@ -347,6 +353,7 @@ def create_app(rt: Runtime) -> FastAPI:
 
     async def full_status() -> dict[str, Any]:
         out = await asyncio.to_thread(migration_status, rt, worker)
+        history.record(out)
         out["routing"] = routing_dict(control.routing)
         out["shadow"] = control.shadow.summary()
         out["last_gate"] = control.last_gate
@@ -355,6 +362,23 @@ def create_app(rt: Runtime) -> FastAPI:
     @app.get("/migration")
     async def get_migration() -> Any:
         return await full_status()
+
+    async def sample_history() -> None:
+        """Coverage points for the dashboard's chart even when nobody is looking."""
+        while True:
+            # A failed sample is a gap in a chart, never a crash.
+            with suppress(Exception):
+                history.record(await asyncio.to_thread(migration_status, rt, worker))
+            await asyncio.sleep(settings.server.history_interval_s)
+
+    @app.get("/migration/history")
+    async def get_history(since: float = 0.0) -> Any:
+        """Coverage samples (unix time `t`) newer than `since`, oldest first."""
+        return {"samples": history.since(since)}
+
+    @app.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
+    async def dashboard() -> HTMLResponse:
+        return HTMLResponse(DASHBOARD.read_text(), headers={"Cache-Control": "no-store"})
 
     @app.get("/drift")
     async def drift() -> Any:

@@ -207,6 +207,9 @@ class ServerConfig(Strict):
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger bodies are refused.")
     query_cache_size: int = Field(4096, ge=0, description="LRU entries of query vectors/model.")
     coverage_refresh_s: float = Field(2.0, ge=0.1, description="How often coverage is recounted.")
+    history_interval_s: float = Field(
+        5.0, ge=0.5, description="How often coverage is sampled for the dashboard's chart."
+    )
     admin_key: SecretStr | None = Field(
         None,
         description="Bearer key for admin endpoints; unset = a random one is written to "
