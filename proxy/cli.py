@@ -288,6 +288,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for metric in ("ndcg@10", "recall@100"):
             print(f"\n{metric}")
             print(format_table(result, metric))
+    if args.plot:
+        from proxy.plot import plot_quality
+
+        title = f"{Path(args.beir).name}: nDCG@10 during a migration ({len(data.queries)} queries)"
+        out = plot_quality(result, args.plot, title=title)
+        print(f"chart written to {out}", file=sys.stderr)
     return 0
 
 
@@ -415,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "eval":
             s.add_argument("--simulate-coverage", help="comma-separated percentages, e.g. 0,50,100")
             s.add_argument("--json", action="store_true", help="print one JSON object")
+            s.add_argument("--plot", metavar="FILE.png", help="also draw nDCG@10 against coverage")
         s.set_defaults(func=func)
     return p
 

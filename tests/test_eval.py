@@ -75,6 +75,15 @@ def test_eval_json_over_simulated_coverage(
     assert cov["100"]["new"]["ndcg@10"] > cov["50"]["new"]["ndcg@10"] > 0
     # old-only and BM25 do not depend on coverage
     assert cov["0"]["old"] == cov["100"]["old"] and cov["0"]["bm25"] == cov["100"]["bm25"]
-    # a second run reuses the cached embeddings and the built old index: same figures
-    assert main(argv) == 0
+    # a second run reuses the cached embeddings and the built old index: same figures,
+    # and draws them as the quality-during-migration chart
+    chart = tmp_path / "chart" / "quality.png"
+    assert main([*argv, "--plot", str(chart)]) == 0
     assert json.loads(capsys.readouterr().out) == out
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(chart)
+    assert pixels.shape[:2] == (540, 900)
+    # the crossfade line's colour (#2e5bff) is drawn
+    blue = (abs(pixels[..., 0] - 0x2E / 255) < 0.02) & (abs(pixels[..., 2] - 1.0) < 0.02)
+    assert blue.sum() > 500
