@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from contextlib import asynccontextmanager, suppress
@@ -21,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.beir import load_beir
 from proxy.config import Mode
-from proxy.documents import delete_documents, upsert_documents
+from proxy.documents import delete_documents, replay_journal, upsert_documents
 from proxy.filters import Filter
 from proxy.ingest import MAX_TEXT_CHARS, CorpusError, parse_doc
 from proxy.metrics import Metrics
@@ -37,6 +38,7 @@ from proxy.runtime import Runtime
 from proxy.search import Searcher
 from proxy.security import admin_key, check_bearer
 
+log = logging.getLogger("crossfade")
 DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
 
 
@@ -188,12 +190,24 @@ def create_app(rt: Runtime) -> FastAPI:
         # Models load before the first request is accepted (uvicorn waits for startup).
         state["searcher"] = await asyncio.to_thread(rt.searcher)
         await state["searcher"].coverage.refresh()
+        await asyncio.to_thread(recover_writes)
         tasks = [asyncio.create_task(worker.run()), asyncio.create_task(sample_history())]
         yield
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, *background, return_exceptions=True)
         await asyncio.to_thread(rt.close)
+
+    def recover_writes() -> None:
+        """Finish document writes a crash cut short, before serving (see proxy/journal.py).
+        If an index is unreachable now, the next write retries them first."""
+        try:
+            with rt.write_lock:
+                n = replay_journal(rt)
+            if n:
+                log.warning("re-applied %d document write batch(es) left by a crash", n)
+        except Exception as e:
+            log.error("could not re-apply unfinished document writes yet: %s", e)
 
     lazy_cache: dict[str, float | bool] = {"at": float("-inf"), "on": True}
 

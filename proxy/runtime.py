@@ -5,10 +5,12 @@ index) never pays for the new one."""
 
 from __future__ import annotations
 
+import threading
 from functools import cached_property
 
 from proxy.config import Settings
 from proxy.embedding import Embedder, EmbeddingCache, QueryEmbedder, load_embedder
+from proxy.journal import WriteJournal
 from proxy.migration.state import SqliteState
 from proxy.search import Coverage, Searcher
 from proxy.sparse import Bm25Encoder
@@ -23,6 +25,8 @@ class Runtime:
         # Already-loaded models may be handed in (tests and tools that build several runtimes).
         self._models: dict[str, Embedder] = dict(models or {})
         self._stores: dict[str, VectorStore] = {}
+        # Document writes run one at a time (see proxy/documents.py).
+        self.write_lock = threading.Lock()
 
     def model(self, side: str) -> Embedder:
         if side not in self._models:
@@ -41,6 +45,10 @@ class Runtime:
     @cached_property
     def embedding_cache(self) -> EmbeddingCache:
         return EmbeddingCache(self.settings.data_path("cache/embeddings.sqlite"))
+
+    @cached_property
+    def journal(self) -> WriteJournal:
+        return WriteJournal(self.settings.data_path("writes.sqlite"))
 
     @cached_property
     def state(self) -> SqliteState:
@@ -68,6 +76,6 @@ class Runtime:
         for s in self._stores.values():
             s.close()
         self._stores.clear()
-        for name in ("embedding_cache", "state"):
+        for name in ("embedding_cache", "state", "journal"):
             if name in self.__dict__:
                 self.__dict__.pop(name).close()

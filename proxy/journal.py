@@ -1,0 +1,57 @@
+"""Write-ahead journal for document writes.
+
+A write goes to two indexes (old and new, each with its own model); a process killed between
+the two would leave them disagreeing, and a document present in one index only is lost at
+cutover or rollback. So each batch is first recorded here (SQLite, WAL, fsync on commit), then
+applied to every index, then cleared. At start-up, batches still recorded are applied again:
+upserts and deletes are idempotent, so replaying a batch that had partly or wholly landed is
+harmless, and a batch is either in every index or, if it never reached the journal, in none.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+UPSERT = "upsert"
+DELETE = "delete"
+
+
+class WriteJournal:
+    def __init__(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS pending (batch INTEGER PRIMARY KEY AUTOINCREMENT,"
+                " op TEXT NOT NULL, body TEXT NOT NULL)"
+            )
+
+    def begin(self, op: str, items: Sequence[Any]) -> int:
+        """Record a batch durably before it touches any index; returns its id."""
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO pending (op, body) VALUES (?, ?)", (op, json.dumps(list(items)))
+            )
+            return int(cur.lastrowid or 0)
+
+    def done(self, batch: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM pending WHERE batch = ?", (batch,))
+
+    def pending(self) -> list[tuple[int, str, list[Any]]]:
+        """Batches begun but not done, oldest first (the order they were applied in)."""
+        with self._lock:
+            rows = self._db.execute("SELECT batch, op, body FROM pending ORDER BY batch").fetchall()
+        return [(int(b), str(op), json.loads(body)) for b, op, body in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
