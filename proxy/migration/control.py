@@ -58,6 +58,7 @@ class ControlPlane:
                 self.routing, split_mode=r.split_mode, split_percent=r.split_percent
             )
         self.audit = AuditLog(rt.settings.data_path(AUDIT))
+        self.audit.reconcile(self.routing)
         self.shadow = ShadowStats()
         self.last_gate: dict[str, Any] | None = None
         self._lock = asyncio.Lock()

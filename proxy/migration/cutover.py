@@ -73,8 +73,13 @@ class AuditLog:
     def append(self, entry: dict[str, Any]) -> dict[str, Any]:
         entry = {"at": now_iso(), **entry}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(entry, default=str) + "\n")
+        with self.path.open("a+b") as fh:
+            # A line torn by a crash must not swallow this entry: start on a fresh line.
+            torn = False
+            if fh.seek(0, os.SEEK_END) > 0:
+                fh.seek(-1, os.SEEK_END)
+                torn = fh.read(1) != b"\n"
+            fh.write((("\n" if torn else "") + json.dumps(entry, default=str) + "\n").encode())
             fh.flush()
             os.fsync(fh.fileno())
         return entry
@@ -82,8 +87,31 @@ class AuditLog:
     def tail(self, n: int = 50) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        lines = self.path.read_text().splitlines()[-n:]
-        return [json.loads(line) for line in lines if line.strip()]
+        out = []
+        for line in self.path.read_text().splitlines()[-n:]:
+            try:
+                out.append(json.loads(line))
+            except ValueError:  # a line torn by a crash mid-append: skipped, not fatal
+                continue
+        return out
+
+    def reconcile(self, routing: Routing) -> dict[str, Any] | None:
+        """The pointer is written before its audit entry; a crash between the two leaves a
+        switch unrecorded. Record it at start-up, marked as recovered."""
+        last = next((e for e in reversed(self.tail(200)) if e.get("to")), None)
+        logged = int(last["to"].get("generation", 0)) if last else 0
+        if routing.generation <= logged:
+            return None
+        return self.append(
+            {
+                "action": "recovered",
+                "actor": "crossfade",
+                "note": "the serving pointer moved but the process died before its audit "
+                "entry was written",
+                "from": last["to"] if last else None,
+                "to": routing_dict(routing),
+            }
+        )
 
 
 async def measure(searcher: Searcher, data: Beir, mode: Mode) -> dict[str, float]:
