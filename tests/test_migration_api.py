@@ -1,27 +1,21 @@
 """Migration over real HTTP: lazy enqueue from searches, backfill pause/resume/limit,
-document writes, status; and a `kill -9` of the proxy process during backfill."""
+document writes, status. (Kills of the proxy process are in test_faults.py.)"""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from proxy.app import create_app
 from proxy.demo import python_reference
 from proxy.ingest import ingest
 from proxy.migration.start import start_migration
-from proxy.migration.status import verify
 from proxy.runtime import Runtime
-from tests.conftest import ROOT, LiveServer, demo_settings, free_port
+from tests.conftest import LiveServer, demo_settings
 
 N = 48
 KEY = "test-admin-key"
@@ -142,62 +136,3 @@ def test_bad_document_writes_change_nothing(server: tuple[str, Runtime], body: d
     r = httpx.put(url + "/documents", json=body)
     assert r.status_code == 422 and r.json()["error"]
     assert (rt.store("old").count(), rt.store("new").count()) == before
-
-
-def test_kill_9_during_backfill_then_restart_completes(tmp_path: Path, models: dict) -> None:
-    """A real proxy process, killed with SIGKILL mid-backfill, restarted: the migration
-    completes with every document present once and each vector that of its current text."""
-    port = free_port()
-    cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
-    cfg["data_dir"] = str(tmp_path / "data")
-    cfg["server"]["port"] = port
-    cfg["migration"] = {"batch_size": 4, "max_docs_per_s": 8, "lazy": True}
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    rt = Runtime(demo_settings(tmp_path / "data"), dict(models))
-    ingest(rt, "old", python_reference()[:N], progress=False)
-    start_migration(rt, progress=False)
-    rt.close()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-    def start() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy.cli", "--config", str(path), "serve"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-        def up() -> bool:
-            try:
-                return httpx.get(url + "/readyz", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(up, 120, "proxy start")
-        return proc
-
-    proc = start()
-    try:
-        # searches enqueue hits durably; then kill in the middle of the sweep
-        hits = httpx.post(url + "/search", json={"query": "class definitions", "k": 8}).json()
-        wait_for(lambda: 0.2 < status(url)["indexes"]["new"]["coverage"] < 0.8, 60, "mid-backfill")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    proc = start()
-    try:
-        wait_for(lambda: status(url)["indexes"]["new"]["coverage"] == 1.0, 120, "completion")
-        s = status(url)
-        assert s["indexes"]["new"]["documents"] == N and s["queue"]["total"] == 0
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-    rt = Runtime(demo_settings(tmp_path / "data"), dict(models))
-    report = verify(rt, sample=N)
-    assert report["ok"], report["problems"]
-    assert report["documents"] == report["unique_ids"] == report["with_vector"] == N
-    migrated = rt.store("new").with_dense([h["doc_id"] for h in hits["results"]])
-    assert len(migrated) == len(hits["results"])  # nothing enqueued was lost
-    rt.close()
