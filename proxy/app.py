@@ -36,7 +36,7 @@ from proxy.migration.status import migration_status
 from proxy.migration.worker import Reembedder, control_state, set_control
 from proxy.runtime import Runtime
 from proxy.search import Searcher
-from proxy.security import admin_key, check_bearer
+from proxy.security import admin_key, check_bearer, redact_access_log
 
 log = logging.getLogger("crossfade")
 DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
@@ -187,6 +187,7 @@ def create_app(rt: Runtime) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        redact_access_log()  # after uvicorn has configured its loggers
         # Models load before the first request is accepted (uvicorn waits for startup).
         state["searcher"] = await asyncio.to_thread(rt.searcher)
         await state["searcher"].coverage.refresh()

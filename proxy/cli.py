@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -43,7 +44,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     rt.model("old")
     rt.model("new")
     print(f"crossfade: serving mode={settings.mode} on http://{host}:{port}", file=sys.stderr)
-    uvicorn.run(create_app(rt), host=host, port=port, log_level="warning")
+    level = settings.server.log_level
+    logging.basicConfig(level=level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    uvicorn.run(create_app(rt), host=host, port=port, log_level=level)
     return 0
 
 

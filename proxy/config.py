@@ -66,7 +66,9 @@ class IndexConfig(Strict):
     url: str | None = Field(
         None, description="Qdrant URL (backend=qdrant); ':memory:' = qdrant-client local mode."
     )
-    api_key: str | None = Field(None, description="Qdrant API key (backend=qdrant).")
+    api_key: SecretStr | None = Field(
+        None, description="Qdrant API key (backend=qdrant); never printed or logged."
+    )
     collection: str = Field("crossfade", description="Collection name (backend=qdrant).")
     vector: str = Field("dense", description="Name of the dense vector in the index.")
     sparse_vector: str = Field("bm25", description="Name of the BM25 sparse vector.")
@@ -214,6 +216,9 @@ class ServerConfig(Strict):
         None,
         description="Bearer key for admin endpoints; unset = a random one is written to "
         "<data_dir>/admin.key (mode 0600) at start.",
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "warning", description="Log level; 'info' adds one access line per request."
     )
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed by CORS; empty = CORS off."

@@ -66,7 +66,8 @@ def make_client(cfg: IndexConfig) -> QdrantClient:
     (or of one local-mode instance, which can be opened only once) share it, so an alias can
     point from one to the other."""
     url = cfg.url or ""
-    key = (url, cfg.api_key)
+    secret = cfg.api_key.get_secret_value() if cfg.api_key else None
+    key = (url, secret)
     with _shared_lock:
         if key in _shared:
             client, refs = _shared[key]
@@ -77,13 +78,13 @@ def make_client(cfg: IndexConfig) -> QdrantClient:
         elif url.startswith("local:"):
             client = QdrantClient(path=url.removeprefix("local:"))
         else:
-            client = QdrantClient(url=url, api_key=cfg.api_key, timeout=10)
+            client = QdrantClient(url=url, api_key=secret, timeout=10)
         _shared[key] = (client, 1)
         return client
 
 
 def release_client(cfg: IndexConfig) -> None:
-    key = (cfg.url or "", cfg.api_key)
+    key = (cfg.url or "", cfg.api_key.get_secret_value() if cfg.api_key else None)
     with _shared_lock:
         client, refs = _shared[key]
         if refs > 1:
