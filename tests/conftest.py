@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -82,3 +87,78 @@ def drain(worker: object, max_steps: int = 200) -> int:
             return total
         total += n
     raise AssertionError("worker did not finish")
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class ProxyProcess:
+    """`crossfade serve` in a child process on a loopback port, over one data dir."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        migration: dict[str, Any] | None = None,
+        admin_key: str | None = "test-admin-key",
+        server: dict[str, Any] | None = None,
+    ) -> None:
+        self.data = tmp / "data"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+        cfg["data_dir"] = str(self.data)
+        cfg["server"] = {"port": self.port, **(server or {})}
+        if admin_key is not None:
+            cfg["server"]["admin_key"] = admin_key
+        self.log = tmp / "proxy.log"  # stdout and stderr of every start, appended
+        cfg["migration"] = migration or {}
+        self.config = tmp / "proxy.yaml"
+        self.config.write_text(yaml.safe_dump(cfg))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def settings(self) -> Settings:
+        return demo_settings(
+            self.data, migration=yaml.safe_load(self.config.read_text())["migration"]
+        )
+
+    def start(self, env: dict[str, str] | None = None) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "proxy.cli", "--config", str(self.config), "serve"],
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+        def up() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, "proxy exited"
+            try:
+                return httpx.get(self.url + "/readyz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(up, 120, "proxy start")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+
+    def status(self) -> dict[str, Any]:
+        return httpx.get(self.url + "/migration", timeout=10).json()

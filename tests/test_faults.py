@@ -7,11 +7,7 @@ Bounded in count and time; loopback only."""
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,9 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from proxy.config import Settings
 from proxy.demo import python_reference, write_eval_set
 from proxy.documents import replay_journal, upsert_documents
 from proxy.ingest import Doc, ingest, text_sha256
@@ -30,76 +24,11 @@ from proxy.migration.start import start_migration
 from proxy.migration.status import verify
 from proxy.migration.worker import Reembedder
 from proxy.runtime import SIDES, Runtime
-from tests.conftest import ROOT, demo_settings, drain, free_port
+from tests.conftest import ProxyProcess, demo_settings, drain, wait_for
 
 N = 40
 KEY = "fault-test-key"
 ADMIN = {"Authorization": f"Bearer {KEY}"}
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class ProxyProcess:
-    """`crossfade serve` in a child process on a loopback port, over one data dir."""
-
-    def __init__(self, tmp: Path, migration: dict[str, Any] | None = None) -> None:
-        self.data = tmp / "data"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
-        cfg["data_dir"] = str(self.data)
-        cfg["server"] = {"port": self.port, "admin_key": KEY}
-        cfg["migration"] = migration or {}
-        self.config = tmp / "proxy.yaml"
-        self.config.write_text(yaml.safe_dump(cfg))
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def settings(self) -> Settings:
-        return demo_settings(
-            self.data, migration=yaml.safe_load(self.config.read_text())["migration"]
-        )
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy.cli", "--config", str(self.config), "serve"],
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-        def up() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, "proxy exited"
-            try:
-                return httpx.get(self.url + "/readyz", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(up, 120, "proxy start")
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
-
-    def status(self) -> dict[str, Any]:
-        return httpx.get(self.url + "/migration", timeout=10).json()
 
 
 def points(rt: Runtime, side: str) -> list[dict[str, Any]]:
@@ -147,7 +76,8 @@ def setup_migration(proxy: ProxyProcess, models: dict, migrated: bool = False) -
 
 
 def test_kill_9_during_backfill_then_restart_completes(tmp_path: Path, models: dict) -> None:
-    proxy = ProxyProcess(tmp_path, {"batch_size": 4, "max_docs_per_s": 8, "lazy": True})
+    migration = {"batch_size": 4, "max_docs_per_s": 8, "lazy": True}
+    proxy = ProxyProcess(tmp_path, migration, admin_key=KEY)
     setup_migration(proxy, models)
     proxy.start()
     try:
@@ -178,7 +108,7 @@ def test_kill_9_during_document_writes(tmp_path: Path, models: dict) -> None:
     """Batches of new and edited documents stream in; the proxy is killed while one is in
     flight. Every acknowledged batch is in both indexes, the one in flight is in both or in
     neither, and nothing else changed."""
-    proxy = ProxyProcess(tmp_path, {"lazy": False, "backfill": False})
+    proxy = ProxyProcess(tmp_path, {"lazy": False, "backfill": False}, admin_key=KEY)
     docs = setup_migration(proxy, models)
     extra = python_reference()[N : N + 200]
     acked: list[list[dict[str, Any]]] = []
@@ -263,7 +193,7 @@ def test_kill_9_during_cutover(tmp_path: Path, models: dict) -> None:
     """Killed at several points of a cutover (during the gate's evaluation, around the
     switch, after it): after each restart the pointer is the old or the new one, the proxy
     serves in that mode, and the audit log agrees with the pointer."""
-    proxy = ProxyProcess(tmp_path)
+    proxy = ProxyProcess(tmp_path, admin_key=KEY)
     docs = setup_migration(proxy, models, migrated=True)
     write_eval_set(proxy.data / "eval", docs)
     for delay in (0.4, 1.2, 4.0):
