@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run test lint bench eval replay cutover-load docs clean
+.PHONY: install run test lint bench eval replay cutover-load soak docs clean
 
 install: $(STAMP)
 
@@ -53,6 +53,10 @@ replay: install
 # 16 clients, >= 2,000 requests, a gated cutover and a rollback in the middle.
 cutover-load: install
 	$(PY) loadtest/cutover.py --clients 16 --requests 2000
+
+# 10 minutes of `migrating` load (searches, lazy + backfill, writes): RSS growth, errors, loss.
+soak: install
+	$(PY) loadtest/soak.py --seconds 600
 
 # Regenerate the README's config reference from the config models.
 docs: install
