@@ -235,3 +235,23 @@ def test_kill_9_during_cutover(tmp_path: Path, models: dict) -> None:
     with Runtime(proxy.settings(), dict(models)) as rt:
         idx = check_indexes(rt)
         assert len(idx["new"]) == N
+
+
+def test_audit_log_survives_a_torn_line_and_an_unrecorded_switch(tmp_path: Path) -> None:
+    """A crash can tear the audit log's last line, or land between the pointer's rename and
+    its audit entry: the log stays readable, later entries are not swallowed, and the switch
+    is recorded as recovered at the next start."""
+    from proxy.config import Mode
+    from proxy.router import Routing
+
+    log = AuditLog(tmp_path / AUDIT)
+    log.append({"action": "cutover", "to": {"mode": "new", "generation": 1}})
+    with (tmp_path / AUDIT).open("a") as fh:
+        fh.write('{"action": "rollback", "to": {"mo')  # the process died mid-write
+    assert [e["action"] for e in log.tail()] == ["cutover"]
+    assert log.reconcile(Routing(mode=Mode.NEW, generation=1)) is None  # in agreement
+    entry = log.reconcile(Routing(mode=Mode.FUSED, generation=2))  # pointer moved, no entry
+    assert entry is not None and entry["action"] == "recovered"
+    assert [e["action"] for e in log.tail()] == ["cutover", "recovered"]
+    assert log.tail()[-1]["to"]["generation"] == 2
+    assert log.reconcile(Routing(mode=Mode.FUSED, generation=2)) is None  # recorded once
