@@ -80,13 +80,20 @@ class ControlPlane:
     async def _switch(
         self, target: Routing, action: str, actor: str, gate: dict[str, Any] | None
     ) -> dict[str, Any]:
-        """Persist the pointer (atomic rename), then swap it in memory (one assignment).
-        Callers hold `_lock`: control operations run one at a time, so a rollback asked for
-        while a cutover is being evaluated waits for it and then undoes it."""
+        """Move the Qdrant alias (if any), persist the pointer (atomic rename), then swap it in
+        memory (one assignment). The alias goes first: it is the step that can fail on a
+        network, and failing there changes nothing; if the pointer can't be saved after it,
+        the alias is moved back. Callers hold `_lock`: control operations run one at a time,
+        so a rollback asked for while a cutover is being evaluated waits for it and then
+        undoes it."""
         before = self.routing
         new = replace(target, generation=before.generation + 1)
-        await asyncio.to_thread(save_routing, self.settings, new, before)
         await asyncio.to_thread(self._mirror_alias, new)
+        try:
+            await asyncio.to_thread(save_routing, self.settings, new, before)
+        except BaseException:
+            await asyncio.to_thread(self._mirror_alias, before)
+            raise
         self.previous, self.routing = before, new
         return await asyncio.to_thread(
             self.audit.append,
