@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from proxy.availability import DEGRADED_HEADER, Health, readiness, search_available
 from proxy.beir import load_beir
 from proxy.config import Mode
 from proxy.documents import delete_documents, replay_journal, upsert_documents
@@ -37,6 +38,7 @@ from proxy.migration.worker import Reembedder, control_state, set_control
 from proxy.runtime import Runtime
 from proxy.search import Searcher
 from proxy.security import admin_key, check_bearer, redact_access_log
+from proxy.store import IndexUnavailable
 
 log = logging.getLogger("crossfade")
 DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
@@ -117,6 +119,11 @@ class SearchResponse(BaseModel):
     coverage: float
     took_ms: float
     results: list[Hit]
+    degraded: str | None = Field(
+        None,
+        description="Present when served without an index the mode wants, e.g. 'old index "
+        "unreachable' (also in the X-Crossfade-Degraded header).",
+    )
 
 
 class OrjsonResponse(JSONResponse):
@@ -184,6 +191,7 @@ def create_app(rt: Runtime) -> FastAPI:
     key = admin_key(settings)
     background: set[asyncio.Task[Any]] = set()
     history = History()
+    health = Health(rt.store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
@@ -191,12 +199,14 @@ def create_app(rt: Runtime) -> FastAPI:
         # Models load before the first request is accepted (uvicorn waits for startup).
         state["searcher"] = await asyncio.to_thread(rt.searcher)
         await state["searcher"].coverage.refresh()
+        await health.check()  # logs any index it cannot reach; serving starts regardless
         await asyncio.to_thread(recover_writes)
         tasks = [asyncio.create_task(worker.run()), asyncio.create_task(sample_history())]
         yield
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, *background, return_exceptions=True)
+        health.close()
         await asyncio.to_thread(rt.close)
 
     def recover_writes() -> None:
@@ -259,6 +269,11 @@ def create_app(rt: Runtime) -> FastAPI:
     async def http_error(request: Request, exc: HTTPException) -> OrjsonResponse:
         return error(exc.status_code, str(exc.detail))
 
+    @app.exception_handler(IndexUnavailable)
+    async def unavailable(request: Request, exc: IndexUnavailable) -> OrjsonResponse:
+        health.mark_down(exc)
+        return error(503, str(exc))
+
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -268,17 +283,31 @@ def create_app(rt: Runtime) -> FastAPI:
         s = state["searcher"]
         if s is None:
             return error(503, "models are loading")
-        for mode in control.modes_in_use():
-            why = s.ready_for(mode)
-            if why:
-                return error(503, why, ready=False)
+        indexes = await health.check()
+        why, degraded = readiness(control.modes_in_use(), settings.fusion, indexes)
+        report = {side: st.as_dict() for side, st in indexes.items()}
+        if why:
+            extra = {"degraded": degraded} if degraded else {}
+            return error(503, why, ready=False, indexes=report, **extra)
         return OrjsonResponse(
-            {"ready": True, "routing": routing_dict(control.routing), "coverage": s.coverage.value}
+            {
+                "ready": True,
+                "routing": routing_dict(control.routing),
+                "coverage": s.coverage.value,
+                "indexes": report,
+            }
         )
 
     async def shadow_compare(query: str, served: list[str], flt: Filter | None) -> None:
-        res = await searcher().search(query, 10, Mode.NEW, flt, fields=())
-        o, r = control.shadow.record(served, [h.doc_id for h in res.hits])
+        try:
+            # Compared at the depth the client asked for (capped at 10): a k=5 request
+            # against a new top-10 would cap the overlap at 0.5.
+            k = max(1, min(10, len(served)))
+            res = await searcher().search(query, k, Mode.NEW, flt, fields=())
+        except IndexUnavailable as e:  # off the response path: a lost sample, nothing more
+            health.mark_down(e)
+            return
+        o, r = control.shadow.record(served, [h.doc_id for h in res.hits], k)
         metrics.shadow_overlap.observe(o)
         metrics.shadow_rbo.observe(r)
 
@@ -299,20 +328,20 @@ def create_app(rt: Runtime) -> FastAPI:
         s = searcher()
         client = request.headers.get(settings.routing.client_key_header)
         mode, generation = control.route(client, req.mode)
-        why = s.ready_for(mode)
-        if why:
-            return error(503, why)
         t0 = time.perf_counter()
         fields = ("text", "metadata") if req.with_text else ("metadata",)
-        res = await s.search(req.query, req.k, mode, req.filter, fields)
+        res, served = await search_available(s, health, mode, req.query, req.k, req.filter, fields)
+        if res is None:
+            return error(503, served.error or "no index to search")
         took = time.perf_counter() - t0
         metrics.search_latency.labels(mode.value).observe(took)
-        if req.reembed and mode is Mode.FUSED and lazy_enabled():
+        if req.reembed and mode is Mode.FUSED and "new" in served.lists and lazy_enabled():
             unmigrated = [h.doc_id for h in res.hits if not h.migrated]
             if unmigrated:
                 in_background(asyncio.to_thread(rt.state.enqueue, unmigrated, HIT))
         if (
             mode is Mode.SHADOW
+            and not served.degraded
             and s.ready_for(Mode.NEW) is None
             and random.random() < settings.shadow.sample_rate
         ):
@@ -334,16 +363,16 @@ def create_app(rt: Runtime) -> FastAPI:
                 for h in res.hits
             ],
         }
+        headers = {
+            "X-Crossfade-Mode": mode.value,
+            "X-Crossfade-Generation": str(generation),
+            "X-Crossfade-Coverage": f"{res.coverage:.4f}",
+        }
+        if served.degraded:
+            body["degraded"] = headers[DEGRADED_HEADER] = served.degraded
         # Built by hand and serialised by orjson: the shape is SearchResponse (documented
         # above), without FastAPI validating it a second time on the hot path.
-        return OrjsonResponse(
-            body,
-            headers={
-                "X-Crossfade-Mode": mode.value,
-                "X-Crossfade-Generation": str(generation),
-                "X-Crossfade-Coverage": f"{res.coverage:.4f}",
-            },
-        )
+        return OrjsonResponse(body, headers=headers)
 
     @app.put("/documents", responses={400: {}, 413: {}, 422: {}, 503: {}})
     async def put_documents(body: DocumentsIn) -> Any:

@@ -40,9 +40,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or settings.server.host
     port = args.port or settings.server.port
     rt = Runtime(settings)
-    # Load both models before listening: a model that cannot load stops start-up here.
-    rt.model("old")
-    rt.model("new")
+    # Load both models before listening: a model that cannot load stops start-up here, with
+    # one line naming the side, its path and why (uvicorn is never started).
+    for side in ("old", "new"):
+        try:
+            rt.model(side)
+        except RuntimeError as e:
+            raise RuntimeError(" ".join(f"{side} model: {e}".split())) from None
     print(f"crossfade: serving mode={settings.mode} on http://{host}:{port}", file=sys.stderr)
     level = settings.server.log_level
     logging.basicConfig(level=level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
@@ -120,6 +124,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         _print_json(out)
         return 0
     for side, ix in out["indexes"].items():
+        if ix.get("reachable") is False:
+            print(f"{side:>4}: {ix['error']}")
+            continue
         print(
             f"{side:>4}: {ix['documents']} documents, {ix['with_vector']} with vectors "
             f"({100 * ix['coverage']:.1f}%), bound to {ix['bound_fingerprint']}"

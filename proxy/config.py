@@ -72,6 +72,13 @@ class IndexConfig(Strict):
     collection: str = Field("crossfade", description="Collection name (backend=qdrant).")
     vector: str = Field("dense", description="Name of the dense vector in the index.")
     sparse_vector: str = Field("bm25", description="Name of the BM25 sparse vector.")
+    timeout_s: int = Field(
+        5,
+        ge=1,
+        le=600,
+        description="Qdrant request timeout in whole seconds (backend=qdrant); an index that "
+        "does not answer in time counts as unreachable.",
+    )
 
     @model_validator(mode="after")
     def _backend_needs_location(self) -> IndexConfig:

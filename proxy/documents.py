@@ -15,13 +15,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict
 
+from proxy.availability import probe
 from proxy.ingest import Doc, make_point, now_iso
 from proxy.journal import DELETE, UPSERT
 from proxy.runtime import SIDES, Runtime
+from proxy.store import IndexUnavailable
+
+IN_JOURNAL = (
+    "; the batch is kept in the write journal and re-applied by the next write or at start-up"
+)
 
 
 def live_sides(rt: Runtime) -> list[str]:
-    return [s for s in SIDES if rt.store(s).info() is not None]
+    """The indexes that exist. Every index is asked first (one cheap call each): if one can't
+    be reached, the write is refused (IndexUnavailable) before it touches any index."""
+    return [s for s in SIDES if probe(rt.store(s)).exists]
 
 
 def upsert_documents(rt: Runtime, docs: Sequence[Doc]) -> list[str]:
@@ -32,7 +40,10 @@ def upsert_documents(rt: Runtime, docs: Sequence[Doc]) -> list[str]:
         if not sides:
             raise RuntimeError("no index exists yet: ingest into the old index first")
         batch = rt.journal.begin(UPSERT, [asdict(d) for d in docs])
-        _upsert(rt, sides, docs)
+        try:
+            _upsert(rt, sides, docs)
+        except IndexUnavailable as e:  # went down since asked: the journal finishes it
+            raise IndexUnavailable(e.side, e.where, e.reason + IN_JOURNAL) from e
         rt.journal.done(batch)
     return sides
 
@@ -44,7 +55,10 @@ def delete_documents(rt: Runtime, doc_ids: Sequence[str]) -> dict[str, int]:
         sides = live_sides(rt)
         existed = {side: len(rt.store(side).retrieve(doc_ids, [])) for side in sides}
         batch = rt.journal.begin(DELETE, list(doc_ids))
-        _delete(rt, sides, doc_ids)
+        try:
+            _delete(rt, sides, doc_ids)
+        except IndexUnavailable as e:
+            raise IndexUnavailable(e.side, e.where, e.reason + IN_JOURNAL) from e
         rt.journal.done(batch)
     return existed
 

@@ -45,9 +45,16 @@ class Metrics:
             "crossfade_routing_mode", "1 for the base serving mode", ["mode"], registry=r
         )
         self.split = Gauge("crossfade_split_percent", "Share routed to the split mode", registry=r)
+        self.index_up = Gauge(
+            "crossfade_index_up", "1 if the index answered the last status", ["index"], registry=r
+        )
 
     def update(self, status: dict[str, Any]) -> None:
-        self.coverage.set(status["indexes"]["new"]["coverage"])
+        coverage = status["indexes"]["new"]["coverage"]
+        if coverage is not None:  # None: the new index is unreachable, keep the last value
+            self.coverage.set(coverage)
+        for side, ix in status["indexes"].items():
+            self.index_up.labels(side).set(0 if ix.get("reachable") is False else 1)
         for prio in ("hits", "backfill"):
             self.queue.labels(prio).set(status["queue"][prio])
         self.rate.set(status["rate_docs_per_s"])

@@ -6,11 +6,14 @@ serving. Which lists run depends on the mode:
     old    old model over the old index (what clients had before the migration)
     fused  old + new + BM25, coverage-aware RRF (the migration)
     new    new model + BM25 over the new index (after cutover)
+
+With an index unreachable, proxy/availability.py picks the lists left (degraded serving).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -20,8 +23,13 @@ from proxy.embedding import QueryEmbedder
 from proxy.filters import Filter
 from proxy.fusion import Fused, FusionParams, fuse, params_for
 from proxy.sparse import Bm25Encoder
-from proxy.store import VectorStore
+from proxy.store import IndexUnavailable, VectorStore
 
+log = logging.getLogger("crossfade")
+MISSING = {
+    "old": "the old index does not exist (run `crossfade ingest --index old`)",
+    "new": "the new index does not exist (run `crossfade migrate start`)",
+}
 MODE_LISTS: dict[Mode, tuple[str, ...]] = {
     Mode.OLD: ("old",),
     Mode.SHADOW: ("old",),
@@ -64,13 +72,16 @@ class Coverage:
         self._lock = asyncio.Lock()
 
     def recount(self) -> float:
-        if self.store is None or self.store.info() is None:
-            self.total = self.migrated = 0
-            self.value = 0.0
-        else:
-            self.total = self.store.count()
-            self.migrated = self.store.count(dense_only=True)
-            self.value = self.migrated / self.total if self.total else 0.0
+        try:
+            if self.store is None or self.store.info() is None:
+                self.total = self.migrated = 0
+                self.value = 0.0
+            else:
+                self.total = self.store.count()
+                self.migrated = self.store.count(dense_only=True)
+                self.value = self.migrated / self.total if self.total else 0.0
+        except IndexUnavailable as e:  # keep the last count; try again after refresh_s
+            log.debug("coverage not recounted: %s", e)
         self._at = time.monotonic()
         return self.value
 
@@ -119,12 +130,15 @@ class Searcher:
     def ready_for(self, mode: Mode) -> str | None:
         """Why `mode` cannot be served now, or None."""
         lists = MODE_LISTS[mode]
-        if "old" in lists and (self.old_store is None or self.old_store.info() is None):
-            return "the old index does not exist (run `crossfade ingest --index old`)"
-        if {"new", "bm25"} & set(lists) and (
-            self.new_store is None or self.new_store.info() is None
-        ):
-            return "the new index does not exist (run `crossfade migrate start`)"
+        try:
+            if "old" in lists and (self.old_store is None or self.old_store.info() is None):
+                return MISSING["old"]
+            if {"new", "bm25"} & set(lists) and (
+                self.new_store is None or self.new_store.info() is None
+            ):
+                return MISSING["new"]
+        except IndexUnavailable as e:
+            return str(e)
         return None
 
     async def candidates(
@@ -151,15 +165,20 @@ class Searcher:
             migrated |= await asyncio.to_thread(self.new_store.with_dense, sorted(unknown))
         return Candidates(ranked, migrated)
 
-    def params(self, mode: Mode, coverage: float) -> FusionParams:
-        """Fusion for `mode`: coverage-aware only in fused mode; `new` fuses as at 100%."""
+    def params(
+        self, mode: Mode, coverage: float, lists: tuple[str, ...] | None = None
+    ) -> FusionParams:
+        """Fusion for `mode`: coverage-aware only in fused mode; `new` fuses as at 100%.
+        Other `lists` than the mode's own (degraded serving) fuse as in fused mode."""
+        if lists is not None and lists != lists_for(mode, self.fusion):
+            mode = Mode.FUSED
         p = params_for(self.fusion, 1.0 if mode is Mode.NEW else coverage)
         fused = mode is Mode.FUSED
         return replace(
             p,
             impute_missing=p.impute_missing and fused,
             scale_new_ranks=p.scale_new_ranks and fused,
-            lists=lists_for(mode, self.fusion),
+            lists=lists or lists_for(mode, self.fusion),
         )
 
     async def search(
@@ -169,14 +188,18 @@ class Searcher:
         mode: Mode,
         flt: Filter | None = None,
         fields: tuple[str, ...] = ("text", "metadata"),
+        lists: tuple[str, ...] | None = None,
+        refresh_coverage: bool = True,
     ) -> SearchResult:
-        coverage = await self.coverage.get()
-        lists = lists_for(mode, self.fusion)
+        """`lists` overrides the mode's own (degraded serving: see proxy/availability.py);
+        with the new index down, `refresh_coverage=False` serves the last coverage counted."""
+        coverage = await self.coverage.get() if refresh_coverage else self.coverage.value
+        lists = lists or lists_for(mode, self.fusion)
         if len(lists) == 1:
             return await self._single(query, k, mode, lists[0], flt, fields, coverage)
         depth = max(self.fusion.candidates, k)
         cands = await self.candidates(query, lists, depth, flt)
-        hits = fuse(cands.ranked, self.params(mode, coverage), cands.migrated, k)
+        hits = fuse(cands.ranked, self.params(mode, coverage, lists), cands.migrated, k)
         serving = self.old_store if lists == ("old",) else self.new_store
         assert serving is not None
         payloads = await asyncio.to_thread(serving.retrieve, [h.doc_id for h in hits], fields)

@@ -6,25 +6,27 @@ from typing import Any
 
 from proxy.migration.worker import Reembedder, control_state
 from proxy.runtime import SIDES, Runtime
+from proxy.store import IndexUnavailable
 
 
 def migration_status(rt: Runtime, worker: Reembedder | None = None) -> dict[str, Any]:
     indexes: dict[str, Any] = {}
     for side in SIDES:
-        store = rt.store(side)
-        info = store.info()
-        docs = store.count()
-        with_vector = store.count(dense_only=True)
-        indexes[side] = {
-            "exists": info is not None,
-            "bound_fingerprint": info.fingerprint if info else None,
-            "documents": docs,
-            "with_vector": with_vector,
-            "coverage": round(with_vector / docs, 4) if docs else 0.0,
-            "fingerprints": store.fingerprints() if info else {},
-        }
+        try:
+            indexes[side] = _index_status(rt, side)
+        except IndexUnavailable as e:  # counts unknown: say so rather than guess 0
+            indexes[side] = {
+                "exists": None,
+                "reachable": False,
+                "error": str(e),
+                "bound_fingerprint": None,
+                "documents": None,
+                "with_vector": None,
+                "coverage": None,
+                "fingerprints": {},
+            }
     new = indexes["new"]
-    remaining = new["documents"] - new["with_vector"]
+    remaining = None if new["documents"] is None else new["documents"] - new["with_vector"]
     rate = worker.stats.rate() if worker else 0.0
     return {
         "migration": rt.state.get("migration"),
@@ -42,7 +44,23 @@ def migration_status(rt: Runtime, worker: Reembedder | None = None) -> dict[str,
         },
         "remaining": remaining,
         "rate_docs_per_s": round(rate, 2),
-        "eta_s": round(remaining / rate, 1) if rate > 0 else None,
+        "eta_s": round(remaining / rate, 1) if rate > 0 and remaining is not None else None,
+    }
+
+
+def _index_status(rt: Runtime, side: str) -> dict[str, Any]:
+    store = rt.store(side)
+    info = store.info()
+    docs = store.count()
+    with_vector = store.count(dense_only=True)
+    return {
+        "exists": info is not None,
+        "reachable": True,
+        "bound_fingerprint": info.fingerprint if info else None,
+        "documents": docs,
+        "with_vector": with_vector,
+        "coverage": round(with_vector / docs, 4) if docs else 0.0,
+        "fingerprints": store.fingerprints() if info else {},
     }
 
 

@@ -20,6 +20,7 @@ from proxy.config import MigrationConfig
 from proxy.ingest import doc_of, make_point, now_iso
 from proxy.migration.state import BACKFILL, MigrationState
 from proxy.runtime import Runtime
+from proxy.store import IndexUnavailable
 
 log = logging.getLogger("crossfade.worker")
 
@@ -141,7 +142,10 @@ class Reembedder:
             rest = max(rest, written / self.cfg.max_docs_per_s - busy_s)
         return rest
 
-    async def run(self, idle_s: float = 0.5) -> None:
+    async def run(self, idle_s: float = 0.5, down_s: float = 5.0) -> None:
+        """Forever: a failed batch is logged and retried later, never the end of the worker
+        (an unreachable index is waited out: one warning, then a retry every `down_s`)."""
+        waiting: str | None = None  # the unreachable index being waited out
         while True:
             if control_state(self.state, self.cfg)["paused"]:
                 await asyncio.sleep(idle_s)
@@ -150,12 +154,21 @@ class Reembedder:
             try:
                 loop = asyncio.get_running_loop()
                 written = await loop.run_in_executor(self.executor, self.step)
+            except IndexUnavailable as e:  # claimed ids come back when their lease ends
+                if waiting != str(e):
+                    log.warning("re-embedding waits: %s", e)
+                waiting = self.stats.last_error = str(e)
+                await asyncio.sleep(down_s)
+                continue
             except Exception as e:  # keep serving; the queue still holds the batch (lease)
                 log.exception("re-embed batch failed")
                 self.stats.last_error = str(e)
                 await asyncio.sleep(idle_s * 4)
                 continue
             busy = time.monotonic() - t0
+            if waiting is not None:
+                log.warning("re-embedding resumes: the index answers again")
+                waiting = self.stats.last_error = None
             if written:
                 self.stats.record(written)
                 await asyncio.sleep(self.sleep_after(written, busy))

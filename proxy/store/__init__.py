@@ -34,6 +34,15 @@ class FingerprintMismatch(ValueError):
     """A dense vector from another model than the one the index is bound to (bilingual write)."""
 
 
+class IndexUnavailable(RuntimeError):
+    """An index that cannot be reached now (refused, timed out, server error). A fault to
+    retry later, never taken to mean that the index does not exist."""
+
+    def __init__(self, side: str, where: str, reason: str) -> None:
+        self.side, self.where, self.reason = side, where, reason
+        super().__init__(f"{side} index unreachable: {where}: {reason}")
+
+
 @dataclass
 class Sparse:
     indices: list[int]

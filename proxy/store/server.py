@@ -7,19 +7,25 @@ fingerprint lives in the collection's metadata, so every replica sees the same b
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
+import httpx
 import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from proxy.config import IndexConfig
 from proxy.filters import Condition, Filter
 from proxy.store import (
     IndexInfo,
+    IndexUnavailable,
     PointWrite,
     Sparse,
     check_fingerprints,
@@ -28,6 +34,9 @@ from proxy.store import (
 )
 
 _META_KEY = "crossfade"
+log = logging.getLogger("crossfade.store")
+# After a failed first contact, `info()` asks the server again at most this often.
+_RETRY_S = 1.0
 
 
 def _condition(c: Condition) -> qm.FieldCondition:
@@ -78,7 +87,11 @@ def make_client(cfg: IndexConfig) -> QdrantClient:
         elif url.startswith("local:"):
             client = QdrantClient(path=url.removeprefix("local:"))
         else:
-            client = QdrantClient(url=url, api_key=secret, timeout=10)
+            # No version check at construction: it is a blocking request that, with the
+            # server down, delays start-up by a timeout; readiness probes the server instead.
+            client = QdrantClient(
+                url=url, api_key=secret, timeout=cfg.timeout_s, check_compatibility=False
+            )
         _shared[key] = (client, 1)
         return client
 
@@ -106,24 +119,80 @@ class ServerStore:
         self._local = (cfg.url or "").startswith((":memory:", "local:"))
         self._lock = _local_mode_lock
         self._info: IndexInfo | None = None
-        self._load_info()
+        # An unreachable server doesn't stop start-up: the binding is read at first contact.
+        self._loaded = False
+        self._failed: IndexUnavailable | None = None
+        self._retry_at = 0.0
+        try:
+            self._load_info()
+        except IndexUnavailable as e:
+            log.warning("%s (will retry)", e)
 
-    def _guard(self) -> AbstractContextManager[Any]:
-        return self._lock if self._local else nullcontext()
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Around every client call: local mode's lock, and transport faults (refused,
+        timed out, a 5xx from the server or a proxy before it) raised as IndexUnavailable."""
+        with self._lock if self._local else nullcontext():
+            try:
+                yield
+            except (ResponseHandlingException, httpx.TransportError) as e:
+                raise self._unavailable(e) from e
+            except UnexpectedResponse as e:
+                if e.status_code is None or e.status_code < 500:
+                    raise
+                raise self._unavailable(e) from e
+
+    def _unavailable(self, e: Exception) -> IndexUnavailable:
+        src = getattr(e, "source", None) or e
+        if isinstance(src, httpx.TimeoutException):
+            reason = f"no answer within {self._cfg.timeout_s}s"
+        elif "refused" in str(src).lower():
+            reason = "connection refused"
+        elif isinstance(e, UnexpectedResponse):
+            reason = f"HTTP {e.status_code} {e.reason_phrase}"
+        else:
+            reason = " ".join(str(src).split()) or type(src).__name__
+        # Credentials in a URL (user:pass@) are never echoed.
+        url = re.sub(r"//[^/@]*@", "//", self._cfg.url or "")
+        return IndexUnavailable(self.name, f"qdrant at {url}", reason)
 
     def _load_info(self) -> None:
-        with self._guard():
-            if not self.client.collection_exists(self.collection):
-                return
-            meta = self.client.get_collection(self.collection).config.metadata or {}
+        try:
+            with self._guard():
+                if self.client.collection_exists(self.collection):
+                    meta = self.client.get_collection(self.collection).config.metadata or {}
+                else:
+                    meta = {}
+        except IndexUnavailable as e:
+            self._failed, self._retry_at = e, time.monotonic() + _RETRY_S
+            raise
         if _META_KEY in meta:
             self._info = IndexInfo(**meta[_META_KEY])
+        self._loaded, self._failed = True, None
 
     def info(self) -> IndexInfo | None:
+        """The binding; raises IndexUnavailable while the server has never been reached (the
+        index may well exist), asking again at most once a second."""
+        if not self._loaded:
+            failed = self._failed
+            if failed is not None and time.monotonic() < self._retry_at:
+                raise IndexUnavailable(failed.side, failed.where, failed.reason)
+            self._load_info()
         return self._info
 
+    def ping(self) -> None:
+        """Reachability probe, one small request (raises IndexUnavailable). Reads the binding
+        at first contact, or of a collection created since (by another replica)."""
+        if not self._loaded or self._info is None:
+            self._load_info()
+            return
+        if self._local:  # in-process: nothing to reach (and no wait on its lock)
+            return
+        with self._guard():
+            self.client.collection_exists(self.collection)
+
     def create(self, info: IndexInfo) -> None:
-        if self._info is not None:
+        if self.info() is not None:
             if self._info != info:
                 raise RuntimeError(f"collection {self.collection!r} exists, bound to {self._info}")
             return
@@ -157,7 +226,7 @@ class ServerStore:
         return qm.PointStruct(id=point_id(p.doc_id), vector=vec, payload=p.payload())
 
     def upsert(self, points: Sequence[PointWrite]) -> None:
-        check_fingerprints(self._info, points)
+        check_fingerprints(self.info(), points)
         plain = [self._point(p) for p in points if p.if_text_sha256 is None]
         with self._guard():
             if plain:
@@ -267,7 +336,7 @@ class ServerStore:
                 return
 
     def count(self, dense_only: bool = False) -> int:
-        if self._info is None:
+        if self.info() is None:
             return 0
         flt = (
             qm.Filter(must=[qm.HasVectorCondition(has_vector=self.vector)]) if dense_only else None
@@ -284,7 +353,7 @@ class ServerStore:
         return [r.payload["doc_id"] for r in recs if r.payload]
 
     def fingerprints(self) -> dict[str, int]:
-        if self._info is None:
+        if self.info() is None:
             return {}
         has = qm.Filter(must=[qm.HasVectorCondition(has_vector=self.vector)])
         with self._guard():
