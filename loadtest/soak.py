@@ -41,6 +41,16 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def trend(samples: list[dict[str, Any]], warmup_s: float = 60.0) -> float | None:
+    pts = [(s["t_s"], s["rss_mb"]) for s in samples if s["t_s"] >= warmup_s]
+    if len(pts) < 3:
+        return None
+    import numpy as np
+
+    t, mb = np.array(pts).T
+    return round(float(np.polyfit(t / 60.0, mb, 1)[0]), 2)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--beir", default=str(ROOT.parent / "shared" / "data" / "scifact"))
@@ -173,6 +183,9 @@ def main() -> int:
             "max": round(max(rss), 1) if rss else None,
             "growth_after_warmup_mb": round(rss[-1] - warm, 1) if rss else None,
             "growth_after_warmup_pct": round(100 * (rss[-1] - warm) / warm, 1) if warm else None,
+            # One end sample is noisy (RSS swings with allocator and batch sizes): the slope
+            # of a line fitted through every sample after warm-up says whether it grows.
+            "trend_after_warmup_mb_per_min": trend(samples),
         },
         "samples": samples,
     }
