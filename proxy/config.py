@@ -162,6 +162,13 @@ class MigrationConfig(Strict):
         le=1,
         description="Share of wall time the worker may spend re-embedding; it sleeps the rest.",
     )
+    threads: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Inference threads the re-embed worker may use (torch); the rest of the "
+        "cores stay free for queries.",
+    )
     lease_s: float = Field(
         120.0, gt=0, description="A claimed batch returns to the queue if not done in this time."
     )

@@ -72,6 +72,8 @@ class Embedder(Protocol):
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray: ...
 
+    def configure_thread(self) -> None: ...
+
 
 class _BaseEmbedder:
     """Shared prefixing, batching and normalisation; subclasses implement `_encode`."""
@@ -80,6 +82,9 @@ class _BaseEmbedder:
 
     def __init__(self, cfg: ModelConfig) -> None:
         self.cfg = cfg
+
+    def configure_thread(self) -> None:
+        """Apply per-thread settings on a thread that will run this model (see torch below)."""
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         raise NotImplementedError
@@ -119,11 +124,9 @@ class _BaseEmbedder:
 class SentenceTransformerEmbedder(_BaseEmbedder):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
-        import torch
         from sentence_transformers import SentenceTransformer
 
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        self.configure_thread()
         location = resolve_path(cfg.path)
         self.model = SentenceTransformer(location, device="cpu")
         self.model.max_seq_length = cfg.max_length
@@ -132,6 +135,14 @@ class SentenceTransformerEmbedder(_BaseEmbedder):
         dim = int(self.model.get_embedding_dimension())
         default_name = path.name if path.name != "model" else path.parent.name
         self.fingerprint = self._make_fingerprint(weights, dim, default_name)
+
+    def configure_thread(self) -> None:
+        # torch's thread count is kept per calling thread (OpenMP): set it on every thread
+        # that runs inference, not only the one that loaded the model.
+        if self.cfg.threads:
+            import torch
+
+            torch.set_num_threads(self.cfg.threads)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         return self.model.encode(
@@ -197,7 +208,9 @@ class QueryEmbedder:
         self.embedder = embedder
         # One dedicated inference thread per model: torch/OpenMP keeps one thread team per
         # calling thread, and teams left spinning on a 2-core machine slow the one working.
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="query-embed")
+        self.executor = ThreadPoolExecutor(
+            1, thread_name_prefix="query-embed", initializer=embedder.configure_thread
+        )
         self.size = size
         self.max_batch = max_batch
         self._lru: OrderedDict[str, np.ndarray] = OrderedDict()

@@ -113,6 +113,9 @@ class EditsMidFlight:
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self.real.embed_queries(texts)
 
+    def configure_thread(self) -> None:
+        self.real.configure_thread()
+
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         out = self.real.embed_documents(texts)
         if not self.fired:

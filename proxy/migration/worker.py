@@ -78,14 +78,29 @@ def set_control(
         state.set("until", until)
 
 
+def limit_inference_threads(n: int) -> None:
+    """Cap torch's intra-op threads for the calling thread only (OpenMP keeps the setting per
+    thread, so the query threads keep theirs)."""
+    import torch
+
+    torch.set_num_threads(n)
+
+
 class Reembedder:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.cfg = rt.settings.migration
         self.state: MigrationState = rt.state
         self.stats = Stats()
-        # Its own thread, always the same one (one OpenMP team), apart from the query threads.
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="reembed")
+        # Its own thread, always the same one (one OpenMP team), apart from the query threads,
+        # limited to `migration.threads` intra-op threads (torch's setting is per thread): a
+        # batch of documents then never holds every core while queries wait.
+        self.executor = ThreadPoolExecutor(
+            1,
+            thread_name_prefix="reembed",
+            initializer=limit_inference_threads,
+            initargs=(self.cfg.threads,),
+        )
 
     def refill(self) -> int:
         """Enqueue the next documents of the sweep if the queue runs low and backfill may run."""
