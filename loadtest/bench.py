@@ -89,7 +89,7 @@ def main() -> int:
     ap.add_argument("--beir", default=str(ROOT.parent / "shared" / "data" / "scifact"))
     ap.add_argument("--work", default=str(ROOT / ".crossfade" / "bench"))
     ap.add_argument("--requests", type=int, default=1000, help="per 16-client scenario")
-    ap.add_argument("--single", type=int, default=200, help="requests per 1-client scenario")
+    ap.add_argument("--single", type=int, default=600, help="requests per 1-client scenario")
     ap.add_argument("--out", default=str(ROOT / ".crossfade" / "bench.json"))
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -193,7 +193,7 @@ def main() -> int:
                 "direct@1 (vs hybrid)": (durl, {}),
                 "new+bm25@1": (purl, {"mode": "new", "reembed": False}),
             },
-            qs[offset : offset + args.single],
+            [qs[(offset + i) % len(qs)] for i in range(args.single)],
         )
         results.update(hybrid)
         httpx.post(purl + "/migration/backfill", json={"action": "resume"}, headers=admin)
@@ -215,7 +215,7 @@ def main() -> int:
         load("warmup-new", purl, 16, args.requests, {"mode": "new", "reembed": False})
         single = interleaved(
             {"direct@1": (durl, {}), "new@1": (purl, {"mode": "new", "reembed": False})},
-            qs[offset : offset + args.single],
+            [qs[(offset + i) % len(qs)] for i in range(args.single)],
         )
         results.update(single)
         for name, s in single.items():
