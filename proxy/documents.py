@@ -12,8 +12,11 @@ a batch cut short by a crash is applied again, whole, before the next write or a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import asdict
+from typing import Any
 
 from proxy.availability import probe
 from proxy.ingest import Doc, make_point, now_iso
@@ -21,6 +24,7 @@ from proxy.journal import DELETE, UPSERT
 from proxy.runtime import SIDES, Runtime
 from proxy.store import IndexUnavailable
 
+log = logging.getLogger("crossfade")
 IN_JOURNAL = (
     "; the batch is kept in the write journal and re-applied by the next write or at start-up"
 )
@@ -39,12 +43,8 @@ def upsert_documents(rt: Runtime, docs: Sequence[Doc]) -> list[str]:
         sides = live_sides(rt)
         if not sides:
             raise RuntimeError("no index exists yet: ingest into the old index first")
-        batch = rt.journal.begin(UPSERT, [asdict(d) for d in docs])
-        try:
-            _upsert(rt, sides, docs)
-        except IndexUnavailable as e:  # went down since asked: the journal finishes it
-            raise IndexUnavailable(e.side, e.where, e.reason + IN_JOURNAL) from e
-        rt.journal.done(batch)
+        items = [asdict(d) for d in docs]
+        _apply(rt, rt.journal.begin(UPSERT, items), UPSERT, items, sides)
     return sides
 
 
@@ -54,27 +54,39 @@ def delete_documents(rt: Runtime, doc_ids: Sequence[str]) -> dict[str, int]:
         replay_journal(rt)
         sides = live_sides(rt)
         existed = {side: len(rt.store(side).retrieve(doc_ids, [])) for side in sides}
-        batch = rt.journal.begin(DELETE, list(doc_ids))
-        try:
-            _delete(rt, sides, doc_ids)
-        except IndexUnavailable as e:
-            raise IndexUnavailable(e.side, e.where, e.reason + IN_JOURNAL) from e
-        rt.journal.done(batch)
+        _apply(rt, rt.journal.begin(DELETE, list(doc_ids)), DELETE, list(doc_ids), sides)
     return existed
 
 
 def replay_journal(rt: Runtime) -> int:
     """Apply again every batch a crash left unfinished, oldest first; returns how many.
-    Callers hold `rt.write_lock` (or run before serving starts)."""
+    Callers hold `rt.write_lock` (or run before serving starts). An outage stops the replay
+    (IndexUnavailable: tried again later); a batch that fails otherwise is set aside."""
     pending = rt.journal.pending()
     for batch, op, items in pending:
-        sides = live_sides(rt)
+        with suppress(WriteFailed):
+            _apply(rt, batch, op, items, live_sides(rt))
+    return len(pending)
+
+
+class WriteFailed(RuntimeError):
+    """A batch the engine refused for a reason other than an outage; set aside in the journal."""
+
+
+def _apply(rt: Runtime, batch: int, op: str, items: list[Any], sides: Sequence[str]) -> None:
+    try:
         if op == UPSERT:
             _upsert(rt, sides, [Doc(**i) for i in items])
         else:
             _delete(rt, sides, items)
-        rt.journal.done(batch)
-    return len(pending)
+    except IndexUnavailable as e:  # an outage: the journal finishes the batch later
+        raise IndexUnavailable(e.side, e.where, e.reason + IN_JOURNAL) from e
+    except Exception as e:
+        # Replaying it would fail the same way and block every later write: set it aside.
+        rt.journal.fail(batch, repr(e))
+        log.error("document write batch %d set aside in the journal: %r", batch, e)
+        raise WriteFailed(f"the write failed and was set aside ({e})") from e
+    rt.journal.done(batch)
 
 
 def _upsert(rt: Runtime, sides: Sequence[str], docs: Sequence[Doc]) -> None:

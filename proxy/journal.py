@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,10 @@ class WriteJournal:
                 "CREATE TABLE IF NOT EXISTS pending (batch INTEGER PRIMARY KEY AUTOINCREMENT,"
                 " op TEXT NOT NULL, body TEXT NOT NULL)"
             )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS failed (batch INTEGER PRIMARY KEY, op TEXT NOT NULL,"
+                " body TEXT NOT NULL, error TEXT NOT NULL, at REAL NOT NULL)"
+            )
 
     def begin(self, op: str, items: Sequence[Any]) -> int:
         """Record a batch durably before it touches any index; returns its id."""
@@ -45,6 +50,25 @@ class WriteJournal:
     def done(self, batch: int) -> None:
         with self._lock:
             self._db.execute("DELETE FROM pending WHERE batch = ?", (batch,))
+
+    def fail(self, batch: int, error: str) -> None:
+        """Set a batch aside that can never apply (an engine error that isn't an outage): kept
+        for the operator, no longer replayed, so one bad batch can't block every later write."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT OR REPLACE INTO failed SELECT batch, op, body, ?, ? FROM pending"
+                " WHERE batch = ?",
+                (error, time.time(), batch),
+            )
+            self._db.execute("DELETE FROM pending WHERE batch = ?", (batch,))
+            self._db.execute("COMMIT")
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            pending = self._db.execute("SELECT count(*) FROM pending").fetchone()[0]
+            failed = self._db.execute("SELECT count(*) FROM failed").fetchone()[0]
+        return {"pending": int(pending), "failed": int(failed)}
 
     def pending(self) -> list[tuple[int, str, list[Any]]]:
         """Batches begun but not done, oldest first (the order they were applied in)."""

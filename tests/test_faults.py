@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from proxy.demo import python_reference, write_eval_set
-from proxy.documents import replay_journal, upsert_documents
+from proxy.documents import WriteFailed, replay_journal, upsert_documents
 from proxy.ingest import Doc, ingest, text_sha256
 from proxy.migration.cutover import AUDIT, POINTER, AuditLog
 from proxy.migration.start import start_migration
@@ -173,12 +173,15 @@ def test_a_write_cut_between_the_two_indexes_is_replayed(tmp_path: Path, models:
         start_migration(rt, progress=False)
         new_store = rt.store("new")
 
+        class Crash(BaseException):  # the process going away, not an engine error
+            pass
+
         def crash(*_: object) -> None:
-            raise OSError("simulated crash between the two indexes")
+            raise Crash
 
         new_store.upsert = crash  # type: ignore[method-assign]
         edited = [Doc(docs[0].doc_id, docs[0].text + " (edited)"), Doc("added", "A new passage.")]
-        with pytest.raises(OSError):
+        with pytest.raises(Crash):
             upsert_documents(rt, edited)
         assert rt.store("old").count() == 9 and rt.store("new").count() == 8
     with Runtime(settings, dict(models)) as rt:  # "restart"
@@ -187,6 +190,29 @@ def test_a_write_cut_between_the_two_indexes_is_replayed(tmp_path: Path, models:
         assert idx["new"]["added"]["text"] == "A new passage."
         assert idx["new"][docs[0].doc_id]["text"] == docs[0].text + " (edited)"
         assert replay_journal(rt) == 0
+
+
+def test_a_batch_the_engine_refuses_is_set_aside(tmp_path: Path, models: dict) -> None:
+    """A write the engine refuses for a reason other than an outage is set aside in the
+    journal (reported, not replayed), so it can't block every later write."""
+    settings = demo_settings(tmp_path)
+    docs = python_reference()[:4]
+    with Runtime(settings, dict(models)) as rt:
+        ingest(rt, "old", docs, progress=False)
+        start_migration(rt, progress=False)
+        real = rt.store("new").upsert
+
+        def refuse(*_: object) -> None:
+            raise ValueError("the engine refuses this payload")
+
+        rt.store("new").upsert = refuse  # type: ignore[method-assign]
+        with pytest.raises(WriteFailed):
+            upsert_documents(rt, [Doc("bad", "A passage the engine refuses.")])
+        assert rt.journal.counts() == {"pending": 0, "failed": 1}
+        rt.store("new").upsert = real  # type: ignore[method-assign]
+        upsert_documents(rt, [Doc("good", "A later write goes through.")])
+        assert "good" in rt.store("new").retrieve(["good"], [])
+        assert rt.journal.counts() == {"pending": 0, "failed": 1}
 
 
 def test_kill_9_during_cutover(tmp_path: Path, models: dict) -> None:

@@ -32,6 +32,8 @@ def migration_status(rt: Runtime, worker: Reembedder | None = None) -> dict[str,
         "migration": rt.state.get("migration"),
         "indexes": indexes,
         "queue": rt.state.depth(),
+        # Document write batches not yet applied to every index / set aside as failing.
+        "write_journal": rt.journal.counts(),
         "control": control_state(rt.state, rt.settings.migration),
         "worker": None
         if worker is None
