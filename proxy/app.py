@@ -16,8 +16,10 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.availability import DEGRADED_HEADER, Health, readiness, search_available
@@ -148,24 +150,54 @@ class BodyLimit:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await error(413, f"request body over {self.limit} bytes")(scope, receive, send)
-        seen = 0
+        seen, over, started = 0, False, False
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, over
             msg = await receive()
             seen += len(msg.get("body", b""))
             if seen > self.limit:
+                over = True
                 raise _TooLarge
             return msg
 
+        async def sending(msg: Message) -> None:
+            # FastAPI turns an error while it reads the body into its own 400: once the
+            # stream passed the limit, whatever the app answers is replaced by the 413.
+            nonlocal started
+            if not over:
+                started = started or msg["type"] == "http.response.start"
+                await send(msg)
+
         try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
+            await self.app(scope, limited, sending)
+        except Exception:
+            if not over:
+                raise
+        if over and not started:
             await error(413, f"request body over {self.limit} bytes")(scope, receive, send)
 
 
 class _TooLarge(Exception):
     pass
+
+
+ADMIN_REFUSED = "admin endpoints need 'Authorization: Bearer <admin key>'"
+
+
+class AdminGuard:
+    """401 for admin paths without the right bearer key, before anything else runs: the body
+    is neither read nor parsed for a caller without the key."""
+
+    def __init__(self, app: ASGIApp, paths: set[str], key: str) -> None:
+        self.app, self.paths, self.key = app, paths, key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in self.paths:
+            auth = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not check_bearer(auth.decode("latin-1") or None, self.key):
+                return await error(401, ADMIN_REFUSED)(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 class JsonBodies:
@@ -259,15 +291,20 @@ def create_app(rt: Runtime) -> FastAPI:
         return s
 
     def admin(request: Request) -> None:
-        """Dependency of every admin route: checked before the body is even parsed."""
+        """Dependency of every admin route (marks it for AdminGuard, which checks the key
+        before the body is read; checked here again so a route can never miss it)."""
         if not check_bearer(request.headers.get("authorization"), key):
-            raise HTTPException(401, "admin endpoints need 'Authorization: Bearer <admin key>'")
+            raise HTTPException(401, ADMIN_REFUSED)
 
     guarded = [Depends(admin)]
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> OrjsonResponse:
-        return error(exc.status_code, str(exc.detail))
+    # Starlette's class: also the 404/405 of unknown routes and FastAPI's 400 for a body it
+    # could not parse, so that every error has the same {"error": ...} shape.
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> OrjsonResponse:
+        out = error(exc.status_code, str(exc.detail))
+        out.headers.update(exc.headers or {})  # e.g. Allow on a 405
+        return out
 
     @app.exception_handler(IndexUnavailable)
     async def unavailable(request: Request, exc: IndexUnavailable) -> OrjsonResponse:
@@ -278,7 +315,7 @@ def create_app(rt: Runtime) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: {}})
     async def readyz() -> OrjsonResponse:
         s = state["searcher"]
         if s is None:
@@ -392,7 +429,10 @@ def create_app(rt: Runtime) -> FastAPI:
 
     @app.delete("/documents/{doc_id}", responses={503: {}})
     async def delete_document(doc_id: str) -> Any:
-        existed = await asyncio.to_thread(delete_documents, rt, [doc_id])
+        try:
+            existed = await asyncio.to_thread(delete_documents, rt, [doc_id])
+        except RuntimeError as e:
+            return error(503, str(e))
         return {"deleted": doc_id, "existed": existed}
 
     async def full_status() -> dict[str, Any]:
@@ -428,7 +468,11 @@ def create_app(rt: Runtime) -> FastAPI:
     async def drift() -> Any:
         return await asyncio.to_thread(drift_report, rt, control.modes_in_use())
 
-    @app.post("/migration/backfill", responses={401: {}, 422: {}}, dependencies=guarded)
+    @app.post(
+        "/migration/backfill",
+        responses={400: {}, 401: {}, 413: {}, 422: {}},
+        dependencies=guarded,
+    )
     async def backfill(body: BackfillControl) -> Any:
         set_control(rt.state, body.action, body.backfill, body.until)
         return control_state(rt.state, settings.migration)
@@ -437,7 +481,11 @@ def create_app(rt: Runtime) -> FastAPI:
     async def get_routing() -> Any:
         return routing_dict(control.routing)
 
-    @app.post("/admin/mode", responses={401: {}, 409: {}, 422: {}}, dependencies=guarded)
+    @app.post(
+        "/admin/mode",
+        responses={400: {}, 401: {}, 409: {}, 413: {}, 422: {}},
+        dependencies=guarded,
+    )
     async def set_mode(body: ModeIn) -> Any:
         why = searcher().ready_for(body.mode)
         if why:
@@ -445,7 +493,11 @@ def create_app(rt: Runtime) -> FastAPI:
         target = replace(control.routing, mode=body.mode)
         return await control.switch(target, "set mode", body.actor or "admin")
 
-    @app.post("/admin/split", responses={401: {}, 409: {}, 422: {}}, dependencies=guarded)
+    @app.post(
+        "/admin/split",
+        responses={400: {}, 401: {}, 409: {}, 413: {}, 422: {}},
+        dependencies=guarded,
+    )
     async def set_split(body: SplitIn) -> Any:
         if body.mode is not None:
             why = searcher().ready_for(body.mode)
@@ -458,7 +510,11 @@ def create_app(rt: Runtime) -> FastAPI:
         )
         return await control.switch(target, "set split", body.actor or "admin")
 
-    @app.post("/admin/cutover", responses={401: {}, 409: {}, 422: {}}, dependencies=guarded)
+    @app.post(
+        "/admin/cutover",
+        responses={400: {}, 401: {}, 409: {}, 413: {}, 422: {}},
+        dependencies=guarded,
+    )
     async def cutover(body: CutoverIn) -> Any:
         configured = settings.cutover.eval_set
         beir = body.beir or (str(settings.data_path(configured)) if configured else None)
@@ -475,7 +531,11 @@ def create_app(rt: Runtime) -> FastAPI:
         ok, result = await control.cutover(searcher(), data, body.force, body.actor or "admin")
         return result if ok else error(409, "cutover refused by the gate", gate=result)
 
-    @app.post("/admin/rollback", responses={401: {}, 422: {}}, dependencies=guarded)
+    @app.post(
+        "/admin/rollback",
+        responses={400: {}, 401: {}, 413: {}, 422: {}},
+        dependencies=guarded,
+    )
     async def rollback(body: ActorIn | None = None) -> Any:
         return await control.rollback((body.actor if body else None) or "admin")
 
@@ -489,10 +549,19 @@ def create_app(rt: Runtime) -> FastAPI:
     async def audit(n: int = 50) -> Any:
         return await asyncio.to_thread(control.audit.tail, max(1, min(n, 1000)))
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    )
     async def prometheus() -> Response:
         status = await full_status()
         metrics.update(status)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    admin_paths = {
+        r.path
+        for r in app.routes
+        if isinstance(r, APIRoute) and any(d.dependency is admin for d in r.dependencies)
+    }
+    app.add_middleware(AdminGuard, paths=admin_paths, key=key)  # outermost: runs first
     return app

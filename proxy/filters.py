@@ -7,18 +7,38 @@ client can never filter on, or learn about, the proxy's own bookkeeping fields.
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*(\.[A-Za-z_][A-Za-z0-9_\-]*)*$")
-Scalar = str | int | bool
+# Qdrant matches 64-bit integers: a larger one is refused here (422), not by the index (500).
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+
+
+def _unicode(s: str) -> str:
+    if not s.isascii():
+        try:
+            s.encode()
+        except UnicodeEncodeError:
+            raise ValueError("strings must be valid unicode (no lone surrogates)") from None
+    return s
+
+
+# A lone surrogate (JSON "\ud800") is a Python str that no index can take.
+Text = Annotated[str, AfterValidator(_unicode)]
+Scalar = Text | Int64 | bool
+# Size bounds: at most this many conditions in each of must/should/must_not (and no nesting:
+# a condition is a key with one match or range), at most MAX_VALUES values in any/except.
+MAX_CONDITIONS = 32
+MAX_VALUES = 1000
 
 
 class Match(BaseModel):
     model_config = ConfigDict(extra="forbid")
     value: Scalar | None = None
-    any: list[Scalar] | None = Field(None, min_length=1, max_length=1000)
-    except_: list[Scalar] | None = Field(None, alias="except", min_length=1, max_length=1000)
+    any: list[Scalar] | None = Field(None, min_length=1, max_length=MAX_VALUES)
+    except_: list[Scalar] | None = Field(None, alias="except", min_length=1, max_length=MAX_VALUES)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Match:
@@ -28,7 +48,8 @@ class Match(BaseModel):
 
 
 class Range(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and Infinity (which FastAPI's JSON parser accepts) bound nothing: refused.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     gt: float | None = None
     gte: float | None = None
     lt: float | None = None
@@ -62,9 +83,9 @@ class Condition(BaseModel):
 
 class Filter(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    must: list[Condition] = Field(default_factory=list, max_length=32)
-    should: list[Condition] = Field(default_factory=list, max_length=32)
-    must_not: list[Condition] = Field(default_factory=list, max_length=32)
+    must: list[Condition] = Field(default_factory=list, max_length=MAX_CONDITIONS)
+    should: list[Condition] = Field(default_factory=list, max_length=MAX_CONDITIONS)
+    must_not: list[Condition] = Field(default_factory=list, max_length=MAX_CONDITIONS)
 
     @model_validator(mode="after")
     def _not_empty(self) -> Filter:

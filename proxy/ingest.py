@@ -7,6 +7,7 @@ the same text hash, so an interrupted ingest resumes where it stopped.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -45,6 +46,35 @@ class CorpusError(ValueError):
     pass
 
 
+MAX_ID_CHARS = 512
+MAX_METADATA_DEPTH = 32
+
+
+def check_storable(value: Any, depth: int = 0) -> None:
+    """Refuse what an index payload cannot hold, before anything is written: NaN and Infinity
+    (which Python's JSON parsers accept), integers past 64 bits, lone surrogates, unbounded
+    nesting. The engine would otherwise fail halfway through a dual write."""
+    if depth > MAX_METADATA_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_METADATA_DEPTH} levels")
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise ValueError("strings must be valid unicode (no lone surrogates)") from None
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("numbers must be finite (no NaN or Infinity)")
+    elif isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise ValueError("integers must fit in 64 bits")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_storable(k, depth + 1)
+            check_storable(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            check_storable(v, depth + 1)
+
+
 def parse_doc(obj: Any, where: str = "document") -> Doc:
     """One JSON object -> Doc, with a message naming what is wrong."""
     if not isinstance(obj, dict):
@@ -68,6 +98,13 @@ def parse_doc(obj: Any, where: str = "document") -> Doc:
         raise CorpusError(f"{where}: empty text")
     if len(text) > MAX_TEXT_CHARS:
         raise CorpusError(f"{where}: text longer than {MAX_TEXT_CHARS} characters")
+    if len(str(raw_id)) > MAX_ID_CHARS:
+        raise CorpusError(f"{where}: id longer than {MAX_ID_CHARS} characters")
+    for name, value in (("id", raw_id), ("text", text), ("metadata", meta)):
+        try:
+            check_storable(value)
+        except ValueError as e:
+            raise CorpusError(f"{where}: '{name}': {e}") from None
     return Doc(str(raw_id), text, meta)
 
 

@@ -65,6 +65,9 @@ def test_admin_keys_checked_and_never_logged(proxy: ProxyProcess) -> None:
                     r = c.request(method, path, json=body, headers=headers)
                     assert r.status_code == 401, (method, path, headers)
                     assert ADMIN_KEY not in r.text and WRONG_KEY not in r.text
+            # Refused before the body is read: not JSON, or far too large, it's still a 401.
+            for body in (b"not json", b"x" * 2_000_000):
+                assert c.post("/admin/mode", content=body).status_code == 401
             before = c.get("/admin/routing", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
             assert before.status_code == 200
             good = {"Authorization": f"Bearer {ADMIN_KEY}"}
