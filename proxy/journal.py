@@ -11,12 +11,13 @@ harmless, and a batch is either in every index or, if it never reached the journ
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from proxy.migration.state import durable_sqlite
 
 UPSERT = "upsert"
 DELETE = "delete"
@@ -24,20 +25,14 @@ DELETE = "delete"
 
 class WriteJournal:
     def __init__(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db = durable_sqlite(
+            path,
+            "CREATE TABLE IF NOT EXISTS pending (batch INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " op TEXT NOT NULL, body TEXT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS failed (batch INTEGER PRIMARY KEY, op TEXT NOT NULL,"
+            " body TEXT NOT NULL, error TEXT NOT NULL, at REAL NOT NULL)",
+        )
         self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS pending (batch INTEGER PRIMARY KEY AUTOINCREMENT,"
-                " op TEXT NOT NULL, body TEXT NOT NULL)"
-            )
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS failed (batch INTEGER PRIMARY KEY, op TEXT NOT NULL,"
-                " body TEXT NOT NULL, error TEXT NOT NULL, at REAL NOT NULL)"
-            )
 
     def begin(self, op: str, items: Sequence[Any]) -> int:
         """Record a batch durably before it touches any index; returns its id."""

@@ -38,22 +38,28 @@ class MigrationState(Protocol):
     def set(self, key: str, value: Any) -> None: ...
 
 
+def durable_sqlite(path: str | Path, *schema: str) -> sqlite3.Connection:
+    """SQLite in WAL mode with fsync on every commit (a `kill -9` loses nothing committed),
+    autocommit unless a statement says BEGIN, shared across threads (callers hold a lock)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    for statement in schema:
+        db.execute(statement)
+    return db
+
+
 class SqliteState:
     def __init__(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db = durable_sqlite(
+            path,
+            "CREATE TABLE IF NOT EXISTS queue (doc_id TEXT PRIMARY KEY, priority INTEGER,"
+            " enqueued_at REAL, leased_until REAL DEFAULT 0)",
+            "CREATE INDEX IF NOT EXISTS queue_order ON queue (priority, enqueued_at)",
+            "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT)",
+        )
         self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS queue (doc_id TEXT PRIMARY KEY, priority INTEGER,"
-                " enqueued_at REAL, leased_until REAL DEFAULT 0)"
-            )
-            self._db.execute(
-                "CREATE INDEX IF NOT EXISTS queue_order ON queue (priority, enqueued_at)"
-            )
-            self._db.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT)")
 
     def enqueue(self, doc_ids: Sequence[str], priority: int) -> int:
         """Add ids; an id already queued keeps its place, moving up if this priority is higher.
