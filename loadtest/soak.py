@@ -58,8 +58,15 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=600)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--write-every", type=float, default=2.0, help="seconds between writes")
-    ap.add_argument("--out", default=str(ROOT / ".crossfade" / "soak.json"))
+    ap.add_argument(
+        "--steady",
+        action="store_true",
+        help="no migration work and no writes: the baseline for the RSS trend",
+    )
+    ap.add_argument("--out", help="JSON report (default .crossfade/soak[-steady].json)")
     args = ap.parse_args()
+    name = "soak-steady.json" if args.steady else "soak.json"
+    args.out = args.out or str(ROOT / ".crossfade" / name)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     beir, work = Path(args.beir), Path(args.work)
     qs = queries(beir)
@@ -128,10 +135,15 @@ def main() -> int:
 
     try:
         wait_ready(url, proxy)
-        threads = [threading.Thread(target=f, daemon=True) for f in (sampler, writer)]
+        if args.steady:
+            admin = {"Authorization": f"Bearer {KEY}"}
+            httpx.post(url + "/migration/backfill", json={"action": "pause"}, headers=admin)
+        jobs = (sampler,) if args.steady else (sampler, writer)
+        threads = [threading.Thread(target=f, daemon=True) for f in jobs]
         for t in threads:
             t.start()
-        print(f"soak: {args.seconds:.0f} s, {args.clients} clients, migrating", file=sys.stderr)
+        what = "steady (no migration work, no writes)" if args.steady else "migrating"
+        print(f"soak: {args.seconds:.0f} s, {args.clients} clients, {what}", file=sys.stderr)
         report = asyncio.run(
             run_load(
                 url,
@@ -139,7 +151,7 @@ def main() -> int:
                 clients=args.clients,
                 requests=10**9,  # bounded by time
                 max_seconds=args.seconds,
-                payload={"with_text": True},
+                payload={"with_text": True, "reembed": not args.steady},
             )
         )
         stop.set()
