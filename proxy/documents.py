@@ -92,7 +92,9 @@ def _apply(rt: Runtime, batch: int, op: str, items: list[Any], sides: Sequence[s
 def _upsert(rt: Runtime, sides: Sequence[str], docs: Sequence[Doc]) -> None:
     stamp = now_iso()
     for side in sides:
-        vecs = rt.model(side).embed_documents([d.text for d in docs])
+        model = rt.model(side)
+        model.configure_thread()  # writes run on pool threads: pin the model's thread count
+        vecs = model.embed_documents([d.text for d in docs])
         rt.store(side).upsert([make_point(rt, side, d, vecs[i], stamp) for i, d in enumerate(docs)])
         rt.store(side).flush()
 

@@ -126,6 +126,7 @@ class SentenceTransformerEmbedder(_BaseEmbedder):
         super().__init__(cfg)
         from sentence_transformers import SentenceTransformer
 
+        self.threads: int | None = None
         self.configure_thread()
         location = resolve_path(cfg.path)
         self.model = SentenceTransformer(location, device="cpu")
@@ -137,12 +138,15 @@ class SentenceTransformerEmbedder(_BaseEmbedder):
         self.fingerprint = self._make_fingerprint(weights, dim, default_name)
 
     def configure_thread(self) -> None:
-        # torch's thread count is kept per calling thread (OpenMP): set it on every thread
-        # that runs inference, not only the one that loaded the model.
-        if self.cfg.threads:
-            import torch
+        # torch keeps its thread count per calling thread (OpenMP), but a thread that has not
+        # set one takes the last value set anywhere in the process (the re-embed worker sets
+        # 1 on its own thread): pin it on every thread that runs this model, to the configured
+        # count or the process default read when the model was loaded.
+        import torch
 
-            torch.set_num_threads(self.cfg.threads)
+        if self.threads is None:
+            self.threads = self.cfg.threads or torch.get_num_threads()
+        torch.set_num_threads(self.threads)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         return self.model.encode(
