@@ -437,7 +437,7 @@ def create_app(rt: Runtime) -> FastAPI:
 
     async def full_status() -> dict[str, Any]:
         out = await asyncio.to_thread(migration_status, rt, worker)
-        history.record(out)
+        history.record_status(out)
         out["routing"] = routing_dict(control.routing)
         out["shadow"] = control.shadow.summary()
         out["last_gate"] = control.last_gate
@@ -448,11 +448,16 @@ def create_app(rt: Runtime) -> FastAPI:
         return await full_status()
 
     async def sample_history() -> None:
-        """Coverage points for the dashboard's chart even when nobody is looking."""
+        """Coverage points for the dashboard's chart even when nobody is looking: the
+        searcher's coverage counts (recounted only if stale), the queue depth and the rate."""
         while True:
             # A failed sample is a gap in a chart, never a crash.
             with suppress(Exception):
-                history.record(await asyncio.to_thread(migration_status, rt, worker))
+                cov = searcher().coverage
+                await cov.get()
+                depth = await asyncio.to_thread(rt.state.depth)
+                rate = round(worker.stats.rate(), 2)
+                history.record(round(cov.value, 4), cov.migrated, cov.total, depth["total"], rate)
             await asyncio.sleep(settings.server.history_interval_s)
 
     @app.get("/migration/history")
