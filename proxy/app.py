@@ -531,8 +531,9 @@ def create_app(rt: Runtime) -> FastAPI:
                 )
             except (OSError, ValueError) as e:
                 return error(422, f"cannot read labelled queries from {beir!r}: {e}")
-        if searcher().ready_for(Mode.NEW):
-            return error(409, searcher().ready_for(Mode.NEW) or "")
+        why = searcher().ready_for(Mode.NEW)
+        if why:
+            return error(409, why)
         ok, result = await control.cutover(searcher(), data, body.force, body.actor or "admin")
         return result if ok else error(409, "cutover refused by the gate", gate=result)
 
