@@ -169,6 +169,13 @@ class MigrationConfig(Strict):
         description="Inference threads the re-embed worker may use (torch); the rest of the "
         "cores stay free for queries.",
     )
+    nice: int = Field(
+        19,
+        ge=0,
+        le=19,
+        description="CPU priority (Linux nice) of the worker's inference thread: 19 = it gets "
+        "only what queries leave; 0 = same as queries.",
+    )
     lease_s: float = Field(
         120.0, gt=0, description="A claimed batch returns to the queue if not done in this time."
     )

@@ -19,7 +19,7 @@ from proxy.demo import python_reference
 from proxy.ingest import ingest
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
-from tests.conftest import LiveServer, demo_settings
+from tests.conftest import LiveServer, demo_settings, wait_for
 
 N = 40
 KEY = "dashboard-test-key"
@@ -76,6 +76,9 @@ def test_dashboard_in_chromium_sees_backfill_and_pauses_it(
     def with_vector() -> int:
         return httpx.get(url + "/migration").json()["indexes"]["new"]["with_vector"]
 
+    def worker() -> dict:
+        return httpx.get(url + "/migration").json()["worker"]
+
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         try:
@@ -101,8 +104,9 @@ def test_dashboard_in_chromium_sees_backfill_and_pauses_it(
 
             page.click("#pause")
             expect(page.locator("#worker-state")).to_contain_text("paused", timeout=10_000)
-            # A batch already taken may still land; after that, nothing moves.
-            time.sleep(2.0)
+            # A batch already taken still lands (the page says so); after that, nothing moves.
+            wait_for(lambda: not worker()["busy"], 60, "the batch in flight")
+            expect(page.locator("#worker-state")).not_to_contain_text("finishing", timeout=10_000)
             stopped = with_vector()
             time.sleep(3.0)
             assert with_vector() == stopped < N

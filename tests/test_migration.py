@@ -3,6 +3,9 @@ pause/limit, the edit-during-re-embed race, the bilingual-write guard, and verif
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -99,6 +102,25 @@ def test_budget_sleeps_to_honour_cpu_share_and_rate(migrating: Runtime) -> None:
     assert worker.sleep_after(8, busy_s=1.0) == pytest.approx(3.0)
     worker.cfg = worker.cfg.model_copy(update={"cpu_share": 1.0, "max_docs_per_s": 4})
     assert worker.sleep_after(8, busy_s=1.0) == pytest.approx(1.0)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread priority is Linux's")
+def test_worker_embeds_at_background_priority_on_its_own_thread(migrating: Runtime) -> None:
+    import torch
+
+    worker = Reembedder(migrating)  # defaults: nice 19, one thread
+
+    def probe() -> tuple[int, int, int]:
+        tid = threading.get_native_id()
+        return tid, os.getpriority(os.PRIO_PROCESS, tid), torch.get_num_threads()
+
+    tid, nice, threads = worker.inference.submit(probe).result()
+    here = threading.get_native_id()
+    assert tid != here and threads == migrating.settings.migration.threads == 1
+    assert nice == migrating.settings.migration.nice == 19
+    assert os.getpriority(os.PRIO_PROCESS, here) < nice  # the caller keeps its priority
+    assert drain(worker) == N  # and the worker still migrates everything
+    assert verify(migrating)["ok"]
 
 
 class EditsMidFlight:

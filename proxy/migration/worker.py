@@ -2,14 +2,19 @@
 embeds them with the new model and writes their vectors with a conditional update.
 
 Budgeted so it cannot starve queries: after each batch it sleeps so that it spends at most
-`cpu_share` of wall time working, and never exceeds `max_docs_per_s`. Pausing stops it
-entirely; `until` stops only the backfill sweep.
+`cpu_share` of wall time working, and never exceeds `max_docs_per_s`; and it embeds at
+background CPU priority (`nice`), so while queries keep the cores busy it gets only the
+cycles they leave, and the whole budget when they are idle. Pausing stops it entirely (after
+the batch in flight); `until` stops only the backfill sweep.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +35,7 @@ class Stats:
     processed: int = 0
     skipped: int = 0
     batches: int = 0
+    busy: bool = False  # a batch in flight (a pause waits for it)
     last_error: str | None = None
     window_s: float = 60.0
     events: deque[tuple[float, int]] = field(default_factory=deque)
@@ -78,12 +84,19 @@ def set_control(
         state.set("until", until)
 
 
-def limit_inference_threads(n: int) -> None:
-    """Cap torch's intra-op threads for the calling thread only (OpenMP keeps the setting per
-    thread, so the query threads keep theirs)."""
+def background_inference(threads: int, nice: int) -> None:
+    """Set up the calling thread to embed in the background: cap torch's intra-op threads for
+    this thread only (OpenMP keeps the setting per thread, so the query threads keep theirs),
+    and lower its CPU priority (Linux schedules threads apart; the OpenMP team it starts
+    inherits the value)."""
     import torch
 
-    torch.set_num_threads(n)
+    torch.set_num_threads(threads)
+    if nice and sys.platform == "linux":
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except OSError as e:  # e.g. a process already nicer than asked: keep its value
+            log.warning("re-embed thread keeps its CPU priority: %s", e)
 
 
 class Reembedder:
@@ -92,14 +105,17 @@ class Reembedder:
         self.cfg = rt.settings.migration
         self.state: MigrationState = rt.state
         self.stats = Stats()
-        # Its own thread, always the same one (one OpenMP team), apart from the query threads,
-        # limited to `migration.threads` intra-op threads (torch's setting is per thread): a
-        # batch of documents then never holds every core while queries wait.
-        self.executor = ThreadPoolExecutor(
+        # A batch's reads and writes run on one thread at normal priority: the engine may hold
+        # the GIL in a call, and a starved thread holding it would stall the event loop.
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="reembed")
+        # Its inference on another, always the same one (one OpenMP team), apart from the
+        # query threads: `migration.threads` intra-op threads at `migration.nice`, so a batch
+        # of documents never holds cores that queries want.
+        self.inference = ThreadPoolExecutor(
             1,
-            thread_name_prefix="reembed",
-            initializer=limit_inference_threads,
-            initargs=(self.cfg.threads,),
+            thread_name_prefix="reembed-infer",
+            initializer=background_inference,
+            initargs=(self.cfg.threads, self.cfg.nice),
         )
 
     def refill(self) -> int:
@@ -133,7 +149,8 @@ class Reembedder:
         # Deleted since enqueued, or already migrated (by a write or another worker): done.
         todo = [doc_of(payloads[d]) for d in ids if d in payloads and d not in have]
         if todo:
-            vecs = self.rt.model("new").embed_documents([d.text for d in todo])
+            embed = self.rt.model("new").embed_documents
+            vecs = self.inference.submit(embed, [d.text for d in todo]).result()
             stamp = now_iso()
             # Conditional: refused if the text changed while we embedded, never a stale vector.
             new.upsert(
@@ -166,6 +183,7 @@ class Reembedder:
                 await asyncio.sleep(idle_s)
                 continue
             t0 = time.monotonic()
+            self.stats.busy = True
             try:
                 loop = asyncio.get_running_loop()
                 written = await loop.run_in_executor(self.executor, self.step)
@@ -180,6 +198,8 @@ class Reembedder:
                 self.stats.last_error = str(e)
                 await asyncio.sleep(idle_s * 4)
                 continue
+            finally:
+                self.stats.busy = False
             busy = time.monotonic() - t0
             if waiting is not None:
                 log.warning("re-embedding resumes: the index answers again")
