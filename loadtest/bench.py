@@ -1,11 +1,14 @@
 """`make bench`: what does the proxy cost? crossfade against the direct pipeline, one run,
 same machine, same engine, same SciFact data; ratios are what carry on a shared machine.
 
-Scenarios (each alone on the machine, one after another, loopback only, bounded):
-  direct@16, fused@16   steady load, no migration work (worker paused)
+Scenarios (loopback only, bounded):
+  direct@16, fused@16,  16 clients each, run as interleaved blocks (`--rounds` rounds, the
+  migrating@16          order rotated every round) and pooled, so the machine's drift hits all
+                        three alike. direct and fused run with the re-embed worker paused and
+                        idle; migrating is fused with lazy re-embedding and backfill active at
+                        the default budget.
   new+bm25@1            a single client, `new` mode as configured by default (hybrid),
                         alternating with direct
-  migrating@16          fused, with lazy re-embedding and backfill active at the default budget
   direct@1, new@1       a single client alternating between the two with the same query; the
                         proxy's `new` mode without BM25 does exactly the direct pipeline's
                         work (one embedding, one search)
@@ -34,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from loadtest.harness import free_port, run_load, wait_ready  # noqa: E402
+from loadtest.harness import LoadReport, free_port, run_load, wait_ready  # noqa: E402
 from proxy.beir import load_beir  # noqa: E402
 from proxy.config import load_settings  # noqa: E402
 from proxy.experiment import simulate  # noqa: E402
@@ -88,7 +91,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--beir", default=str(ROOT.parent / "shared" / "data" / "scifact"))
     ap.add_argument("--work", default=str(ROOT / ".crossfade" / "bench"))
-    ap.add_argument("--requests", type=int, default=1000, help="per 16-client scenario")
+    ap.add_argument("--requests", type=int, default=1600, help="per 16-client scenario")
+    ap.add_argument("--rounds", type=int, default=4, help="interleaved blocks per scenario")
     ap.add_argument("--single", type=int, default=600, help="requests per 1-client scenario")
     ap.add_argument("--out", default=str(ROOT / ".crossfade" / "bench.json"))
     args = ap.parse_args()
@@ -154,11 +158,11 @@ def main() -> int:
     results: dict[str, Any] = {}
     offset = 0
 
-    def load(name: str, url: str, clients: int, n: int, payload: dict[str, Any]) -> None:
+    def load(url: str, clients: int, n: int, payload: dict[str, Any]) -> LoadReport:
         nonlocal offset
         batch = qs[offset : offset + n]
         offset = (offset + n) % max(len(qs) - n, 1)
-        rep = asyncio.run(
+        return asyncio.run(
             run_load(
                 url,
                 batch,
@@ -169,23 +173,64 @@ def main() -> int:
                 check_modes=url == purl,
             )
         )
-        results[name] = rep.summary()
-        s = results[name]
+
+    def report(name: str, rep: LoadReport) -> None:
+        results[name] = s = rep.summary()
         print(
             f"{name:>14}: {s['requests']} req, {s['errors']} err, {s['qps']} qps, "
             f"p50 {s['p50_ms']} p95 {s['p95_ms']} p99 {s['p99_ms']} ms",
             file=sys.stderr,
         )
 
+    def worker(run: bool) -> int:
+        """Resume or pause re-embedding; a pause waits out the batch in flight. Returns the
+        documents the worker has processed so far."""
+        action = "resume" if run else "pause"
+        httpx.post(purl + "/migration/backfill", json={"action": action}, headers=admin)
+        deadline = time.monotonic() + 300
+        while True:
+            w = httpx.get(purl + "/migration").json()["worker"]
+            if run or not w["busy"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        if run:
+            time.sleep(2)  # let the worker get going
+        return int(w["processed"])
+
     try:
         wait_ready(durl, direct)
         wait_ready(purl, proxy)
-        httpx.post(purl + "/migration/backfill", json={"action": "pause"}, headers=admin)
+        worker(False)
         warm = {"with_text": True}
-        load("warmup-direct", durl, 4, 50, warm)
-        load("warmup-proxy", purl, 4, 50, warm)
-        load("direct@16", durl, 16, args.requests, {})
-        load("fused@16", purl, 16, args.requests, {"with_text": True, "reembed": False})
+        load(durl, 4, 50, warm)
+        load(purl, 4, 50, warm)
+        scenarios = {
+            "direct@16": (durl, {}, False),
+            "fused@16": (purl, {"with_text": True, "reembed": False}, False),
+            "migrating@16": (purl, {"with_text": True}, True),
+        }
+        pooled = {name: LoadReport() for name in scenarios}
+        reembedded = 0
+        per_block = max(args.requests // args.rounds, 16)
+        for r in range(args.rounds):
+            names = list(scenarios)
+            for name in names[r % 3 :] + names[: r % 3]:
+                url, payload, migrating = scenarios[name]
+                before = worker(migrating)
+                pooled[name].add(load(url, 16, per_block, payload))
+                if migrating:
+                    reembedded += worker(False) - before
+        for name, rep in pooled.items():
+            report(name, rep)
+        status = httpx.get(purl + "/migration").json()
+        results["migration_during_run"] = {
+            # Documents re-embedded per second of migrating load (its blocks only).
+            "rate_docs_per_s": round(reembedded / pooled["migrating@16"].wall_s, 2),
+            "coverage": status["indexes"]["new"]["coverage"],
+            "budget": load_settings(ROOT / "config" / "scifact.yaml").migration.model_dump(
+                include={"cpu_share", "max_docs_per_s", "threads", "nice", "batch_size"}
+            ),
+        }
         # `new` mode fuses BM25 by default (fusion.bm25_after_cutover): more work than the
         # direct pipeline does. Measured as is here; the same-work comparison is below.
         hybrid = interleaved(
@@ -196,14 +241,6 @@ def main() -> int:
             [qs[(offset + i) % len(qs)] for i in range(args.single)],
         )
         results.update(hybrid)
-        httpx.post(purl + "/migration/backfill", json={"action": "resume"}, headers=admin)
-        time.sleep(3)  # let the worker get going
-        load("migrating@16", purl, 16, args.requests, {"with_text": True})
-        status = httpx.get(purl + "/migration").json()
-        results["migration_during_run"] = {
-            "rate_docs_per_s": status["rate_docs_per_s"],
-            "coverage": status["indexes"]["new"]["coverage"],
-        }
         proxy.send_signal(signal.SIGTERM)
         proxy.wait(60)
         # Same work as direct: `new` mode as one dense search (bm25_after_cutover off).
@@ -212,7 +249,7 @@ def main() -> int:
         httpx.post(purl + "/migration/backfill", json={"action": "pause"}, headers=admin)
         # A fresh process is slower on its first queries; the direct server has served over
         # a thousand by now, so this one gets as many before the comparison.
-        load("warmup-new", purl, 16, args.requests, {"mode": "new", "reembed": False})
+        report("warmup-new", load(purl, 16, 1000, {"mode": "new", "reembed": False}))
         single = interleaved(
             {"direct@1": (durl, {}), "new@1": (purl, {"mode": "new", "reembed": False})},
             [qs[(offset + i) % len(qs)] for i in range(args.single)],

@@ -41,6 +41,18 @@ class LoadReport:
     wall_s: float = 0.0
     events: list[dict[str, Any]] = field(default_factory=list)
 
+    def add(self, other: LoadReport) -> None:
+        """Pool another run of the same scenario into this one (interleaved blocks)."""
+        self.requests += other.requests
+        self.errors += other.errors
+        self.inconsistent += other.inconsistent
+        self.latencies_ms += other.latencies_ms
+        self.modes.update(other.modes)
+        self.generations.update(other.generations)
+        self.error_samples += other.error_samples
+        self.wall_s += other.wall_s
+        self.events += other.events
+
     def summary(self) -> dict[str, Any]:
         lat = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
         return {
