@@ -20,6 +20,7 @@ old list adds nothing the new list lacks, and a weak old model only dilutes the 
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -90,29 +91,30 @@ def fuse(
             ranks.setdefault(doc, {}).setdefault(name, r)
 
     scale = 1.0 / params.coverage if params.scale_new_ranks and params.coverage > 0 else 1.0
-    w = params.weights
-    out: list[Fused] = []
+    w, k = params.weights, params.k
+    impute = params.impute_missing and "new" in params.lists
+    # Scored as plain tuples, a Fused built only for the `limit` kept: this runs on the event
+    # loop for every query, over a few hundred candidates.
+    scored: list[tuple[float, int, str, bool]] = []
     for doc, rs in ranks.items():
-        is_migrated = doc in migrated
         score = 0.0
-        imputed = False
         for name, r in rs.items():
-            eff = r * scale if name == "new" else r
-            score += w.get(name, 0.0) / (params.k + eff)
-        if params.impute_missing and not is_migrated and "new" in params.lists:
+            score += w.get(name, 0.0) / (k + (r * scale if name == "new" else r))
+        imputed = False
+        if impute and doc not in migrated:
             proxies = [rs[n] for n in params.impute_from if n in rs]
             if proxies:
-                score += w.get("new", 0.0) / (params.k + min(proxies))
+                score += w.get("new", 0.0) / (k + min(proxies))
                 imputed = True
-        out.append(
-            Fused(
-                doc_id=doc,
-                score=score,
-                ranks={n: rs.get(n) for n in params.lists},
-                migrated=is_migrated,
-                imputed=imputed,
-            )
-        )
+        scored.append((-score, min(rs.values()), doc, imputed))
     # Ties break on the best single rank, then doc id, so results are deterministic.
-    out.sort(key=lambda f: (-f.score, min(r for r in f.ranks.values() if r), f.doc_id))
-    return out[:limit]
+    return [
+        Fused(
+            doc_id=doc,
+            score=-neg,
+            ranks={n: ranks[doc].get(n) for n in params.lists},
+            migrated=doc in migrated,
+            imputed=imputed,
+        )
+        for neg, _, doc, imputed in heapq.nsmallest(limit, scored)
+    ]

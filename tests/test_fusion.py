@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.config import FusionConfig, Weights
 from proxy.fusion import FusionParams, fuse, params_for, plain_rrf, weights_at
@@ -104,3 +106,25 @@ def test_lists_outside_params_are_ignored() -> None:
     ranked = {"old": ["a"], "new": ["b"], "bm25": ["c"]}
     p = plain_rrf(60, lists=("new", "bm25"))
     assert {f.doc_id for f in fuse(ranked, p, migrated={"b"}, limit=10)} == {"b", "c"}
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["old", "new", "bm25"]),
+        st.lists(st.sampled_from("abcdefghijklmnop"), max_size=12),
+    ),
+    st.sets(st.sampled_from("abcdefghijklmnop")),
+    st.floats(0.05, 1.0),
+    st.integers(1, 20),
+)
+def test_top_limit_is_the_head_of_the_full_order(
+    ranked: dict[str, list[str]], migrated: set[str], coverage: float, limit: int
+) -> None:
+    """Only the kept results are built; they must be exactly the head of the full ranking,
+    itself ordered by score, then best single rank, then doc id."""
+    p = FusionParams(k=5, weights={"old": 0.3, "new": 1.0, "bm25": 1.0}, coverage=coverage)
+    full = fuse(ranked, p, migrated, limit=10_000)
+    assert fuse(ranked, p, migrated, limit) == full[:limit]
+    keys = [(-f.score, min(r for r in f.ranks.values() if r), f.doc_id) for f in full]
+    assert keys == sorted(keys)
+    assert {f.doc_id for f in full} == {d for lst in ranked.values() for d in lst}
