@@ -9,6 +9,7 @@ either has a vector of its current text or none, so "has a dense vector" means "
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import uuid
@@ -26,7 +27,9 @@ NAMESPACE = uuid.UUID("6f0c6c39-3f1a-4a57-9f39-1bd0a7e0c0de")
 PAYLOAD_FIELDS = ("doc_id", "text", "metadata", "text_sha256")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def point_id(doc_id: str) -> str:
+    # Cached: a fused query maps ~150 candidate ids (6 us each uncached, ~1 ms a query).
     return str(uuid.uuid5(NAMESPACE, doc_id))
 
 
