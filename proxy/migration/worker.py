@@ -200,12 +200,12 @@ class Reembedder:
                 continue
             finally:
                 self.stats.busy = False
-            busy = time.monotonic() - t0
+            took = time.monotonic() - t0
             if waiting is not None:
                 log.warning("re-embedding resumes: the index answers again")
                 waiting = self.stats.last_error = None
             if written:
                 self.stats.record(written)
-                await asyncio.sleep(self.sleep_after(written, busy))
+                await asyncio.sleep(self.sleep_after(written, took))
             else:
                 await asyncio.sleep(idle_s)
