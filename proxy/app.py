@@ -32,6 +32,7 @@ from proxy.metrics import Metrics
 from proxy.migration.control import ControlPlane
 from proxy.migration.cutover import routing_dict
 from proxy.migration.drift import drift_report
+from proxy.migration.fitted import load_fit
 from proxy.migration.history import History
 from proxy.migration.plan import plan
 from proxy.migration.state import HIT
@@ -436,7 +437,7 @@ def create_app(rt: Runtime) -> FastAPI:
         return {"deleted": doc_id, "existed": existed}
 
     async def full_status() -> dict[str, Any]:
-        out = await asyncio.to_thread(migration_status, rt, worker)
+        out = await asyncio.to_thread(migration_status, rt, worker, searcher())
         history.record_status(out)
         out["routing"] = routing_dict(control.routing)
         out["shadow"] = control.shadow.summary()
@@ -458,6 +459,8 @@ def create_app(rt: Runtime) -> FastAPI:
                 depth = await asyncio.to_thread(rt.state.depth)
                 rate = round(worker.stats.rate(), 2)
                 history.record(round(cov.value, 4), cov.migrated, cov.total, depth["total"], rate)
+            with suppress(Exception):  # a fit stored by `crossfade tune` serves from here on
+                searcher().fitted = await asyncio.to_thread(load_fit, rt.state, rt.fingerprints())
             await asyncio.sleep(settings.server.history_interval_s)
 
     @app.get("/migration/history")

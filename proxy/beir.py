@@ -17,12 +17,24 @@ class Beir:
     qrels: dict[str, dict[str, int]]
 
 
+def qrels_file(root: str | Path, split: str) -> Path | None:
+    """`qrels.tsv` (test) or `qrels-<split>.tsv`, else the standard `qrels/<split>.tsv`."""
+    root = Path(root)
+    for path in (
+        root / ("qrels.tsv" if split == "test" else f"qrels-{split}.tsv"),
+        root / "qrels" / f"{split}.tsv",
+    ):
+        if path.exists():
+            return path
+    return None
+
+
 def load_beir(root: str | Path, split: str = "test", with_corpus: bool = True) -> Beir:
     root = Path(root)
-    qrels_file = root / ("qrels.tsv" if split == "test" else f"qrels-{split}.tsv")
-    if not qrels_file.exists():  # the standard BEIR layout
-        qrels_file = root / "qrels" / f"{split}.tsv"
-    with qrels_file.open() as fh:
+    path = qrels_file(root, split)
+    if path is None:
+        raise FileNotFoundError(f"{root}: no qrels for split '{split}'")
+    with path.open() as fh:
         qrels = parse_qrels(fh)
     with (root / "queries.jsonl").open("rb") as fh:
         queries = {q: t for q, t in parse_queries(fh).items() if q in qrels}

@@ -17,6 +17,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 DEFAULT_CONFIG = "config/demo.yaml"
 EVAL_CONFIG = "config/scifact.yaml"
+COVERAGES = [0, 25, 50, 75, 100]  # where `tune` fits a knot
 
 
 def _print_json(obj: Any) -> None:
@@ -133,6 +134,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         for fp, n in ix["fingerprints"].items():
             print(f"        {n:>8}  {fp}")
+    fusion = out["fusion"]
+    now = " ".join(f"{n} {w:g}" for n, w in fusion["weights_now"].items())
+    fit = fusion.get("fit") or {}
+    print(
+        f"fusion: {fusion['source']}; weights now {now}; missing new rank from "
+        f"{'+'.join(fusion['impute_from'])}"
+        + (f"; stored fit ignored: {fit['ignored']}" if fit.get("ignored") else "")
+    )
     q, ctl = out["queue"], out["control"]
     eta = f"{out['eta_s']:.0f}s" if out["eta_s"] is not None else "-"
     print(
@@ -280,42 +289,68 @@ def _coverages(text: str | None) -> list[int]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from proxy.beir import load_beir
-    from proxy.experiment import format_table, simulate
+    from proxy.experiment import evaluate, format_table
 
     settings = _settings(args, EVAL_CONFIG)
-    data = load_beir(args.beir, args.split)
-    result = simulate(
-        settings, data, _coverages(args.simulate_coverage), seed=args.seed, progress=not args.json
+    ev = evaluate(
+        settings,
+        args.beir,
+        args.split,
+        _coverages(args.simulate_coverage),
+        seed=args.seed,
+        progress=not args.json,
+        tune=args.tune,
     )
+    if ev.tuned is not None:
+        from proxy.migration.fitted import profile_dict
+
+        print(f"crossfade-tuned: {ev.how}", file=sys.stderr)
+        print(orjson.dumps(profile_dict(ev.tuned)).decode(), file=sys.stderr)
     if args.json:
-        _print_json({"coverage": result})
+        _print_json({"coverage": ev.result})
     else:
-        print(
-            f"{data.__class__.__name__} {args.beir} split={args.split}: "
-            f"{len(data.docs)} docs, {len(data.queries)} queries"
-        )
+        print(f"{args.beir} split={args.split}: {ev.docs} docs, {len(ev.scored)} queries scored")
         for metric in ("ndcg@10", "recall@100"):
             print(f"\n{metric}")
-            print(format_table(result, metric))
+            print(format_table(ev.result, metric))
     if args.plot:
         from proxy.plot import plot_quality
 
-        title = f"{Path(args.beir).name}: nDCG@10 during a migration ({len(data.queries)} queries)"
-        out = plot_quality(result, args.plot, title=title)
+        title = f"{Path(args.beir).name}: nDCG@10 during a migration ({len(ev.scored)} queries)"
+        out = plot_quality(ev.result, args.plot, title=title)
         print(f"chart written to {out}", file=sys.stderr)
     return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from proxy.beir import load_beir
-    from proxy.tuning import tune
+    """Fit the fusion on labelled queries and store it with the migration state, where the
+    serving path picks it up (a running proxy within seconds)."""
+    from proxy.experiment import evaluate
+    from proxy.migration.cutover import AUDIT, AuditLog
+    from proxy.migration.fitted import profile_dict, save_fit
+    from proxy.runtime import Runtime
 
     settings = _settings(args, EVAL_CONFIG)
-    if args.split == "test":
-        raise SystemExit("tune on the train split: tuning on test queries would overfit the figure")
-    best = tune(settings, load_beir(args.beir, args.split), seed=args.seed)
-    _print_json(best)
+    beir = args.beir or (
+        settings.data_path(settings.cutover.eval_set) if settings.cutover.eval_set else None
+    )
+    if beir is None:
+        raise SystemExit("tune: give --beir DIR or set cutover.eval_set")
+    split = args.split or settings.cutover.eval_split
+    ev = evaluate(settings, beir, split, COVERAGES, seed=args.seed, progress=True, tune=True)
+    assert ev.tuned is not None
+    out: dict[str, Any] = {"fusion": profile_dict(ev.tuned), "how": ev.how, "held_out": ev.result}
+    if not args.dry_run:
+        held_out = {
+            pct: {s: m["ndcg@10"] for s, m in systems.items()} for pct, systems in ev.result.items()
+        }
+        with Runtime(settings) as rt:
+            save_fit(rt.state, ev.tuned, rt.fingerprints(), how=ev.how, held_out=held_out)
+            AuditLog(settings.data_path(AUDIT)).append(
+                {"action": "fusion fitted", "actor": "cli", "fit": profile_dict(ev.tuned)}
+            )
+        out["stored"] = str(settings.data_path("migration.sqlite"))
+    _print_json(out)
     return 0
 
 
@@ -422,16 +457,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, func, helptext in (
         ("eval", cmd_eval, "quality of old/new/BM25/RRF/crossfade on a BEIR dataset"),
-        ("tune", cmd_tune, "fit fusion weights on a train split"),
+        ("tune", cmd_tune, "fit the fusion on labelled queries and store it for serving"),
     ):
         s = sub.add_parser(name, help=helptext)
-        s.add_argument("--beir", required=True, help="BEIR dir: corpus.jsonl, queries.jsonl, qrels")
-        s.add_argument("--split", default="test" if name == "eval" else "train")
+        s.add_argument(
+            "--beir",
+            required=name == "eval",
+            help="BEIR dir: queries.jsonl, qrels (+ a train split if it has one) and "
+            "corpus.jsonl (empty: the corpus of the old index)"
+            + ("" if name == "eval" else "; default cutover.eval_set"),
+        )
+        s.add_argument("--split", default="test" if name == "eval" else None)
         s.add_argument("--seed", type=int, default=0)
         if name == "eval":
             s.add_argument("--simulate-coverage", help="comma-separated percentages, e.g. 0,50,100")
             s.add_argument("--json", action="store_true", help="print one JSON object")
             s.add_argument("--plot", metavar="FILE.png", help="also draw nDCG@10 against coverage")
+            s.add_argument(
+                "--tune",
+                action="store_true",
+                help="also fit the fusion on queries left out of every figure and report it "
+                "as crossfade-tuned",
+            )
+        else:
+            s.add_argument("--dry-run", action="store_true", help="fit and report; store nothing")
         s.set_defaults(func=func)
     return p
 

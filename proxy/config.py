@@ -108,19 +108,22 @@ class Weights(Strict):
 class FusionConfig(Strict):
     """Weighted RRF: score(d) = sum_i w_i / (k + rank_i(d)), ranks from 1.
 
-    Weights are interpolated linearly in coverage between `weights_at_0` and `weights_at_100`,
-    so the old list fades out as the new index fills. Defaults were tuned on SciFact's train
-    split (`crossfade tune`), never on test queries."""
+    The default is a label-free rule, not a fit to one corpus: dense evidence counts once per
+    document (its new-model rank once it has a new vector, until then the better of its
+    old-model and BM25 ranks), BM25 adds half that weight, and the old list adds nothing of its
+    own. Weights may change with coverage (linear between `weights_at_0` and
+    `weights_at_100`); the rule keeps them equal. Labelled queries replace the rule with a fit
+    for this corpus and model pair (`crossfade tune`), stored with the migration state."""
 
     k: int = Field(60, ge=1, le=1000, description="RRF constant k.")
     candidates: int = Field(100, ge=10, le=1000, description="Depth of each ranked list.")
     weights_at_0: Weights = Field(
-        default_factory=lambda: Weights(old=0.0, new=1.5, bm25=1.0),
-        description="List weights at 0% coverage.",
+        default_factory=lambda: Weights(old=0.0, new=1.0, bm25=0.5),
+        description="List weights at 0% coverage (`new` weighs the imputed ranks).",
     )
     weights_at_100: Weights = Field(
-        default_factory=lambda: Weights(old=0.0, new=0.6, bm25=1.0),
-        description="List weights at 100% coverage.",
+        default_factory=lambda: Weights(old=0.0, new=1.0, bm25=0.5),
+        description="List weights at 100% coverage and in `new` mode.",
     )
     bm25_after_cutover: bool = Field(
         True,

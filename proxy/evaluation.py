@@ -1,7 +1,9 @@
 """Retrieval quality metrics and BEIR qrels/queries parsing. Pure: no I/O beyond parsing text.
 
 Binary or graded relevance; nDCG uses the standard log2 discount with gain = relevance grade
-(BEIR/pytrec_eval convention), ideal DCG from the judged documents.
+(BEIR/pytrec_eval convention; grades below 1 gain nothing), ideal DCG from every judged
+document, including those the corpus lacks (pytrec_eval never sees the corpus). Every judged
+query counts in the mean, also one whose relevant documents are all missing (it scores 0).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ Qrels = Mapping[str, Mapping[str, int]]  # query id -> doc id -> grade
 
 
 def ndcg_at_k(ranked: Sequence[str], rel: Mapping[str, int], k: int = 10) -> float:
-    dcg = sum(rel.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranked[:k]))
+    dcg = sum(max(rel.get(d, 0), 0) / math.log2(i + 2) for i, d in enumerate(ranked[:k]))
     ideal = sorted((g for g in rel.values() if g > 0), reverse=True)[:k]
     idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
     return dcg / idcg if idcg > 0 else 0.0
@@ -58,7 +60,7 @@ def parse_qrels(lines: Iterable[str]) -> dict[str, dict[str, int]]:
         parts = line.rstrip("\n").split("\t")
         if len(parts) < 3 or parts[0] == "query-id":
             continue
-        out.setdefault(parts[0], {})[parts[1]] = int(parts[2])
+        out.setdefault(parts[0], {})[parts[1]] = int(float(parts[2]))
     return out
 
 

@@ -2,9 +2,10 @@
 
 The old index is built with the old model (ingest, resumable). The new index is seeded exactly
 as `crossfade migrate start` seeds it, then a seeded random p% of documents get their new-model
-vector, growing through the requested coverages. At each coverage every judged query runs
-through `Searcher.candidates` (the stores and lists the proxy serves with) and the ranked lists
-are scored as five systems: old-only, new-only, BM25, plain RRF and crossfade's fusion.
+vector, growing through the requested coverages. At each coverage every query runs through
+`Searcher.candidates` (the stores and lists the proxy serves with); `score_systems` then scores
+the ranked lists as old-only, new-only, BM25, plain RRF and crossfade's fusion (and, given a
+fitted profile, `crossfade-tuned`), all on the same judged queries.
 Document vectors are cached on disk by (model fingerprint, text hash): a second run costs
 seconds, not minutes.
 """
@@ -12,36 +13,80 @@ seconds, not minutes.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from proxy.beir import Beir
-from proxy.config import Mode, Settings
+from proxy.beir import Beir, load_beir, qrels_file
+from proxy.config import FusionConfig, IndexConfig, IndexesConfig, Settings
 from proxy.embedding import embed_documents_cached
-from proxy.evaluation import score_run
-from proxy.fusion import FusionParams, fuse, plain_rrf
-from proxy.ingest import Progress, ingest, make_point, now_iso
+from proxy.evaluation import Qrels, score_run
+from proxy.fusion import FusionParams, Profile, default_profile, fuse, params_for, plain_rrf
+from proxy.ingest import Doc, Progress, doc_of, ingest, make_point, now_iso
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
 from proxy.search import Candidates, Searcher
+from proxy.tuning import fit_profile, split_for_fitting
 
 SYSTEMS = ("old", "new", "bm25", "rrf", "crossfade")
+TUNED = "crossfade-tuned"
 DEPTH = 100
+
+# pct -> (coverage counted in the index, candidates of every query)
+Steps = Mapping[int, tuple[float, Mapping[str, Candidates]]]
+
+
+def scratch_settings(settings: Settings, beir_dir: str | Path) -> Settings:
+    """The same models and fusion, with indexes of their own under
+    `<data_dir>/eval/<set name>-<hash of its path>`: a simulation drops and rebuilds its new
+    index, so it must never run on the indexes a deployment serves, and two data sets must
+    never share one."""
+    root = Path(beir_dir).resolve()
+    tag = hashlib.sha256(str(root).encode()).hexdigest()[:8]
+    indexes = IndexesConfig(
+        old=IndexConfig(backend="edge", path="old"), new=IndexConfig(backend="edge", path="new")
+    )
+    return settings.model_copy(
+        update={"data_dir": str(settings.data_path(f"eval/{root.name}-{tag}")), "indexes": indexes}
+    )
 
 
 def system_runs(
-    cands: Mapping[str, Candidates], crossfade: FusionParams, k: int
+    cands: Mapping[str, Candidates],
+    fusion: FusionConfig,
+    coverage: float,
+    tuned: Profile | None = None,
 ) -> dict[str, dict[str, list[str]]]:
     """Per system, per query: the ranked doc ids. Pure, so tuning can call it in a loop."""
-    runs: dict[str, dict[str, list[str]]] = {s: {} for s in SYSTEMS}
-    rrf = plain_rrf(k)
+    systems: dict[str, FusionParams] = {
+        "rrf": plain_rrf(fusion.k),
+        "crossfade": params_for(fusion, coverage),
+    }
+    if tuned is not None:
+        systems[TUNED] = params_for(fusion, coverage, tuned)
+    runs: dict[str, dict[str, list[str]]] = {s: {} for s in (*SYSTEMS, *systems)}
     for qid, c in cands.items():
         for name in ("old", "new", "bm25"):
             runs[name][qid] = c.ranked.get(name, [])[:DEPTH]
-        runs["rrf"][qid] = [f.doc_id for f in fuse(c.ranked, rrf, c.migrated, DEPTH)]
-        runs["crossfade"][qid] = [f.doc_id for f in fuse(c.ranked, crossfade, c.migrated, DEPTH)]
+        for name, params in systems.items():
+            runs[name][qid] = [f.doc_id for f in fuse(c.ranked, params, c.migrated, DEPTH)]
     return runs
+
+
+def score_systems(
+    steps: Steps, qrels: Qrels, fusion: FusionConfig, tuned: Profile | None = None
+) -> dict[str, dict[str, dict[str, float]]]:
+    """{"<pct>": {system: metrics}}, every system scored on the queries of `qrels` only."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for pct in sorted(steps):
+        coverage, cands = steps[pct]
+        judged = {q: c for q, c in cands.items() if q in qrels}
+        runs = system_runs(judged, fusion, coverage, tuned)
+        out[str(pct)] = {s: score_run(run, qrels) for s, run in runs.items()}
+    return out
 
 
 async def _all_candidates(searcher: Searcher, queries: Mapping[str, str]) -> dict[str, Candidates]:
@@ -54,15 +99,16 @@ async def _all_candidates(searcher: Searcher, queries: Mapping[str, str]) -> dic
     return dict(await asyncio.gather(*(one(q, t) for q, t in queries.items())))
 
 
-def simulate(
+def simulate_steps(
     settings: Settings,
     data: Beir,
     coverages: Sequence[int],
     seed: int = 0,
     progress: bool = True,
-    on_coverage: Callable[[int, float, dict[str, Candidates], Searcher], None] | None = None,
-) -> dict[str, dict[str, dict[str, float]]]:
-    """Returns {"<pct>": {system: metrics}}; `on_coverage` sees each step's candidates."""
+    queries: Mapping[str, str] | None = None,
+) -> dict[int, tuple[float, dict[str, Candidates]]]:
+    """Build the indexes in `settings` and return every query's candidates at each coverage
+    (`queries` defaults to the data set's judged ones)."""
     rt = Runtime(settings)
     try:
         ingest(rt, "old", data.docs, progress=progress)
@@ -77,7 +123,7 @@ def simulate(
         order = np.random.default_rng(seed).permutation(len(data.docs))
         searcher = rt.searcher()
         done = 0
-        out: dict[str, dict[str, dict[str, float]]] = {}
+        steps: dict[int, tuple[float, dict[str, Candidates]]] = {}
         for pct in sorted(set(coverages)):
             target = round(pct / 100 * len(data.docs))
             stamp = now_iso()
@@ -86,19 +132,95 @@ def simulate(
                 new.upsert([make_point(rt, "new", data.docs[i], vecs[i], stamp) for i in idx])
             done = max(done, target)
             coverage = searcher.coverage.recount()
-            cands = asyncio.run(_all_candidates(searcher, data.queries))
-            runs = system_runs(cands, searcher.params(Mode.FUSED, coverage), settings.fusion.k)
-            out[str(pct)] = {s: score_run(runs[s], data.qrels) for s in SYSTEMS}
-            if on_coverage:
-                on_coverage(pct, coverage, cands, searcher)
-        return out
+            cands = asyncio.run(_all_candidates(searcher, queries or data.queries))
+            steps[pct] = (coverage, cands)
+        return steps
     finally:
         rt.close()
 
 
+def simulate(
+    settings: Settings,
+    data: Beir,
+    coverages: Sequence[int],
+    seed: int = 0,
+    progress: bool = True,
+    on_steps: Callable[[Steps], None] | None = None,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Returns {"<pct>": {system: metrics}} over the data set's judged queries."""
+    steps = simulate_steps(settings, data, coverages, seed=seed, progress=progress)
+    if on_steps:
+        on_steps(steps)
+    return score_systems(steps, data.qrels, settings.fusion)
+
+
 def format_table(result: Mapping[str, Mapping[str, Mapping[str, float]]], metric: str) -> str:
-    head = f"{'coverage':>8} " + " ".join(f"{s:>10}" for s in SYSTEMS)
+    systems = list(next(iter(result.values()))) if result else list(SYSTEMS)
+    head = f"{'coverage':>8} " + " ".join(f"{s:>15}" for s in systems)
     rows = [head]
-    for pct, systems in result.items():
-        rows.append(f"{pct + '%':>8} " + " ".join(f"{systems[s][metric]:>10.3f}" for s in SYSTEMS))
+    for pct, by_system in result.items():
+        rows.append(
+            f"{pct + '%':>8} " + " ".join(f"{by_system[s][metric]:>15.3f}" for s in systems)
+        )
     return "\n".join(rows)
+
+
+@dataclass
+class Evaluation:
+    result: dict[str, dict[str, dict[str, float]]]
+    scored: list[str]  # the query ids every figure is averaged over
+    docs: int
+    tuned: Profile | None = None
+    fitted_on: list[str] = field(default_factory=list)  # never among `scored`
+    how: str = ""
+
+
+def corpus_of_deployment(settings: Settings) -> list[Doc]:
+    """The documents of the configured old index, for a labelled set that ships no corpus
+    (the corpus is the deployment's own)."""
+    with Runtime(settings) as rt:
+        if rt.store("old").info() is None:
+            raise RuntimeError("the labelled set has no corpus.jsonl and the old index is empty")
+        return [
+            doc_of(p) for batch in rt.store("old").scroll(512, ["text", "metadata"]) for p in batch
+        ]
+
+
+def evaluate(
+    settings: Settings,
+    root: str | Path,
+    split: str,
+    coverages: Sequence[int],
+    seed: int = 0,
+    progress: bool = True,
+    tune: bool = False,
+) -> Evaluation:
+    """Every system at each simulated coverage, on scratch indexes (`scratch_settings`). With
+    `tune`, the fusion is also fitted (proxy/tuning.py) on queries that are then left out of
+    every figure reported, and scored beside the others as `crossfade-tuned`."""
+    data = load_beir(root, split)
+    if not data.docs:
+        data.docs = corpus_of_deployment(settings)
+    scratch = scratch_settings(settings, root)
+    if not tune:
+        steps = simulate_steps(scratch, data, coverages, seed=seed, progress=progress)
+        result = score_systems(steps, data.qrels, settings.fusion)
+        return Evaluation(result, sorted(data.qrels), len(data.docs))
+    train = None
+    if split != "train" and qrels_file(root, "train") is not None:
+        train = load_beir(root, "train", with_corpus=False)
+    parts = split_for_fitting(data.qrels, train.qrels if train else None)
+    queries = {**(train.queries if train else {}), **data.queries}
+    steps = simulate_steps(scratch, data, coverages, seed=seed, progress=progress, queries=queries)
+    fit_queries = {q: r for q, r in parts.fit.items() if q in queries}
+    profile, _ = fit_profile(
+        steps,
+        fit_queries,
+        settings.fusion.k,
+        default_profile(settings.fusion),
+        source=f"fitted on {Path(root).name} ({len(fit_queries)} queries)",
+    )
+    result = score_systems(steps, parts.score, settings.fusion, profile)
+    return Evaluation(
+        result, sorted(parts.score), len(data.docs), profile, sorted(fit_queries), parts.how
+    )

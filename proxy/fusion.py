@@ -49,21 +49,49 @@ class FusionParams:
     impute_from: tuple[str, ...] = ("old", "bm25")
 
 
-def weights_at(cfg: FusionConfig, coverage: float) -> dict[str, float]:
-    c = min(max(coverage, 0.0), 1.0)
+@dataclass(frozen=True)
+class Profile:
+    """The list weights as a function of coverage: knots (coverage 0..1, weights), linear in
+    between, and the lists whose best rank stands in for a missing new rank. The config's
+    label-free rule gives two knots (0% and 100%); a fit on labelled queries gives one knot per
+    simulated coverage (proxy/tuning.py)."""
+
+    knots: tuple[tuple[float, Mapping[str, float]], ...]
+    impute_from: tuple[str, ...]
+    source: str = "default rule"
+
+
+def default_profile(cfg: FusionConfig) -> Profile:
     lo: Weights = cfg.weights_at_0
     hi: Weights = cfg.weights_at_100
-    return {n: (1 - c) * getattr(lo, n) + c * getattr(hi, n) for n in LISTS}
+    return Profile(
+        knots=((0.0, lo.model_dump()), (1.0, hi.model_dump())),
+        impute_from=tuple(cfg.impute_from),
+    )
 
 
-def params_for(cfg: FusionConfig, coverage: float) -> FusionParams:
+def weights_at(profile: Profile, coverage: float) -> dict[str, float]:
+    c = min(max(coverage, 0.0), 1.0)
+    knots = profile.knots
+    if c <= knots[0][0]:
+        return {n: float(knots[0][1].get(n, 0.0)) for n in LISTS}
+    for (c0, w0), (c1, w1) in zip(knots, knots[1:], strict=False):
+        if c <= c1:
+            t = (c - c0) / (c1 - c0) if c1 > c0 else 1.0
+            return {n: (1 - t) * w0.get(n, 0.0) + t * w1.get(n, 0.0) for n in LISTS}
+    return {n: float(knots[-1][1].get(n, 0.0)) for n in LISTS}
+
+
+def params_for(cfg: FusionConfig, coverage: float, profile: Profile | None = None) -> FusionParams:
+    """Fusion at `coverage`: the fitted profile when there is one, else the config's rule."""
+    profile = profile or default_profile(cfg)
     return FusionParams(
         k=cfg.k,
-        weights=weights_at(cfg, coverage),
+        weights=weights_at(profile, coverage),
         impute_missing=cfg.impute_missing,
         scale_new_ranks=cfg.scale_new_ranks,
         coverage=coverage,
-        impute_from=tuple(cfg.impute_from),
+        impute_from=profile.impute_from,
     )
 
 

@@ -11,6 +11,7 @@ from functools import cached_property
 from proxy.config import Settings
 from proxy.embedding import Embedder, EmbeddingCache, QueryEmbedder, load_embedder
 from proxy.journal import WriteJournal
+from proxy.migration.fitted import load_fit
 from proxy.migration.state import SqliteState
 from proxy.search import Coverage, Searcher
 from proxy.sparse import Bm25Encoder
@@ -32,6 +33,9 @@ class Runtime:
         if side not in self._models:
             self._models[side] = load_embedder(getattr(self.settings.models, side))
         return self._models[side]
+
+    def fingerprints(self) -> dict[str, str]:
+        return {side: self.model(side).fingerprint.id for side in SIDES}
 
     def store(self, side: str) -> VectorStore:
         if side not in self._stores:
@@ -64,6 +68,7 @@ class Runtime:
             bm25=self.bm25,
             fusion=self.settings.fusion,
             coverage=Coverage(self.store("new"), self.settings.server.coverage_refresh_s),
+            fitted=load_fit(self.state, self.fingerprints()),
         )
 
     def __enter__(self) -> Runtime:

@@ -21,7 +21,7 @@ from typing import Any
 from proxy.config import FusionConfig, Mode
 from proxy.embedding import QueryEmbedder
 from proxy.filters import Filter
-from proxy.fusion import Fused, FusionParams, fuse, params_for
+from proxy.fusion import Fused, FusionParams, Profile, fuse, params_for
 from proxy.sparse import Bm25Encoder
 from proxy.store import IndexUnavailable, VectorStore
 
@@ -108,7 +108,11 @@ class Searcher:
         bm25: Bm25Encoder,
         fusion: FusionConfig,
         coverage: Coverage,
+        fitted: Profile | None = None,
     ) -> None:
+        # The fusion fitted on this deployment's labelled queries (proxy/migration/fitted.py);
+        # None = the config's label-free rule. Swapped whole by one assignment.
+        self.fitted = fitted
         self.old_model = old_model
         self.new_model = new_model
         self.old_store = old_store
@@ -172,7 +176,7 @@ class Searcher:
         Other `lists` than the mode's own (degraded serving) fuse as in fused mode."""
         if lists is not None and lists != lists_for(mode, self.fusion):
             mode = Mode.FUSED
-        p = params_for(self.fusion, 1.0 if mode is Mode.NEW else coverage)
+        p = params_for(self.fusion, 1.0 if mode is Mode.NEW else coverage, self.fitted)
         fused = mode is Mode.FUSED
         return replace(
             p,

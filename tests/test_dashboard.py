@@ -86,6 +86,9 @@ def test_dashboard_in_chromium_sees_backfill_and_pauses_it(
             page.goto(url + "/dashboard?refresh_ms=400")
             expect(page.locator("#coverage")).to_have_text("0.00%", timeout=20_000)
             expect(page.locator("#mode")).to_have_text("fused")
+            # the fusion in use and its weights at this coverage (no fit stored: the rule)
+            expect(page.locator("#fusion")).to_contain_text("default rule")
+            expect(page.locator("#fusion")).to_contain_text("new 1")
             expect(page.locator("#worker-state")).to_contain_text("paused")
 
             # A wrong key is refused and changes nothing.

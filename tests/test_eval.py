@@ -9,18 +9,36 @@ from pathlib import Path
 
 import pytest
 
+from proxy.beir import load_beir
 from proxy.cli import main
+from proxy.config import load_settings
 from proxy.evaluation import parse_qrels
-from proxy.experiment import SYSTEMS
+from proxy.experiment import (
+    SYSTEMS,
+    TUNED,
+    evaluate,
+    score_systems,
+    scratch_settings,
+    simulate_steps,
+)
+from proxy.tuning import query_hash_half
 from tests.conftest import ROOT, SCIFACT
 
 pytestmark = pytest.mark.skipif(not SCIFACT.exists(), reason="../shared/data/scifact not present")
 
 
-def make_subset(dst: Path, n_queries: int = 15, n_extra: int = 200) -> Path:
-    qrels = parse_qrels((SCIFACT / "qrels.tsv").read_text().splitlines())
-    qids = sorted(qrels)[:n_queries]
-    judged = {d for q in qids for d in qrels[q]}
+def make_subset(dst: Path, n_queries: int = 15, n_extra: int = 200, n_train: int = 0) -> Path:
+    """The first `n_queries` test queries (and `n_train` train queries, as `qrels-train.tsv`),
+    every document they judge and a seeded sample of the rest."""
+    splits = {"": parse_qrels((SCIFACT / "qrels.tsv").read_text().splitlines())}
+    if n_train:
+        splits["-train"] = parse_qrels((SCIFACT / "qrels-train.tsv").read_text().splitlines())
+    picked = {
+        "": sorted(splits[""])[:n_queries],
+        "-train": sorted(splits.get("-train", {}))[:n_train],
+    }
+    qids = {q for ids in picked.values() for q in ids}
+    judged = {d for name, ids in picked.items() for q in ids for d in splits[name][q]}
     lines = (SCIFACT / "corpus.jsonl").read_text().splitlines()
     ids = [json.loads(line)["_id"] for line in lines]
     others = [i for i in ids if i not in judged]
@@ -35,23 +53,30 @@ def make_subset(dst: Path, n_queries: int = 15, n_extra: int = 200) -> Path:
         if json.loads(q)["_id"] in qids
     ]
     (dst / "queries.jsonl").write_text("\n".join(queries) + "\n")
-    (dst / "qrels.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n"
-        + "".join(f"{q}\t{d}\t{g}\n" for q in qids for d, g in qrels[q].items())
-    )
+    for name, chosen in picked.items():
+        if chosen:
+            (dst / f"qrels{name}.tsv").write_text(
+                "query-id\tcorpus-id\tscore\n"
+                + "".join(f"{q}\t{d}\t{g}\n" for q in chosen for d, g in splits[name][q].items())
+            )
     return dst
 
 
-def test_eval_json_over_simulated_coverage(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    beir = make_subset(tmp_path / "beir")
+def eval_config(tmp_path: Path) -> Path:
     cfg = tmp_path / "eval.yaml"
     cfg.write_text(
         (ROOT / "config" / "scifact.yaml")
         .read_text()
         .replace("data_dir: .crossfade/scifact", f"data_dir: {tmp_path / 'data'}")
     )
+    return cfg
+
+
+def test_eval_json_over_simulated_coverage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    beir = make_subset(tmp_path / "beir")
+    cfg = eval_config(tmp_path)
     argv = [
         "--config",
         str(cfg),
@@ -87,3 +112,46 @@ def test_eval_json_over_simulated_coverage(
     # the crossfade line's colour (#2e5bff) is drawn
     blue = (abs(pixels[..., 0] - 0x2E / 255) < 0.02) & (abs(pixels[..., 2] - 1.0) < 0.02)
     assert blue.sum() > 500
+
+
+def test_tune_never_scores_the_queries_it_fits(tmp_path: Path, models: dict) -> None:
+    """Without a train split the labelled queries are halved by a hash of their id: the fit
+    sees one half, every reported figure (all systems, `crossfade-tuned` too) the other. With a
+    train split, the fit sees only the train queries."""
+    settings = load_settings(eval_config(tmp_path))
+    beir = make_subset(tmp_path / "beir", n_queries=24, n_extra=150)
+    qrels = parse_qrels((beir / "qrels.tsv").read_text().splitlines())
+    ev = evaluate(settings, beir, "test", [0, 100], progress=False, tune=True)
+    assert set(ev.scored) == {q for q in qrels if query_hash_half(q) == 1}
+    assert set(ev.fitted_on) == set(qrels) - set(ev.scored) and ev.fitted_on
+    assert "no train split" in ev.how
+    for systems in ev.result.values():
+        assert set(systems) == {*SYSTEMS, TUNED}
+    # the same figures as an evaluation restricted to the scored queries: nothing else counted
+    plain = score_systems(
+        simulate_steps(scratch_settings(settings, beir), load_beir(beir), [0, 100], progress=False),
+        {q: qrels[q] for q in ev.scored},
+        settings.fusion,
+    )
+    assert {p: {s: m for s, m in r.items() if s != TUNED} for p, r in ev.result.items()} == plain
+
+    trained = make_subset(tmp_path / "trained", n_queries=10, n_extra=150, n_train=12)
+    train = parse_qrels((trained / "qrels-train.tsv").read_text().splitlines())
+    ev = evaluate(settings, trained, "test", [0, 100], progress=False, tune=True)
+    assert set(ev.fitted_on) == set(train) and not set(ev.scored) & set(train)
+    assert len(ev.scored) == 10 and "train split" in ev.how
+
+
+def test_tune_stores_the_fit_and_status_shows_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = eval_config(tmp_path)
+    beir = make_subset(tmp_path / "beir", n_queries=16, n_extra=120)
+    assert main(["--config", str(cfg), "tune", "--beir", str(beir)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [k["coverage"] for k in out["fusion"]["knots"]] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert all(TUNED in systems for systems in out["held_out"].values())
+    assert main(["--config", str(cfg), "status", "--json"]) == 0
+    fusion = json.loads(capsys.readouterr().out)["fusion"]
+    assert fusion["source"] == out["fusion"]["source"] and fusion["source"].startswith("fitted on")
+    assert fusion["knots"] == out["fusion"]["knots"] and "ignored" not in fusion["fit"]

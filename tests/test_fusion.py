@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.config import FusionConfig, Weights
-from proxy.fusion import FusionParams, fuse, params_for, plain_rrf, weights_at
+from proxy.fusion import FusionParams, default_profile, fuse, params_for, plain_rrf, weights_at
 
 
 def test_rrf_formula_matches_definition() -> None:
@@ -87,11 +87,12 @@ def test_weights_interpolate_with_coverage() -> None:
         weights_at_0=Weights(old=1.0, new=0.0, bm25=1.0),
         weights_at_100=Weights(old=0.0, new=1.0, bm25=0.5),
     )
-    assert weights_at(cfg, 0.0) == {"old": 1.0, "new": 0.0, "bm25": 1.0}
-    assert weights_at(cfg, 1.0) == {"old": 0.0, "new": 1.0, "bm25": 0.5}
-    mid = weights_at(cfg, 0.5)
+    rule = default_profile(cfg)
+    assert weights_at(rule, 0.0) == {"old": 1.0, "new": 0.0, "bm25": 1.0}
+    assert weights_at(rule, 1.0) == {"old": 0.0, "new": 1.0, "bm25": 0.5}
+    mid = weights_at(rule, 0.5)
     assert mid == pytest.approx({"old": 0.5, "new": 0.5, "bm25": 0.75})
-    assert weights_at(cfg, 7.0) == weights_at(cfg, 1.0)  # clamped
+    assert weights_at(rule, 7.0) == weights_at(rule, 1.0)  # clamped
     assert params_for(cfg, 0.5).coverage == 0.5
 
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from proxy.migration.fitted import fusion_status, load_fit
 from proxy.migration.worker import Reembedder, control_state
 from proxy.runtime import SIDES, Runtime
+from proxy.search import Searcher
 from proxy.store import IndexUnavailable
 
 
-def migration_status(rt: Runtime, worker: Reembedder | None = None) -> dict[str, Any]:
+def migration_status(
+    rt: Runtime, worker: Reembedder | None = None, searcher: Searcher | None = None
+) -> dict[str, Any]:
+    """`searcher`: the serving one, whose fusion is reported (else the stored fit's)."""
     indexes: dict[str, Any] = {}
     for side in SIDES:
         try:
@@ -28,6 +33,7 @@ def migration_status(rt: Runtime, worker: Reembedder | None = None) -> dict[str,
     new = indexes["new"]
     remaining = None if new["documents"] is None else new["documents"] - new["with_vector"]
     rate = worker.stats.rate() if worker else 0.0
+    fitted = searcher.fitted if searcher else load_fit(rt.state, rt.fingerprints())
     return {
         "migration": rt.state.get("migration"),
         "indexes": indexes,
@@ -48,6 +54,7 @@ def migration_status(rt: Runtime, worker: Reembedder | None = None) -> dict[str,
         "remaining": remaining,
         "rate_docs_per_s": round(rate, 2),
         "eta_s": round(remaining / rate, 1) if rate > 0 and remaining is not None else None,
+        "fusion": fusion_status(rt.state, rt.settings.fusion, fitted, new["coverage"] or 0.0),
     }
 
 
