@@ -34,6 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from proxy.app import create_app
+    from proxy.migration.cutover import describe
     from proxy.runtime import Runtime
 
     settings = _settings(args)
@@ -47,10 +48,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             rt.model(side)
         except RuntimeError as e:
             raise RuntimeError(" ".join(f"{side} model: {e}".split())) from None
-    print(f"crossfade: serving mode={settings.mode} on http://{host}:{port}", file=sys.stderr)
+    app = create_app(rt)
+    # The serving pointer the app just loaded (not the config's `mode`, which only seeds it).
+    routing = app.state.control.routing
+    print(f"crossfade: serving {describe(routing)} on http://{host}:{port}", file=sys.stderr)
     level = settings.server.log_level
     logging.basicConfig(level=level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
-    uvicorn.run(create_app(rt), host=host, port=port, log_level=level)
+    uvicorn.run(app, host=host, port=port, log_level=level)
     return 0
 
 
@@ -152,14 +156,18 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         body["backfill"] = args.action == "on"
     if args.until is not None:
         body["until"] = float(args.until.rstrip("%"))
+    if args.action == "limit" and args.until is None:
+        raise ValueError("backfill limit needs --until, e.g. --until 50%")
+    body["actor"] = _actor()
     out = _ask_proxy(settings, "POST", "/migration/backfill", body)
-    if out is None:  # proxy not running: persist the control for its next start
-        from proxy.migration.worker import control_state, set_control
+    if out is None:  # proxy not running: persist the control for its next start (audited)
+        from proxy.migration.control import ControlPlane
         from proxy.runtime import Runtime
 
         with Runtime(settings) as rt:
-            set_control(rt.state, body.get("action"), body.get("backfill"), body.get("until"))
-            out = control_state(rt.state, settings.migration)
+            out = ControlPlane(rt).steer_backfill(
+                body["actor"], body.get("action"), body.get("backfill"), body.get("until")
+            )
     _print_json(out)
     return 0
 
@@ -194,12 +202,13 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_mode(args: argparse.Namespace) -> int:
-    return _admin_call(args, "/admin/mode", {"mode": args.mode, "actor": _actor()})
+    body = {"mode": args.mode, "force": args.force, "actor": _actor()}
+    return _admin_call(args, "/admin/mode", body)
 
 
 def cmd_split(args: argparse.Namespace) -> int:
     mode = None if args.mode == "none" else args.mode
-    body = {"mode": mode, "percent": float(args.percent.rstrip("%")), "actor": _actor()}
+    body = {"mode": mode, "percent": args.percent, "force": args.force, "actor": _actor()}
     return _admin_call(args, "/admin/split", body)
 
 
@@ -393,11 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="switch even if the gate refuses")
     s.set_defaults(func=cmd_cutover)
 
-    s = sub.add_parser("rollback", help="switch back to the previous serving pointer")
+    s = sub.add_parser("rollback", help="undo the last cutover (refused if there is none to undo)")
     s.set_defaults(func=cmd_rollback)
 
+    force_new = "serve `new` below cutover.min_coverage anyway (answers marked degraded)"
     s = sub.add_parser("mode", help="set the base serving mode")
     s.add_argument("mode", choices=["old", "shadow", "fused", "new"])
+    s.add_argument("--force", action="store_true", help=force_new)
     s.set_defaults(func=cmd_mode)
 
     s = sub.add_parser("split", help="route a sticky share of clients to another mode")

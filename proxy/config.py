@@ -200,7 +200,13 @@ class ShadowConfig(Strict):
 class CutoverConfig(Strict):
     """The gate a cutover must pass (or be forced, which is recorded)."""
 
-    min_coverage: float = Field(100.0, ge=0, le=100, description="Required coverage (%).")
+    min_coverage: float = Field(
+        100.0,
+        ge=0,
+        le=100,
+        description="Required coverage (%) for a cutover, and for serving `new` (base, split or "
+        "per request) without force.",
+    )
     max_ndcg_drop: float = Field(
         0.0, ge=0, le=1, description="New nDCG@10 may trail old by at most this."
     )

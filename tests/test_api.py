@@ -65,15 +65,26 @@ def test_fused_search_returns_provenance(server: tuple[str, Runtime]) -> None:
 
 
 def test_modes_and_text_opt_out(server: tuple[str, Runtime]) -> None:
-    url, _ = server
+    url, rt = server
     old = httpx.post(url + "/search", json={"query": "lambda expressions", "mode": "old"}).json()
     assert old["mode"] == "old" and old["results"]
     assert all(set(h["ranks"]) == {"old"} and not h["migrated"] for h in old["results"])
-    new = httpx.post(
-        url + "/search", json={"query": "lambda expressions", "mode": "new", "with_text": False}
-    ).json()
+    body = {"query": "lambda expressions", "mode": "new", "with_text": False}
+    # A third migrated, below cutover.min_coverage: `new` alone would miss two thirds of the
+    # corpus, so it is refused per request unless forced, and a forced answer says so.
+    _, total, migrated = counts(rt)
+    required = rt.settings.cutover.min_coverage
+    coverage = f"coverage {100 * migrated / total:.2f}% < required {required:g}%"
+    refused = httpx.post(url + "/search", json=body)
+    assert refused.status_code == 409
+    assert coverage in refused.json()["error"] and "force: true" in refused.json()["error"]
+    forced = httpx.post(url + "/search", json={**body, "force": True})
+    assert forced.status_code == 200
+    new = forced.json()
     assert new["mode"] == "new" and all(h["text"] is None for h in new["results"])
     assert all(set(h["ranks"]) == {"new", "bm25"} for h in new["results"])
+    assert new["degraded"] == f"new index {coverage}"
+    assert forced.headers["x-crossfade-degraded"] == new["degraded"]
 
 
 def test_filter_on_metadata(server: tuple[str, Runtime]) -> None:
