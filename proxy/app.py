@@ -398,6 +398,7 @@ def create_app(rt: Runtime) -> FastAPI:
         if res is None:
             return error(503, served.error or "no index to search")
         took = time.perf_counter() - t0
+        warnings = await s.filter_warnings(req.filter, served.lists)
         metrics.search_latency.labels(mode.value).observe(took)
         if req.reembed and mode is Mode.FUSED and "new" in served.lists and lazy_enabled():
             unmigrated = [h.doc_id for h in res.hits if not h.migrated]
@@ -436,6 +437,8 @@ def create_app(rt: Runtime) -> FastAPI:
         degraded = "; ".join(x for x in (served.degraded, early and f"new index {early}") if x)
         if degraded:
             body["degraded"] = headers[DEGRADED_HEADER] = degraded
+        if warnings:
+            body["warnings"] = warnings
         # Built by hand and serialised by orjson: the shape is SearchResponse (documented
         # above), without FastAPI validating it a second time on the hot path.
         return OrjsonResponse(body, headers=headers)

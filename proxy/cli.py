@@ -30,6 +30,17 @@ def _settings(args: argparse.Namespace, default: str = DEFAULT_CONFIG, **overrid
     return load_settings(path, **overrides)
 
 
+def _percent(text: str) -> float:
+    """A percentage such as 10% or 10, within 0..100 (argparse type)."""
+    try:
+        value = float(text.strip().rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage such as 10%") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text} is outside 0% to 100%")
+    return value
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -104,8 +115,22 @@ def _ask_proxy(settings: Any, method: str, path: str, body: Any = None) -> Any |
     if r is None:
         return None
     if r.status_code >= 400:
-        raise RuntimeError(f"proxy answered {r.status_code}: {r.text}")
+        raise RuntimeError(_in_words(r))
     return r.json()
+
+
+def _in_words(r: Any) -> str:
+    """A refusal as a sentence: the proxy's error, then each field at fault and why (not the
+    raw validation JSON)."""
+    try:
+        body = r.json()
+    except ValueError:
+        return f"proxy answered {r.status_code}: {r.text[:300]}"
+    lines = [f"{body.get('error', 'refused')} (HTTP {r.status_code})"]
+    for p in body.get("problems") or []:
+        field = str(p.get("field", "")).removeprefix("body.")
+        lines.append(f"  {field}: {p['message']}" if p.get("message") else f"  {field}")
+    return "\n".join(lines)
 
 
 def _from_proxy_or_stores(settings: Any, path: str, local: Any) -> Any:
@@ -119,14 +144,23 @@ def _from_proxy_or_stores(settings: Any, path: str, local: Any) -> Any:
     return out
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def _local_status(rt: Any) -> dict[str, Any]:
+    """`GET /migration` without a proxy: the stores' counts and the persisted pointer."""
+    from proxy.migration.cutover import load_routing, routing_dict
     from proxy.migration.status import migration_status
 
+    return {**migration_status(rt), "routing": routing_dict(load_routing(rt.settings)[0])}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from proxy.migration.cutover import describe, parse_routing
+
     settings = _settings(args)
-    out = _from_proxy_or_stores(settings, "/migration", migration_status)
+    out = _from_proxy_or_stores(settings, "/migration", _local_status)
     if args.json:
         _print_json(out)
         return 0
+    print(f"serving: {describe(parse_routing(out['routing']))}")
     for side, ix in out["indexes"].items():
         if ix.get("reachable") is False:
             print(f"{side:>4}: {ix['error']}")
@@ -137,13 +171,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         for fp, n in ix["fingerprints"].items():
             print(f"        {n:>8}  {fp}")
-    q, ctl = out["queue"], out["control"]
-    eta = f"{out['eta_s']:.0f}s" if out["eta_s"] is not None else "-"
-    print(
-        f"queue: {q['hits']} hits + {q['backfill']} backfill; "
-        f"rate {out['rate_docs_per_s']} docs/s, ETA {eta}; "
-        f"paused={ctl['paused']} backfill={ctl['backfill']} until={ctl['until']}%"
-    )
+    q, ctl, state = out["queue"], out["control"], out["worker_state"]
+    worker = f"worker {state}"
+    if state in ("running", "idle", "waiting"):  # a rate only where one is being measured
+        eta = f"{out['eta_s']:.0f}s" if out["eta_s"] is not None else "-"
+        worker += f", rate {out['rate_docs_per_s']} docs/s, ETA {eta}"
+    backfill = f"backfill {'on' if ctl['backfill'] else 'off'} until {ctl['until']:g}%"
+    lazy = f"lazy {'on' if ctl['lazy'] else 'off'}"
+    print(f"queue: {q['hits']} hits + {q['backfill']} backfill; {worker}; {backfill}; {lazy}")
     return 0
 
 
@@ -155,7 +190,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if args.action in ("on", "off"):
         body["backfill"] = args.action == "on"
     if args.until is not None:
-        body["until"] = float(args.until.rstrip("%"))
+        body["until"] = args.until
     if args.action == "limit" and args.until is None:
         raise ValueError("backfill limit needs --until, e.g. --until 50%")
     body["actor"] = _actor()
@@ -177,14 +212,23 @@ def _actor() -> str:
 
 
 def _admin_call(args: argparse.Namespace, path: str, body: dict[str, Any]) -> int:
-    """Admin actions go through the running proxy: it owns the serving pointer. The answer is
-    printed whatever its status (a refused cutover carries the gate's numbers)."""
+    """Admin actions go through the running proxy: it owns the serving pointer. A success
+    prints the answer (JSON); a refusal says why in words on stderr, after the gate's
+    numbers if a gate refused it."""
     settings = _settings(args)
     r = _call_proxy(settings, "POST", path, body)
     if r is None:
         raise RuntimeError(f"no proxy answering at {_proxy_url(settings)}")
-    _print_json(r.json())
-    return 0 if r.status_code < 400 else 1
+    if r.status_code < 400:
+        _print_json(r.json())
+        return 0
+    gate = r.json().get("gate") if r.headers.get("content-type", "").endswith("json") else None
+    if gate:
+        _print_json(gate)
+    print(f"crossfade: {_in_words(r)}", file=sys.stderr)
+    for why in (gate or {}).get("refused_because", []):
+        print(f"  {why}", file=sys.stderr)
+    return 1
 
 
 def cmd_cutover(args: argparse.Namespace) -> int:
@@ -393,7 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
         "backfill", help="pause/resume the re-embed worker, switch or limit backfill"
     )
     s.add_argument("action", choices=["pause", "resume", "on", "off", "limit"])
-    s.add_argument("--until", help="stop the background sweep at this coverage, e.g. 50%%")
+    s.add_argument(
+        "--until", type=_percent, help="stop the background sweep at this coverage, e.g. 50%%"
+    )
     s.set_defaults(func=cmd_backfill)
 
     s = sub.add_parser("cutover", help="gated, atomic switch to the new index (via the proxy)")
@@ -413,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("split", help="route a sticky share of clients to another mode")
     s.add_argument("--mode", required=True, choices=["old", "shadow", "fused", "new", "none"])
-    s.add_argument("--percent", required=True, help="e.g. 10%%")
+    s.add_argument("--percent", required=True, type=_percent, help="e.g. 10%%")
+    s.add_argument("--force", action="store_true", help=force_new)
     s.set_defaults(func=cmd_split)
 
     s = sub.add_parser("drift", help="fingerprint distribution; exits 1 if a serving index drifts")

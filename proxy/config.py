@@ -189,6 +189,11 @@ class RoutingConfig(Strict):
     client_key_header: str = Field(
         "X-Client-Key", description="Header whose value makes routing sticky per client."
     )
+    without_key: Literal["random", "base"] = Field(
+        "random",
+        description="Requests without the client-key header: 'random' = each one drawn into "
+        "the split at random (a client may see both modes); 'base' = always the base mode.",
+    )
 
 
 class ShadowConfig(Strict):

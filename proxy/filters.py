@@ -95,6 +95,10 @@ class Filter(StrictBody):
     should: list[Condition] = Field(default_factory=list, max_length=MAX_CONDITIONS)
     must_not: list[Condition] = Field(default_factory=list, max_length=MAX_CONDITIONS)
 
+    def fields(self) -> list[str]:
+        """The payload paths the filter's conditions name, each once, in order."""
+        return list(dict.fromkeys(c.field for c in (*self.must, *self.should, *self.must_not)))
+
     @model_validator(mode="after")
     def _not_empty(self) -> Filter:
         if not (self.must or self.should or self.must_not):

@@ -12,7 +12,7 @@ from proxy.demo import python_reference
 from proxy.ingest import ingest
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
-from tests.conftest import LiveServer, demo_settings
+from tests.conftest import LiveServer, demo_settings, wait_for
 
 TOPICS = ("assert", "assignment", "exceptions", "for", "with", "lambda", "import", "try")
 
@@ -113,6 +113,13 @@ def test_filter_on_metadata(server: tuple[str, Runtime]) -> None:
         ),
         ({"query": "ok", "filter": {}}, 422, "filter"),
         ({"query": 5}, 422, "query"),
+        # Strict JSON types for the whole API: a string is not a number, nor a boolean.
+        ({"query": "ok", "k": "3"}, 422, "k"),
+        ({"query": "ok", "k": 3.0}, 422, "k"),
+        ({"query": "ok", "with_text": "false"}, 422, "with_text"),
+        ({"query": "ok", "reembed": 0}, 422, "reembed"),
+        ({"query": "ok", "force": "yes"}, 422, "force"),
+        ({"query": "ok", "filter": {"must": [{"key": "part", "range": {"gte": "2"}}]}}, 422, "gte"),
     ],
 )
 def test_bad_input_is_a_clear_4xx_and_changes_nothing(
@@ -141,6 +148,48 @@ def test_non_json_and_oversized_bodies(server: tuple[str, Runtime]) -> None:
     )
     assert r.status_code == 413
     assert counts(rt) == before
+
+
+def test_strict_types_accept_the_json_types_themselves(server: tuple[str, Runtime]) -> None:
+    url, _ = server
+    flt = {"must": [{"key": "part", "range": {"gte": 1}}]}  # an integer bound for a float: fine
+    body = {"query": "for loop", "k": 3, "with_text": False, "mode": "old", "filter": flt}
+    r = httpx.post(url + "/search", json=body)
+    assert r.status_code == 200 and len(r.json()["results"]) == 3
+
+
+def test_filter_on_a_key_no_document_has_warns(server: tuple[str, Runtime]) -> None:
+    url, rt = server
+    typo = {"must": [{"key": "topik", "match": {"value": "import"}}]}
+    r = httpx.post(url + "/search", json={"query": "import a module", "filter": typo})
+    assert r.status_code == 200 and r.json()["results"] == []
+    assert r.json()["warnings"] == ["unknown filter key 'topik': no document has this metadata key"]
+    # A key some document has: no warning, whether or not anything matches.
+    known = {"must": [{"key": "topic", "match": {"value": "no-such-topic"}}]}
+    r = httpx.post(url + "/search", json={"query": "import a module", "filter": known})
+    assert r.status_code == 200 and r.json()["results"] == [] and "warnings" not in r.json()
+    mixed = {"must": [{"key": "topic", "match": {"value": "import"}}]}
+    mixed["must_not"] = [{"key": "colour", "match": {"value": "red"}}]
+    r = httpx.post(url + "/search", json={"query": "import a module", "filter": mixed})
+    assert r.json()["results"] and r.json()["warnings"] == [
+        "unknown filter key 'colour': no document has this metadata key"
+    ]
+    # The store knows a key as soon as a document holding it is written.
+    doc = {"id": "colourful", "text": "A red passage about imports.", "metadata": {"colour": "red"}}
+    assert httpx.put(url + "/documents", json={"documents": [doc]}).status_code == 200
+    try:
+        wait_for(
+            lambda: (
+                "warnings"
+                not in httpx.post(
+                    url + "/search", json={"query": "imports", "filter": mixed}
+                ).json()
+            ),
+            10,
+            "the new key to be known",
+        )
+    finally:
+        assert httpx.delete(url + "/documents/colourful").status_code == 200
 
 
 def test_metrics_endpoint(server: tuple[str, Runtime]) -> None:

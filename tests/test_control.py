@@ -66,6 +66,16 @@ def test_split_routes_ten_percent_of_keys_and_is_sticky() -> None:
     assert 0 <= bucket("x") < 10_000
 
 
+def test_requests_without_a_key_split_at_random_or_stay_on_the_base_mode() -> None:
+    r = Routing(mode=Mode.FUSED, split_mode=Mode.NEW, split_percent=50)
+    drawn = {route(r, None) for _ in range(200)}
+    assert drawn == {Mode.FUSED, Mode.NEW}  # "random" (the default): each request drawn anew
+    assert {route(r, None, without_key="base") for _ in range(200)} == {Mode.FUSED}
+    assert {route(r, "", without_key="base") for _ in range(20)} == {Mode.FUSED}
+    keyed = [route(r, f"k{i}", without_key="base") for i in range(200)]
+    assert set(keyed) == {Mode.FUSED, Mode.NEW}  # keyed clients are still split
+
+
 def test_rank_biased_overlap_bounds() -> None:
     a = [str(i) for i in range(10)]
     assert rank_biased_overlap(a, a) == pytest.approx(1.0)
@@ -310,6 +320,25 @@ def test_new_is_refused_below_the_cutover_coverage_unless_forced(
         assert r.status_code == 200 and r.json()["action"] == "set mode"
         s = httpx.post(url + "/search", json={"query": "assert statement"})
         assert s.json()["mode"] == "new" and "degraded" not in s.json()
+
+
+def test_requests_without_a_key_can_stay_on_the_base_mode(tmp_path: Path, models: dict) -> None:
+    settings = demo_settings(
+        tmp_path / "data",
+        routing={"split_mode": "old", "split_percent": 50, "without_key": "base"},
+    )
+    with Runtime(settings, dict(models)) as rt:
+        ingest(rt, "old", DOCS, progress=False)
+        start_migration(rt, progress=False)
+        rt.state.set("paused", True)
+        with LiveServer(_app(rt)) as live:
+
+            def mode(**headers: str) -> str:
+                r = httpx.post(live.url + "/search", json={"query": "for"}, headers=headers)
+                return r.headers["x-crossfade-mode"]
+
+            assert {mode() for _ in range(20)} == {"fused"}
+            assert {mode(**{"X-Client-Key": f"c{i}"}) for i in range(40)} == {"fused", "old"}
 
 
 def test_backfill_controls_are_audited(

@@ -64,7 +64,7 @@ class ControlPlane:
 
     def route(self, key: str | None, override: Mode | None) -> tuple[Mode, int]:
         r = self.routing  # one read: the request is routed wholly by this snapshot
-        return route(r, key, override), r.generation
+        return route(r, key, override, self.settings.routing.without_key), r.generation
 
     def modes_in_use(self) -> set[Mode]:
         r = self.routing

@@ -27,14 +27,17 @@ def migration_status(rt: Runtime, worker: Reembedder | None = None) -> dict[str,
             }
     new = indexes["new"]
     remaining = None if new["documents"] is None else new["documents"] - new["with_vector"]
-    rate = worker.stats.rate() if worker else 0.0
+    control = control_state(rt.state, rt.settings.migration)
+    state = worker_state(control["paused"], worker)
+    # The current rate: a paused (or absent) worker re-embeds nothing, whatever it did before.
+    rate = worker.stats.rate() if worker and state not in ("paused", "pausing") else 0.0
     return {
         "migration": rt.state.get("migration"),
         "indexes": indexes,
         "queue": rt.state.depth(),
         # Document write batches not yet applied to every index / set aside as failing.
         "write_journal": rt.journal.counts(),
-        "control": control_state(rt.state, rt.settings.migration),
+        "control": control,
         "worker": None
         if worker is None
         else {
@@ -45,10 +48,19 @@ def migration_status(rt: Runtime, worker: Reembedder | None = None) -> dict[str,
             "busy": worker.stats.busy,
             "last_error": worker.stats.last_error,
         },
+        "worker_state": state,
         "remaining": remaining,
         "rate_docs_per_s": round(rate, 2),
         "eta_s": round(remaining / rate, 1) if rate > 0 and remaining is not None else None,
     }
+
+
+def worker_state(paused: bool, worker: Reembedder | None) -> str:
+    """In words: paused, pausing (a batch still in flight), running, idle (nothing queued),
+    waiting (an index is down), or stopped (no proxy: the CLI read the stores itself)."""
+    if paused:
+        return "pausing" if worker is not None and worker.stats.busy else "paused"
+    return "stopped" if worker is None else worker.stats.state
 
 
 def _index_status(rt: Runtime, side: str) -> dict[str, Any]:
