@@ -23,11 +23,19 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
+def _print_json_line(obj: Any) -> None:
+    """One compact JSON line on stderr: machine-readable progress beside the log."""
+    sys.stderr.write(orjson.dumps(obj).decode() + "\n")
+
+
 def _settings(args: argparse.Namespace, default: str = DEFAULT_CONFIG, **overrides: Any) -> Any:
     from proxy.config import load_settings
+    from proxy.logs import quiet_libraries
 
     path = args.config or os.environ.get("CROSSFADE_CONFIG") or default
-    return load_settings(path, **overrides)
+    settings = load_settings(path, **overrides)
+    quiet_libraries(settings.server.log_level)  # before any model library is imported
+    return settings
 
 
 def _percent(text: str) -> float:
@@ -383,9 +391,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with Runtime(settings) as rt:
         docs = python_reference()
         print(f"demo: {len(docs)} passages of the Python language reference", file=sys.stderr)
-        print(ingest(rt, "old", docs), file=sys.stderr)
+        _print_json_line({"ingest": ingest(rt, "old", docs)})
         if rt.state.get("migration") is None:
-            print(start_migration(rt), file=sys.stderr)
+            _print_json_line({"migration": start_migration(rt)})
         if settings.cutover.eval_set:
             write_eval_set(settings.data_path(settings.cutover.eval_set), docs)
     return cmd_serve(args)

@@ -138,10 +138,10 @@ class ProxyProcess:
             self.data, migration=yaml.safe_load(self.config.read_text())["migration"]
         )
 
-    def start(self, env: dict[str, str] | None = None) -> None:
+    def start(self, env: dict[str, str] | None = None, command: str = "serve") -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "proxy.cli", "--config", str(self.config), "serve"],
+                [sys.executable, "-m", "proxy.cli", "--config", str(self.config), command],
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -1,5 +1,5 @@
 """The command line as an operator meets it, against a live proxy: what `status` says, how
-refusals read."""
+refusals read, and what `crossfade demo` prints (a real process, its log read as a file)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from proxy.demo import python_reference
 from proxy.ingest import ingest
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
-from tests.conftest import LiveServer, cli_config, demo_settings, wait_for
+from tests.conftest import LiveServer, ProxyProcess, cli_config, demo_settings, wait_for
 
 KEY = "cli-test-key"
 ADMIN = {"Authorization": f"Bearer {KEY}"}
@@ -94,3 +94,43 @@ def test_refusals_read_as_sentences(
     code, out, err = cli(capsys, cfg, "rollback")
     assert code == 1 and err.startswith("crossfade: nothing to roll back: no cutover since")
     assert httpx.get(url + "/admin/routing", headers=ADMIN).json() == before
+
+
+def test_demo_log_is_json_and_quiet_and_names_the_serving_pointer(tmp_path: Path) -> None:
+    """`crossfade demo`, then a restart after a switch: the log holds JSON (not Python dicts)
+    for results, no progress bars or tokenizer warnings, and each start-up line names the
+    pointer that was served."""
+    proxy = ProxyProcess(tmp_path, admin_key=KEY)
+    proxy.start(command="demo")
+    try:
+        first = httpx.get(proxy.url + "/readyz").json()["routing"]
+        plan = httpx.get(proxy.url + "/admin/plan?sample=16", headers=ADMIN, timeout=600).json()
+        r = httpx.post(
+            proxy.url + "/admin/mode", json={"mode": "new", "force": True}, headers=ADMIN
+        )
+        assert r.status_code == 200
+    finally:
+        proxy.stop()
+    proxy.start()
+    try:
+        second = httpx.get(proxy.url + "/readyz").json()["routing"]
+    finally:
+        proxy.stop()
+    assert second["mode"] == "new" and second["generation"] == first["generation"] + 1
+
+    log = proxy.log.read_text()
+    lines = log.splitlines()
+    starts = [x for x in lines if x.startswith("crossfade: serving")]
+    assert starts == [
+        f"crossfade: serving mode=fused, no split, generation {first['generation']} on {proxy.url}",
+        f"crossfade: serving mode=new, no split, generation {second['generation']} on {proxy.url}",
+    ]
+    results = [json.loads(x) for x in lines if x.startswith("{")]
+    assert [next(iter(x)) for x in results] == ["ingest", "migration"]
+    assert results[0]["ingest"]["total"] == len(python_reference())
+    for noise in ("{'", "\r", "Loading weights", "it/s]", "Token indices sequence length"):
+        assert noise not in log, noise
+    # Truncation is stated once, in words, where it is measured.
+    truncated = plan["truncated"]
+    assert truncated["max_length"] == 256 and 0 < truncated["sampled_docs_over"] <= 16
+    assert "longer than 256 tokens" in truncated["note"]
