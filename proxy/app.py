@@ -21,6 +21,7 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.availability import DEGRADED_HEADER, Health, readiness, search_available
@@ -29,8 +30,8 @@ from proxy.config import Mode
 from proxy.documents import delete_documents, replay_journal, upsert_documents
 from proxy.filters import Filter, StrictBody
 from proxy.ingest import MAX_TEXT_CHARS, CorpusError, parse_doc
-from proxy.metrics import Metrics
-from proxy.migration.control import ControlPlane
+from proxy.metrics import Metrics, RequestCounter
+from proxy.migration.control import ControlPlane, available_actions
 from proxy.migration.cutover import new_too_early, routing_dict, why_no_cutover
 from proxy.migration.drift import drift_report
 from proxy.migration.history import History
@@ -471,6 +472,13 @@ def create_app(rt: Runtime) -> FastAPI:
         out = await asyncio.to_thread(migration_status, rt, worker)
         history.record_status(out)
         out["routing"] = routing_dict(control.routing)
+        out["actions"] = available_actions(
+            control.routing,
+            control.rollback_to,
+            out["indexes"]["new"]["coverage"],
+            settings.cutover,
+            out["control"]["paused"],
+        )
         out["shadow"] = control.shadow.summary()
         out["last_gate"] = control.last_gate
         return out
@@ -620,5 +628,19 @@ def create_app(rt: Runtime) -> FastAPI:
         for r in app.routes
         if isinstance(r, APIRoute) and any(d.dependency is admin for d in r.dependencies)
     }
-    app.add_middleware(AdminGuard, paths=admin_paths, key=key)  # outermost: runs first
+    app.add_middleware(AdminGuard, paths=admin_paths, key=key)
+    # Outermost of all: counts the 401s and 413s the guards answer too.
+    app.add_middleware(RequestCounter, metrics=metrics, route_of=lambda sc: route_of(app, sc))
     return app
+
+
+def route_of(app: FastAPI, scope: Scope) -> str:
+    """The route template a request matches ("/documents/{doc_id}"), or "unmatched"."""
+    partial = "unmatched"
+    for r in app.routes:
+        match, _ = r.matches(scope)
+        if match is Match.FULL:
+            return str(getattr(r, "path", "unmatched"))
+        if match is Match.PARTIAL and partial == "unmatched":  # the path, not the method: 405
+            partial = str(getattr(r, "path", "unmatched"))
+    return partial

@@ -194,9 +194,35 @@ def test_filter_on_a_key_no_document_has_warns(server: tuple[str, Runtime]) -> N
 
 def test_metrics_endpoint(server: tuple[str, Runtime]) -> None:
     url, _ = server
+
+    def value(text: str, series: str) -> float:
+        line = next((x for x in text.splitlines() if x.startswith(series + " ")), None)
+        return float(line.split()[-1]) if line else 0.0
+
+    before = httpx.get(url + "/metrics").text
     httpx.post(url + "/search", json={"query": "for loop"})
+    httpx.post(url + "/search", json={"query": "for loop", "mode": "old"})
+    httpx.post(url + "/search", json={"query": "for loop", "k": "3"})
+    httpx.delete(url + "/documents/nothing-here")
+    httpx.get(url + "/nope")
+    httpx.post(url + "/admin/mode", json={"mode": "old"})  # no key
     text = httpx.get(url + "/metrics").text
     assert 'crossfade_search_seconds_count{mode="fused"}' in text
+    requests = "crossfade_http_requests_total"
+    for labels, n in (
+        ('mode="fused",route="/search",status="200"', 1),
+        ('mode="old",route="/search",status="200"', 1),
+        ('mode="none",route="/search",status="422"', 1),
+        ('mode="none",route="/documents/{doc_id}",status="200"', 1),
+        ('mode="none",route="unmatched",status="404"', 1),
+        ('mode="none",route="/admin/mode",status="401"', 1),
+    ):
+        series = f"{requests}{{{labels}}}"
+        assert value(text, series) - value(before, series) == n, series
+    for kind in ("invalid", "not_found", "unauthorized"):
+        series = f'crossfade_http_errors_total{{kind="{kind}"}}'
+        assert value(text, series) - value(before, series) == 1, series
+    assert "# TYPE crossfade_http_requests_total counter" in text
 
 
 def test_curl_style_form_content_type_is_read_as_json(server: tuple[str, Runtime]) -> None:

@@ -91,7 +91,17 @@ def test_gate_decision() -> None:
     worse = {"ndcg@10": 0.5, "recall@10": 0.7, "p95_ms": 10.0}
     assert decide(1.0, good, good, gate) == []
     assert any("coverage" in w for w in decide(0.5, good, good, gate))
-    assert any("nDCG@10" in w for w in decide(1.0, good, worse, gate))
+    assert decide(1.0, good, worse, gate) == ["nDCG@10 new 0.5000 < old 0.6000"]
+    # A tolerance is printed only where there is one.
+    tolerant = CutoverConfig(max_ndcg_drop=0.05, max_recall_drop=0.0)
+    assert decide(1.0, good, worse, tolerant) == [
+        "nDCG@10 new 0.5000 < old 0.6000 - 0.05 tolerance"
+    ]
+    less_recall = {**good, "recall@10": 0.6}
+    assert decide(1.0, good, less_recall, tolerant) == ["recall@10 new 0.6000 < old 0.7000"]
+    assert decide(1.0, good, less_recall, gate) == [
+        "recall@10 new 0.6000 < old 0.7000 - 0.01 tolerance"
+    ]
 
 
 @pytest.fixture
@@ -256,6 +266,8 @@ def test_rollback_only_undoes_the_last_cutover(setup: tuple[Runtime, Path]) -> N
         assert routing(url)["mode"] == "new" and load_routing(rt.settings)[1] is not None
         again = post(url, "/admin/cutover", {"beir": str(beir)})
         assert again.status_code == 409 and again.json()["error"].startswith("already cut over")
+        actions = httpx.get(url + "/migration").json()["actions"]
+        assert actions["rollback"] is None and actions["cutover"].startswith("already cut over")
 
         back = post(url, "/admin/rollback", {"actor": "tester"})
         assert back.status_code == 200 and back.json()["action"] == "rollback"
@@ -273,6 +285,7 @@ def test_rollback_only_undoes_the_last_cutover(setup: tuple[Runtime, Path]) -> N
             "changes the mode"
         )
         assert routing(url) == restored and audit(url) == logged
+        assert httpx.get(url + "/migration").json()["actions"]["rollback"] == second.json()["error"]
 
         # A mode change after a cutover is not what a rollback undoes: it goes back to what
         # served before the cutover.

@@ -175,20 +175,27 @@ def decide(
 ) -> list[str]:
     """Why the gate refuses (empty = it holds). Pure."""
     why = []
-    if coverage * 100 < gate.min_coverage:
-        why.append(f"coverage {100 * coverage:.2f}% < required {gate.min_coverage:g}%")
+    early = new_too_early(coverage, gate)
+    if early:
+        why.append(early)
     if new["ndcg@10"] < old["ndcg@10"] - gate.max_ndcg_drop:
         why.append(
-            f"nDCG@10 new {new['ndcg@10']:.4f} < old {old['ndcg@10']:.4f} - {gate.max_ndcg_drop:g}"
+            f"nDCG@10 new {new['ndcg@10']:.4f} < old {old['ndcg@10']:.4f}"
+            + _minus(gate.max_ndcg_drop)
         )
     if new["recall@10"] < old["recall@10"] - gate.max_recall_drop:
         why.append(
             f"recall@10 new {new['recall@10']:.4f} < old {old['recall@10']:.4f}"
-            f" - {gate.max_recall_drop:g}"
+            + _minus(gate.max_recall_drop)
         )
     if gate.max_p95_ms and new["p95_ms"] > gate.max_p95_ms:
         why.append(f"p95 new {new['p95_ms']:.1f} ms > {gate.max_p95_ms:g} ms")
     return why
+
+
+def _minus(tolerance: float) -> str:
+    # A tolerance of 0 is no tolerance: "old 0.4085 - 0" reads like a formula left unfinished.
+    return f" - {tolerance:g} tolerance" if tolerance else ""
 
 
 async def evaluate_gate(searcher: Searcher, data: Beir, gate: CutoverConfig) -> dict[str, Any]:
