@@ -181,7 +181,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"        {n:>8}  {fp}")
     q, ctl, state = out["queue"], out["control"], out["worker_state"]
     worker = f"worker {state}"
-    if state in ("running", "idle", "waiting"):  # a rate only where one is being measured
+    if state == "running":  # a rate only while documents are being re-embedded
         eta = f"{out['eta_s']:.0f}s" if out["eta_s"] is not None else "-"
         worker += f", rate {out['rate_docs_per_s']} docs/s, ETA {eta}"
     backfill = f"backfill {'on' if ctl['backfill'] else 'off'} until {ctl['until']:g}%"

@@ -29,8 +29,9 @@ def migration_status(rt: Runtime, worker: Reembedder | None = None) -> dict[str,
     remaining = None if new["documents"] is None else new["documents"] - new["with_vector"]
     control = control_state(rt.state, rt.settings.migration)
     state = worker_state(control["paused"], worker)
-    # The current rate: a paused (or absent) worker re-embeds nothing, whatever it did before.
-    rate = worker.stats.rate() if worker and state not in ("paused", "pausing") else 0.0
+    # The current rate: a worker that is not running (paused, idle, waiting, absent) re-embeds
+    # nothing now, whatever its last minute's average says.
+    rate = worker.stats.rate() if worker and state == "running" else 0.0
     return {
         "migration": rt.state.get("migration"),
         "indexes": indexes,
