@@ -236,7 +236,7 @@ def main() -> int:
         hybrid = interleaved(
             {
                 "direct@1 (vs hybrid)": (durl, {}),
-                "new+bm25@1": (purl, {"mode": "new", "reembed": False}),
+                "new+bm25@1": (purl, {"mode": "new", "force": True, "reembed": False}),
             },
             [qs[(offset + i) % len(qs)] for i in range(args.single)],
         )
@@ -249,9 +249,12 @@ def main() -> int:
         httpx.post(purl + "/migration/backfill", json={"action": "pause"}, headers=admin)
         # A fresh process is slower on its first queries; the direct server has served over
         # a thousand by now, so this one gets as many before the comparison.
-        report("warmup-new", load(purl, 16, 1000, {"mode": "new", "reembed": False}))
+        report("warmup-new", load(purl, 16, 1000, {"mode": "new", "force": True, "reembed": False}))
         single = interleaved(
-            {"direct@1": (durl, {}), "new@1": (purl, {"mode": "new", "reembed": False})},
+            {
+                "direct@1": (durl, {}),
+                "new@1": (purl, {"mode": "new", "force": True, "reembed": False}),
+            },
             [qs[(offset + i) % len(qs)] for i in range(args.single)],
         )
         results.update(single)

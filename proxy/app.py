@@ -17,27 +17,29 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.availability import DEGRADED_HEADER, Health, readiness, search_available
 from proxy.beir import load_beir
 from proxy.config import Mode
 from proxy.documents import delete_documents, replay_journal, upsert_documents
-from proxy.filters import Filter
+from proxy.filters import Filter, StrictBody
 from proxy.ingest import MAX_TEXT_CHARS, CorpusError, parse_doc
-from proxy.metrics import Metrics
-from proxy.migration.control import ControlPlane
-from proxy.migration.cutover import routing_dict
+from proxy.metrics import Metrics, RequestCounter
+from proxy.migration.control import ControlPlane, available_actions
+from proxy.migration.cutover import new_too_early, routing_dict, why_no_cutover
 from proxy.migration.drift import drift_report
 from proxy.migration.fitted import load_fit
 from proxy.migration.history import History
 from proxy.migration.plan import plan
 from proxy.migration.state import HIT
 from proxy.migration.status import migration_status
-from proxy.migration.worker import Reembedder, control_state, set_control
+from proxy.migration.worker import Reembedder, control_state
 from proxy.runtime import Runtime
 from proxy.search import Searcher
 from proxy.security import admin_key, check_bearer, redact_access_log
@@ -47,13 +49,21 @@ log = logging.getLogger("crossfade")
 DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
 
 
-class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+FORCE_NEW = (
+    "Serve mode `new` even though the new index is below `cutover.min_coverage` (documents "
+    "without a new vector are missing from its results); such answers are marked degraded."
+)
+
+
+class SearchRequest(StrictBody):
     query: str = Field(min_length=1, description="Free-text query.")
     k: int = Field(10, ge=1, le=100, description="Number of results.")
     filter: Filter | None = Field(None, description="Conditions on document metadata.")
     with_text: bool = Field(True, description="Return each document's text.")
-    mode: Mode | None = Field(None, description="Override the serving mode for this request.")
+    mode: Mode | None = Field(
+        None, strict=False, description="Override the serving mode for this request."
+    )
+    force: bool = Field(False, description=FORCE_NEW)
     reembed: bool = Field(
         True,
         description="Enqueue returned documents that have no new vector (lazy migration). "
@@ -61,51 +71,49 @@ class SearchRequest(BaseModel):
     )
 
 
-class DocumentIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DocumentIn(StrictBody):
     id: str | int = Field(description="Document id.")
     text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-class DocumentsIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DocumentsIn(StrictBody):
     documents: list[DocumentIn] = Field(min_length=1, max_length=256)
 
 
-class ModeIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    mode: Mode
+class ModeIn(StrictBody):
+    mode: Mode = Field(strict=False)
+    force: bool = Field(False, description=FORCE_NEW)
     actor: str | None = Field(None, max_length=200)
 
 
-class SplitIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    mode: Mode | None = Field(None, description="Mode for the split share; null clears it.")
+class SplitIn(StrictBody):
+    mode: Mode | None = Field(
+        None, strict=False, description="Mode for the split share; null clears it."
+    )
     percent: float = Field(0.0, ge=0, le=100)
+    force: bool = Field(False, description=FORCE_NEW)
     actor: str | None = Field(None, max_length=200)
 
 
-class CutoverIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CutoverIn(StrictBody):
     beir: str | None = Field(None, description="BEIR dir of labelled queries (default: config).")
     split: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,32}$")
     force: bool = Field(False, description="Switch even if the gate refuses (recorded).")
     actor: str | None = Field(None, max_length=200)
 
 
-class ActorIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ActorIn(StrictBody):
     actor: str | None = Field(None, max_length=200)
 
 
-class BackfillControl(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class BackfillControl(StrictBody):
     action: Literal["pause", "resume"] | None = None
     backfill: bool | None = Field(None, description="Enable or disable the background sweep.")
     until: float | None = Field(
         None, ge=0, le=100, description="Stop the sweep at this coverage %."
     )
+    actor: str | None = Field(None, max_length=200)
 
 
 class Hit(BaseModel):
@@ -125,7 +133,13 @@ class SearchResponse(BaseModel):
     degraded: str | None = Field(
         None,
         description="Present when served without an index the mode wants, e.g. 'old index "
-        "unreachable' (also in the X-Crossfade-Degraded header).",
+        "unreachable', or by `new` below the cutover's coverage (also in the "
+        "X-Crossfade-Degraded header).",
+    )
+    warnings: list[str] | None = Field(
+        None,
+        description="Present when the request may not mean what it says, e.g. a filter "
+        "on a metadata key that no document has.",
     )
 
 
@@ -136,6 +150,13 @@ class OrjsonResponse(JSONResponse):
 
 def error(status: int, message: str, **extra: Any) -> OrjsonResponse:
     return OrjsonResponse({"error": message, **extra}, status_code=status)
+
+
+def refuse_new(why: str) -> str:
+    return (
+        f"mode new refused: {why} (cutover.min_coverage); documents without a new vector "
+        "would be missing from its results. Send force: true to serve it anyway, marked degraded"
+    )
 
 
 class BodyLimit:
@@ -268,7 +289,9 @@ def create_app(rt: Runtime) -> FastAPI:
         background.add(t)
         t.add_done_callback(background.discard)
 
-    app = FastAPI(title="crossfade", version="0.1.0", lifespan=lifespan)
+    # Swagger UI's assets come from the package, not a CDN: /docs works offline.
+    app = FastAPIOffline(title="crossfade", version="0.1.0", lifespan=lifespan)
+    app.state.control = control  # the serving pointer, for the start-up line
     app.add_middleware(JsonBodies)
     app.add_middleware(BodyLimit, limit=settings.server.max_body_bytes)
     if settings.server.cors_origins:
@@ -352,7 +375,7 @@ def create_app(rt: Runtime) -> FastAPI:
     @app.post(
         "/search",
         response_model=SearchResponse,
-        responses={400: {}, 413: {}, 422: {}, 503: {}},
+        responses={400: {}, 409: {}, 413: {}, 422: {}, 503: {}},
     )
     async def search(req: SearchRequest, request: Request) -> Any:
         if not req.query.strip():
@@ -366,12 +389,18 @@ def create_app(rt: Runtime) -> FastAPI:
         s = searcher()
         client = request.headers.get(settings.routing.client_key_header)
         mode, generation = control.route(client, req.mode)
+        early = (
+            new_too_early(await s.coverage.get(), settings.cutover) if mode is Mode.NEW else None
+        )
+        if early and req.mode is Mode.NEW and not req.force:
+            return error(409, refuse_new(early), problems=[{"field": "body.mode"}])
         t0 = time.perf_counter()
         fields = ("text", "metadata") if req.with_text else ("metadata",)
         res, served = await search_available(s, health, mode, req.query, req.k, req.filter, fields)
         if res is None:
             return error(503, served.error or "no index to search")
         took = time.perf_counter() - t0
+        warnings = await s.filter_warnings(req.filter, served.lists)
         metrics.search_latency.labels(mode.value).observe(took)
         if req.reembed and mode is Mode.FUSED and "new" in served.lists and lazy_enabled():
             unmigrated = [h.doc_id for h in res.hits if not h.migrated]
@@ -406,8 +435,12 @@ def create_app(rt: Runtime) -> FastAPI:
             "X-Crossfade-Generation": str(generation),
             "X-Crossfade-Coverage": f"{res.coverage:.4f}",
         }
-        if served.degraded:
-            body["degraded"] = headers[DEGRADED_HEADER] = served.degraded
+        # New below the cutover's coverage (forced, by a switch or per request) is degraded.
+        degraded = "; ".join(x for x in (served.degraded, early and f"new index {early}") if x)
+        if degraded:
+            body["degraded"] = headers[DEGRADED_HEADER] = degraded
+        if warnings:
+            body["warnings"] = warnings
         # Built by hand and serialised by orjson: the shape is SearchResponse (documented
         # above), without FastAPI validating it a second time on the hot path.
         return OrjsonResponse(body, headers=headers)
@@ -440,6 +473,13 @@ def create_app(rt: Runtime) -> FastAPI:
         out = await asyncio.to_thread(migration_status, rt, worker, searcher())
         history.record_status(out)
         out["routing"] = routing_dict(control.routing)
+        out["actions"] = available_actions(
+            control.routing,
+            control.rollback_to,
+            out["indexes"]["new"]["coverage"],
+            settings.cutover,
+            out["control"]["paused"],
+        )
         out["shadow"] = control.shadow.summary()
         out["last_gate"] = control.last_gate
         return out
@@ -482,8 +522,9 @@ def create_app(rt: Runtime) -> FastAPI:
         dependencies=guarded,
     )
     async def backfill(body: BackfillControl) -> Any:
-        set_control(rt.state, body.action, body.backfill, body.until)
-        return control_state(rt.state, settings.migration)
+        return await asyncio.to_thread(
+            control.steer_backfill, body.actor or "admin", body.action, body.backfill, body.until
+        )
 
     @app.get("/admin/routing", responses={401: {}}, dependencies=guarded)
     async def get_routing() -> Any:
@@ -495,11 +536,26 @@ def create_app(rt: Runtime) -> FastAPI:
         dependencies=guarded,
     )
     async def set_mode(body: ModeIn) -> Any:
-        why = searcher().ready_for(body.mode)
+        why = await refusal(body.mode, body.force)
         if why:
             return error(409, why)
         target = replace(control.routing, mode=body.mode)
-        return await control.switch(target, "set mode", body.actor or "admin")
+        action = "set mode (forced)" if forced(body.mode, body.force) else "set mode"
+        return await control.switch(target, action, body.actor or "admin")
+
+    async def refusal(mode: Mode, force: bool) -> str | None:
+        """Why a switch to `mode` is refused: its index missing, or `new` below the
+        cutover's coverage without force."""
+        why = searcher().ready_for(mode)
+        if why or mode is not Mode.NEW or force:
+            return why
+        early = new_too_early(await searcher().coverage.refresh(), settings.cutover)
+        return refuse_new(early) if early else None
+
+    def forced(mode: Mode | None, force: bool) -> bool:
+        """Whether force made the difference (recorded in the audit log as such)."""
+        early = new_too_early(searcher().coverage.value, settings.cutover)
+        return force and mode is Mode.NEW and early is not None
 
     @app.post(
         "/admin/split",
@@ -507,8 +563,8 @@ def create_app(rt: Runtime) -> FastAPI:
         dependencies=guarded,
     )
     async def set_split(body: SplitIn) -> Any:
-        if body.mode is not None:
-            why = searcher().ready_for(body.mode)
+        if body.mode is not None and body.percent > 0:
+            why = await refusal(body.mode, body.force)
             if why:
                 return error(409, why)
         target = replace(
@@ -516,7 +572,9 @@ def create_app(rt: Runtime) -> FastAPI:
             split_mode=body.mode,
             split_percent=body.percent if body.mode else 0.0,
         )
-        return await control.switch(target, "set split", body.actor or "admin")
+        split_mode = body.mode if body.percent > 0 else None
+        action = "set split (forced)" if forced(split_mode, body.force) else "set split"
+        return await control.switch(target, action, body.actor or "admin")
 
     @app.post(
         "/admin/cutover",
@@ -534,7 +592,7 @@ def create_app(rt: Runtime) -> FastAPI:
                 )
             except (OSError, ValueError) as e:
                 return error(422, f"cannot read labelled queries from {beir!r}: {e}")
-        why = searcher().ready_for(Mode.NEW)
+        why = searcher().ready_for(Mode.NEW) or why_no_cutover(control.routing)
         if why:
             return error(409, why)
         ok, result = await control.cutover(searcher(), data, body.force, body.actor or "admin")
@@ -542,11 +600,12 @@ def create_app(rt: Runtime) -> FastAPI:
 
     @app.post(
         "/admin/rollback",
-        responses={400: {}, 401: {}, 413: {}, 422: {}},
+        responses={400: {}, 401: {}, 409: {}, 413: {}, 422: {}},
         dependencies=guarded,
     )
     async def rollback(body: ActorIn | None = None) -> Any:
-        return await control.rollback((body.actor if body else None) or "admin")
+        ok, result = await control.rollback((body.actor if body else None) or "admin")
+        return result if ok else error(409, result["error"])
 
     @app.get("/admin/plan", responses={401: {}}, dependencies=guarded)
     async def get_plan(sample: int | None = None) -> Any:
@@ -572,5 +631,19 @@ def create_app(rt: Runtime) -> FastAPI:
         for r in app.routes
         if isinstance(r, APIRoute) and any(d.dependency is admin for d in r.dependencies)
     }
-    app.add_middleware(AdminGuard, paths=admin_paths, key=key)  # outermost: runs first
+    app.add_middleware(AdminGuard, paths=admin_paths, key=key)
+    # Outermost of all: counts the 401s and 413s the guards answer too.
+    app.add_middleware(RequestCounter, metrics=metrics, route_of=lambda sc: route_of(app, sc))
     return app
+
+
+def route_of(app: FastAPI, scope: Scope) -> str:
+    """The route template a request matches ("/documents/{doc_id}"), or "unmatched"."""
+    partial = "unmatched"
+    for r in app.routes:
+        match, _ = r.matches(scope)
+        if match is Match.FULL:
+            return str(getattr(r, "path", "unmatched"))
+        if match is Match.PARTIAL and partial == "unmatched":  # the path, not the method: 405
+            partial = str(getattr(r, "path", "unmatched"))
+    return partial

@@ -24,17 +24,37 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
+def _print_json_line(obj: Any) -> None:
+    """One compact JSON line on stderr: machine-readable progress beside the log."""
+    sys.stderr.write(orjson.dumps(obj).decode() + "\n")
+
+
 def _settings(args: argparse.Namespace, default: str = DEFAULT_CONFIG, **overrides: Any) -> Any:
     from proxy.config import load_settings
+    from proxy.logs import quiet_libraries
 
     path = args.config or os.environ.get("CROSSFADE_CONFIG") or default
-    return load_settings(path, **overrides)
+    settings = load_settings(path, **overrides)
+    quiet_libraries(settings.server.log_level)  # before any model library is imported
+    return settings
+
+
+def _percent(text: str) -> float:
+    """A percentage such as 10% or 10, within 0..100 (argparse type)."""
+    try:
+        value = float(text.strip().rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage such as 10%") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text} is outside 0% to 100%")
+    return value
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from proxy.app import create_app
+    from proxy.migration.cutover import describe
     from proxy.runtime import Runtime
 
     settings = _settings(args)
@@ -48,10 +68,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             rt.model(side)
         except RuntimeError as e:
             raise RuntimeError(" ".join(f"{side} model: {e}".split())) from None
-    print(f"crossfade: serving mode={settings.mode} on http://{host}:{port}", file=sys.stderr)
+    app = create_app(rt)
+    # The serving pointer the app just loaded (not the config's `mode`, which only seeds it).
+    routing = app.state.control.routing
+    print(f"crossfade: serving {describe(routing)} on http://{host}:{port}", file=sys.stderr)
     level = settings.server.log_level
     logging.basicConfig(level=level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
-    uvicorn.run(create_app(rt), host=host, port=port, log_level=level)
+    uvicorn.run(app, host=host, port=port, log_level=level)
     return 0
 
 
@@ -101,8 +124,22 @@ def _ask_proxy(settings: Any, method: str, path: str, body: Any = None) -> Any |
     if r is None:
         return None
     if r.status_code >= 400:
-        raise RuntimeError(f"proxy answered {r.status_code}: {r.text}")
+        raise RuntimeError(_in_words(r))
     return r.json()
+
+
+def _in_words(r: Any) -> str:
+    """A refusal as a sentence: the proxy's error, then each field at fault and why (not the
+    raw validation JSON)."""
+    try:
+        body = r.json()
+    except ValueError:
+        return f"proxy answered {r.status_code}: {r.text[:300]}"
+    lines = [f"{body.get('error', 'refused')} (HTTP {r.status_code})"]
+    for p in body.get("problems") or []:
+        field = str(p.get("field", "")).removeprefix("body.")
+        lines.append(f"  {field}: {p['message']}" if p.get("message") else f"  {field}")
+    return "\n".join(lines)
 
 
 def _from_proxy_or_stores(settings: Any, path: str, local: Any) -> Any:
@@ -116,14 +153,23 @@ def _from_proxy_or_stores(settings: Any, path: str, local: Any) -> Any:
     return out
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def _local_status(rt: Any) -> dict[str, Any]:
+    """`GET /migration` without a proxy: the stores' counts and the persisted pointer."""
+    from proxy.migration.cutover import load_routing, routing_dict
     from proxy.migration.status import migration_status
 
+    return {**migration_status(rt), "routing": routing_dict(load_routing(rt.settings)[0])}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from proxy.migration.cutover import describe, parse_routing
+
     settings = _settings(args)
-    out = _from_proxy_or_stores(settings, "/migration", migration_status)
+    out = _from_proxy_or_stores(settings, "/migration", _local_status)
     if args.json:
         _print_json(out)
         return 0
+    print(f"serving: {describe(parse_routing(out['routing']))}")
     for side, ix in out["indexes"].items():
         if ix.get("reachable") is False:
             print(f"{side:>4}: {ix['error']}")
@@ -142,13 +188,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"{'+'.join(fusion['impute_from'])}"
         + (f"; stored fit ignored: {fit['ignored']}" if fit.get("ignored") else "")
     )
-    q, ctl = out["queue"], out["control"]
-    eta = f"{out['eta_s']:.0f}s" if out["eta_s"] is not None else "-"
-    print(
-        f"queue: {q['hits']} hits + {q['backfill']} backfill; "
-        f"rate {out['rate_docs_per_s']} docs/s, ETA {eta}; "
-        f"paused={ctl['paused']} backfill={ctl['backfill']} until={ctl['until']}%"
-    )
+    q, ctl, state = out["queue"], out["control"], out["worker_state"]
+    worker = f"worker {state}"
+    if state == "running":  # a rate only while documents are being re-embedded
+        eta = f"{out['eta_s']:.0f}s" if out["eta_s"] is not None else "-"
+        worker += f", rate {out['rate_docs_per_s']} docs/s, ETA {eta}"
+    backfill = f"backfill {'on' if ctl['backfill'] else 'off'} until {ctl['until']:g}%"
+    lazy = f"lazy {'on' if ctl['lazy'] else 'off'}"
+    print(f"queue: {q['hits']} hits + {q['backfill']} backfill; {worker}; {backfill}; {lazy}")
     return 0
 
 
@@ -160,15 +207,19 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if args.action in ("on", "off"):
         body["backfill"] = args.action == "on"
     if args.until is not None:
-        body["until"] = float(args.until.rstrip("%"))
+        body["until"] = args.until
+    if args.action == "limit" and args.until is None:
+        raise ValueError("backfill limit needs --until, e.g. --until 50%")
+    body["actor"] = _actor()
     out = _ask_proxy(settings, "POST", "/migration/backfill", body)
-    if out is None:  # proxy not running: persist the control for its next start
-        from proxy.migration.worker import control_state, set_control
+    if out is None:  # proxy not running: persist the control for its next start (audited)
+        from proxy.migration.control import ControlPlane
         from proxy.runtime import Runtime
 
         with Runtime(settings) as rt:
-            set_control(rt.state, body.get("action"), body.get("backfill"), body.get("until"))
-            out = control_state(rt.state, settings.migration)
+            out = ControlPlane(rt).steer_backfill(
+                body["actor"], body.get("action"), body.get("backfill"), body.get("until")
+            )
     _print_json(out)
     return 0
 
@@ -178,14 +229,23 @@ def _actor() -> str:
 
 
 def _admin_call(args: argparse.Namespace, path: str, body: dict[str, Any]) -> int:
-    """Admin actions go through the running proxy: it owns the serving pointer. The answer is
-    printed whatever its status (a refused cutover carries the gate's numbers)."""
+    """Admin actions go through the running proxy: it owns the serving pointer. A success
+    prints the answer (JSON); a refusal says why in words on stderr, after the gate's
+    numbers if a gate refused it."""
     settings = _settings(args)
     r = _call_proxy(settings, "POST", path, body)
     if r is None:
         raise RuntimeError(f"no proxy answering at {_proxy_url(settings)}")
-    _print_json(r.json())
-    return 0 if r.status_code < 400 else 1
+    if r.status_code < 400:
+        _print_json(r.json())
+        return 0
+    gate = r.json().get("gate") if r.headers.get("content-type", "").endswith("json") else None
+    if gate:
+        _print_json(gate)
+    print(f"crossfade: {_in_words(r)}", file=sys.stderr)
+    for why in (gate or {}).get("refused_because", []):
+        print(f"  {why}", file=sys.stderr)
+    return 1
 
 
 def cmd_cutover(args: argparse.Namespace) -> int:
@@ -203,12 +263,13 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_mode(args: argparse.Namespace) -> int:
-    return _admin_call(args, "/admin/mode", {"mode": args.mode, "actor": _actor()})
+    body = {"mode": args.mode, "force": args.force, "actor": _actor()}
+    return _admin_call(args, "/admin/mode", body)
 
 
 def cmd_split(args: argparse.Namespace) -> int:
     mode = None if args.mode == "none" else args.mode
-    body = {"mode": mode, "percent": float(args.percent.rstrip("%")), "actor": _actor()}
+    body = {"mode": mode, "percent": args.percent, "force": args.force, "actor": _actor()}
     return _admin_call(args, "/admin/split", body)
 
 
@@ -365,9 +426,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with Runtime(settings) as rt:
         docs = python_reference()
         print(f"demo: {len(docs)} passages of the Python language reference", file=sys.stderr)
-        print(ingest(rt, "old", docs), file=sys.stderr)
+        _print_json_line({"ingest": ingest(rt, "old", docs)})
         if rt.state.get("migration") is None:
-            print(start_migration(rt), file=sys.stderr)
+            _print_json_line({"migration": start_migration(rt)})
         if settings.cutover.eval_set:
             write_eval_set(settings.data_path(settings.cutover.eval_set), docs)
     return cmd_serve(args)
@@ -419,7 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
         "backfill", help="pause/resume the re-embed worker, switch or limit backfill"
     )
     s.add_argument("action", choices=["pause", "resume", "on", "off", "limit"])
-    s.add_argument("--until", help="stop the background sweep at this coverage, e.g. 50%%")
+    s.add_argument(
+        "--until", type=_percent, help="stop the background sweep at this coverage, e.g. 50%%"
+    )
     s.set_defaults(func=cmd_backfill)
 
     s = sub.add_parser("cutover", help="gated, atomic switch to the new index (via the proxy)")
@@ -428,16 +491,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="switch even if the gate refuses")
     s.set_defaults(func=cmd_cutover)
 
-    s = sub.add_parser("rollback", help="switch back to the previous serving pointer")
+    s = sub.add_parser("rollback", help="undo the last cutover (refused if there is none to undo)")
     s.set_defaults(func=cmd_rollback)
 
+    force_new = "serve `new` below cutover.min_coverage anyway (answers marked degraded)"
     s = sub.add_parser("mode", help="set the base serving mode")
     s.add_argument("mode", choices=["old", "shadow", "fused", "new"])
+    s.add_argument("--force", action="store_true", help=force_new)
     s.set_defaults(func=cmd_mode)
 
     s = sub.add_parser("split", help="route a sticky share of clients to another mode")
     s.add_argument("--mode", required=True, choices=["old", "shadow", "fused", "new", "none"])
-    s.add_argument("--percent", required=True, help="e.g. 10%%")
+    s.add_argument("--percent", required=True, type=_percent, help="e.g. 10%%")
+    s.add_argument("--force", action="store_true", help=force_new)
     s.set_defaults(func=cmd_split)
 
     s = sub.add_parser("drift", help="fingerprint distribution; exits 1 if a serving index drifts")

@@ -192,6 +192,11 @@ class RoutingConfig(Strict):
     client_key_header: str = Field(
         "X-Client-Key", description="Header whose value makes routing sticky per client."
     )
+    without_key: Literal["random", "base"] = Field(
+        "random",
+        description="Requests without the client-key header: 'random' = each one drawn into "
+        "the split at random (a client may see both modes); 'base' = always the base mode.",
+    )
 
 
 class ShadowConfig(Strict):
@@ -203,7 +208,13 @@ class ShadowConfig(Strict):
 class CutoverConfig(Strict):
     """The gate a cutover must pass (or be forced, which is recorded)."""
 
-    min_coverage: float = Field(100.0, ge=0, le=100, description="Required coverage (%).")
+    min_coverage: float = Field(
+        100.0,
+        ge=0,
+        le=100,
+        description="Required coverage (%) for a cutover, and for serving `new` (base, split or "
+        "per request) without force.",
+    )
     max_ndcg_drop: float = Field(
         0.0, ge=0, le=1, description="New nDCG@10 may trail old by at most this."
     )

@@ -2,6 +2,9 @@
 
 Keys name fields of a document's `metadata` (the proxy stores them under `metadata.`), so a
 client can never filter on, or learn about, the proxy's own bookkeeping fields.
+
+Every request body of the API (these filters included) derives from `StrictBody`: unknown
+fields are refused and JSON values are taken as the types they are sent as.
 """
 
 from __future__ import annotations
@@ -25,6 +28,14 @@ def _unicode(s: str) -> str:
     return s
 
 
+class StrictBody(BaseModel):
+    """One rule for the whole API: `"k": "3"` is a string, not 3, and `"force": "true"` is not
+    true; both are refused (422) rather than guessed at. Enum fields (modes) take their values
+    as strings, which is how JSON spells them."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
 # A lone surrogate (JSON "\ud800") is a Python str that no index can take.
 Text = Annotated[str, AfterValidator(_unicode)]
 Scalar = Text | Int64 | bool
@@ -34,8 +45,7 @@ MAX_CONDITIONS = 32
 MAX_VALUES = 1000
 
 
-class Match(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Match(StrictBody):
     value: Scalar | None = None
     any: list[Scalar] | None = Field(None, min_length=1, max_length=MAX_VALUES)
     except_: list[Scalar] | None = Field(None, alias="except", min_length=1, max_length=MAX_VALUES)
@@ -47,9 +57,9 @@ class Match(BaseModel):
         return self
 
 
-class Range(BaseModel):
+class Range(StrictBody):
     # NaN and Infinity (which FastAPI's JSON parser accepts) bound nothing: refused.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     gt: float | None = None
     gte: float | None = None
     lt: float | None = None
@@ -62,8 +72,7 @@ class Range(BaseModel):
         return self
 
 
-class Condition(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Condition(StrictBody):
     key: str = Field(min_length=1, max_length=128)
     match: Match | None = None
     range: Range | None = None
@@ -81,11 +90,14 @@ class Condition(BaseModel):
         return f"metadata.{self.key}"
 
 
-class Filter(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Filter(StrictBody):
     must: list[Condition] = Field(default_factory=list, max_length=MAX_CONDITIONS)
     should: list[Condition] = Field(default_factory=list, max_length=MAX_CONDITIONS)
     must_not: list[Condition] = Field(default_factory=list, max_length=MAX_CONDITIONS)
+
+    def fields(self) -> list[str]:
+        """The payload paths the filter's conditions name, each once, in order."""
+        return list(dict.fromkeys(c.field for c in (*self.must, *self.should, *self.must_not)))
 
     @model_validator(mode="after")
     def _not_empty(self) -> Filter:

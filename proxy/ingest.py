@@ -134,10 +134,14 @@ class Progress:
         if now - self._last < 0.5 and self.done < self.total:
             return
         self._last = now
+        done = self.done >= self.total
+        if not done and not self.stream.isatty():
+            return  # a log file gets the final line only, not a trail of carriage returns
         rate = self.done / max(now - self.t0, 1e-9)
         pct = 100 * self.done / self.total if self.total else 100
-        self.stream.write(f"\r{self.label}: {self.done}/{self.total} ({pct:.0f}%) {rate:.0f}/s ")
-        if self.done >= self.total:
+        line = f"{self.label}: {self.done}/{self.total} ({pct:.0f}%) {rate:.0f}/s"
+        self.stream.write(f"\r{line} " if self.stream.isatty() else line)
+        if done:
             self.stream.write("\n")
         self.stream.flush()
 

@@ -1,13 +1,29 @@
 """Prometheus metrics. One registry per app so tests and replicas in one process don't clash.
 
-Request-path figures are observed as they happen; migration figures (coverage, queue, rate,
-fingerprints, cutover state) are read from the migration status at scrape time."""
+Request-path figures are observed as they happen (every HTTP answer is counted by
+`RequestCounter`, outermost of the app's middleware, so refusals made before routing count
+too); migration figures (coverage, queue, rate, fingerprints, cutover state) are read from
+the migration status at scrape time."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# Error kinds by HTTP status: a small fixed set, so the label's cardinality stays bounded.
+ERROR_KINDS = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "refused",
+    413: "too_large",
+    422: "invalid",
+    503: "unavailable",
+}
 
 
 class Metrics:
@@ -48,6 +64,17 @@ class Metrics:
         self.index_up = Gauge(
             "crossfade_index_up", "1 if the index answered the last status", ["index"], registry=r
         )
+        # Counter names get `_total` from the client: crossfade_http_requests_total, ...
+        self.requests = Counter(
+            "crossfade_http_requests",
+            "HTTP requests by route template, serving mode (searches; 'none' otherwise) and "
+            "status code",
+            ["route", "mode", "status"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "crossfade_http_errors", "HTTP error answers by kind", ["kind"], registry=r
+        )
 
     def update(self, status: dict[str, Any]) -> None:
         coverage = status["indexes"]["new"]["coverage"]
@@ -67,3 +94,41 @@ class Metrics:
         for m in ("old", "shadow", "fused", "new"):
             self.mode.labels(m).set(1 if routing["mode"] == m else 0)
         self.split.set(routing["split_percent"])
+
+
+def error_kind(status: int) -> str | None:
+    """The kind of an error answer (None: not an error). Pure."""
+    if status < 400:
+        return None
+    return ERROR_KINDS.get(status, "internal" if status >= 500 else "client_error")
+
+
+class RequestCounter:
+    """ASGI middleware counting every answer: by route template (never the raw path, whose
+    ids would make a series per document), serving mode (the X-Crossfade-Mode header) and
+    status; errors by kind. An exception that escapes the app counts as a 500."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, route_of: Callable[[Scope], str]) -> None:
+        self.app, self.metrics, self.route_of = app, metrics, route_of
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        seen: dict[str, Any] = {"status": 500, "mode": "none"}
+
+        async def sending(msg: Message) -> None:
+            if msg["type"] == "http.response.start":
+                seen["status"] = msg["status"]
+                for k, v in msg.get("headers") or []:
+                    if k.lower() == b"x-crossfade-mode":
+                        seen["mode"] = v.decode("latin-1")
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            status = int(seen["status"])
+            self.metrics.requests.labels(self.route_of(scope), seen["mode"], str(status)).inc()
+            kind = error_kind(status)
+            if kind:
+                self.metrics.errors.labels(kind).inc()

@@ -7,7 +7,9 @@ even while a cutover swaps the snapshot under concurrent requests.
 
 The split sends `split_percent` of client keys to `split_mode`; the same key always lands in
 the same bucket (sha256 of the key), so a user does not flip between modes between requests.
-A request without a key is bucketed at random.
+A request without a key (`routing.without_key`) is either bucketed at random, request by
+request ("random": the split's share of keyless traffic, but one client may see both modes),
+or always served by the base mode ("base": keyless clients never see the split mode).
 """
 
 from __future__ import annotations
@@ -34,10 +36,17 @@ def bucket(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % BUCKETS
 
 
-def route(routing: Routing, key: str | None = None, override: Mode | None = None) -> Mode:
+def route(
+    routing: Routing,
+    key: str | None = None,
+    override: Mode | None = None,
+    without_key: str = "random",
+) -> Mode:
     if override is not None:
         return override
     if routing.split_mode is None or routing.split_percent <= 0:
+        return routing.mode
+    if not key and without_key == "base":
         return routing.mode
     b = bucket(key) if key else random.randrange(BUCKETS)
     return routing.split_mode if b < routing.split_percent / 100 * BUCKETS else routing.mode

@@ -98,6 +98,36 @@ class Coverage:
         return self.value
 
 
+class PayloadFields:
+    """Which payload paths some document of an index holds, asked of the store (one matching
+    point is enough), and remembered: a path seen stays known, a path not seen is asked again
+    after `absent_ttl_s` (a write may add it), so a client repeating a filter on a key that
+    no document has does not make the store look every time."""
+
+    def __init__(self, absent_ttl_s: float) -> None:
+        self.absent_ttl_s = absent_ttl_s
+        self._seen: set[tuple[str, str]] = set()
+        self._absent: dict[tuple[str, str], float] = {}
+
+    def missing(self, store: VectorStore, fields: list[str]) -> list[str]:
+        """The `fields` no point of `store` holds (blocking)."""
+        out = []
+        now = time.monotonic()
+        for f in fields:
+            key = (store.name, f)
+            if key in self._seen:
+                continue
+            if now - self._absent.get(key, float("-inf")) < self.absent_ttl_s:
+                out.append(f)
+            elif store.has_payload_field(f):
+                self._seen.add(key)
+                self._absent.pop(key, None)
+            else:
+                self._absent[key] = now
+                out.append(f)
+        return out
+
+
 class Searcher:
     def __init__(
         self,
@@ -120,6 +150,7 @@ class Searcher:
         self.bm25 = bm25
         self.fusion = fusion
         self.coverage = coverage
+        self.payload_fields = PayloadFields(coverage.refresh_s)
 
     async def _dense(
         self, model: QueryEmbedder, store: VectorStore, query: str, depth: int, flt: Filter | None
@@ -204,10 +235,29 @@ class Searcher:
         depth = max(self.fusion.candidates, k)
         cands = await self.candidates(query, lists, depth, flt)
         hits = fuse(cands.ranked, self.params(mode, coverage, lists), cands.migrated, k)
-        serving = self.old_store if lists == ("old",) else self.new_store
-        assert serving is not None
+        serving = self.serving_store(lists)
         payloads = await asyncio.to_thread(serving.retrieve, [h.doc_id for h in hits], fields)
         return SearchResult(mode=mode, coverage=coverage, hits=hits, payloads=payloads)
+
+    def serving_store(self, lists: tuple[str, ...]) -> VectorStore:
+        """The index whose payloads answer a search over `lists` (the new one holds every
+        document from the migration's start; the old one alone serves the old list)."""
+        store = self.old_store if lists == ("old",) else self.new_store
+        assert store is not None
+        return store
+
+    async def filter_warnings(self, flt: Filter | None, lists: tuple[str, ...]) -> list[str]:
+        """A warning per filter key that no document holds: such a condition matches nothing
+        (or, under must_not, excludes nothing), which is most often a typo."""
+        if flt is None:
+            return []
+        store = self.serving_store(lists)
+        missing = await asyncio.to_thread(self.payload_fields.missing, store, flt.fields())
+        prefix = "metadata."
+        return [
+            f"unknown filter key {f.removeprefix(prefix)!r}: no document has this metadata key"
+            for f in missing
+        ]
 
     async def _single(
         self,

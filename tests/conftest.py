@@ -78,6 +78,16 @@ class LiveServer:
         self.thread.join(timeout=30)
 
 
+def cli_config(path: Path, data_dir: Path | str, port: int, **server: Any) -> Path:
+    """The demo config over `data_dir`, for `crossfade` commands that ask a proxy on `port`
+    (where none listens, they read the stores themselves)."""
+    data = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    data["data_dir"] = str(data_dir)
+    data["server"].update(port=port, **server)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 def drain(worker: object, max_steps: int = 200) -> int:
     """Run a Reembedder until the queue is empty and the sweep finds nothing (bounded)."""
     total = 0
@@ -128,10 +138,10 @@ class ProxyProcess:
             self.data, migration=yaml.safe_load(self.config.read_text())["migration"]
         )
 
-    def start(self, env: dict[str, str] | None = None) -> None:
+    def start(self, env: dict[str, str] | None = None, command: str = "serve") -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "proxy.cli", "--config", str(self.config), "serve"],
+                [sys.executable, "-m", "proxy.cli", "--config", str(self.config), command],
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,

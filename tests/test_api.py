@@ -12,7 +12,7 @@ from proxy.demo import python_reference
 from proxy.ingest import ingest
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
-from tests.conftest import LiveServer, demo_settings
+from tests.conftest import LiveServer, demo_settings, wait_for
 
 TOPICS = ("assert", "assignment", "exceptions", "for", "with", "lambda", "import", "try")
 
@@ -65,15 +65,26 @@ def test_fused_search_returns_provenance(server: tuple[str, Runtime]) -> None:
 
 
 def test_modes_and_text_opt_out(server: tuple[str, Runtime]) -> None:
-    url, _ = server
+    url, rt = server
     old = httpx.post(url + "/search", json={"query": "lambda expressions", "mode": "old"}).json()
     assert old["mode"] == "old" and old["results"]
     assert all(set(h["ranks"]) == {"old"} and not h["migrated"] for h in old["results"])
-    new = httpx.post(
-        url + "/search", json={"query": "lambda expressions", "mode": "new", "with_text": False}
-    ).json()
+    body = {"query": "lambda expressions", "mode": "new", "with_text": False}
+    # A third migrated, below cutover.min_coverage: `new` alone would miss two thirds of the
+    # corpus, so it is refused per request unless forced, and a forced answer says so.
+    _, total, migrated = counts(rt)
+    required = rt.settings.cutover.min_coverage
+    coverage = f"coverage {100 * migrated / total:.2f}% < required {required:g}%"
+    refused = httpx.post(url + "/search", json=body)
+    assert refused.status_code == 409
+    assert coverage in refused.json()["error"] and "force: true" in refused.json()["error"]
+    forced = httpx.post(url + "/search", json={**body, "force": True})
+    assert forced.status_code == 200
+    new = forced.json()
     assert new["mode"] == "new" and all(h["text"] is None for h in new["results"])
     assert all(set(h["ranks"]) == {"new", "bm25"} for h in new["results"])
+    assert new["degraded"] == f"new index {coverage}"
+    assert forced.headers["x-crossfade-degraded"] == new["degraded"]
 
 
 def test_filter_on_metadata(server: tuple[str, Runtime]) -> None:
@@ -102,6 +113,13 @@ def test_filter_on_metadata(server: tuple[str, Runtime]) -> None:
         ),
         ({"query": "ok", "filter": {}}, 422, "filter"),
         ({"query": 5}, 422, "query"),
+        # Strict JSON types for the whole API: a string is not a number, nor a boolean.
+        ({"query": "ok", "k": "3"}, 422, "k"),
+        ({"query": "ok", "k": 3.0}, 422, "k"),
+        ({"query": "ok", "with_text": "false"}, 422, "with_text"),
+        ({"query": "ok", "reembed": 0}, 422, "reembed"),
+        ({"query": "ok", "force": "yes"}, 422, "force"),
+        ({"query": "ok", "filter": {"must": [{"key": "part", "range": {"gte": "2"}}]}}, 422, "gte"),
     ],
 )
 def test_bad_input_is_a_clear_4xx_and_changes_nothing(
@@ -132,11 +150,79 @@ def test_non_json_and_oversized_bodies(server: tuple[str, Runtime]) -> None:
     assert counts(rt) == before
 
 
+def test_strict_types_accept_the_json_types_themselves(server: tuple[str, Runtime]) -> None:
+    url, _ = server
+    flt = {"must": [{"key": "part", "range": {"gte": 1}}]}  # an integer bound for a float: fine
+    body = {"query": "for loop", "k": 3, "with_text": False, "mode": "old", "filter": flt}
+    r = httpx.post(url + "/search", json=body)
+    assert r.status_code == 200 and len(r.json()["results"]) == 3
+
+
+def test_filter_on_a_key_no_document_has_warns(server: tuple[str, Runtime]) -> None:
+    url, rt = server
+    typo = {"must": [{"key": "topik", "match": {"value": "import"}}]}
+    r = httpx.post(url + "/search", json={"query": "import a module", "filter": typo})
+    assert r.status_code == 200 and r.json()["results"] == []
+    assert r.json()["warnings"] == ["unknown filter key 'topik': no document has this metadata key"]
+    # A key some document has: no warning, whether or not anything matches.
+    known = {"must": [{"key": "topic", "match": {"value": "no-such-topic"}}]}
+    r = httpx.post(url + "/search", json={"query": "import a module", "filter": known})
+    assert r.status_code == 200 and r.json()["results"] == [] and "warnings" not in r.json()
+    mixed = {"must": [{"key": "topic", "match": {"value": "import"}}]}
+    mixed["must_not"] = [{"key": "colour", "match": {"value": "red"}}]
+    r = httpx.post(url + "/search", json={"query": "import a module", "filter": mixed})
+    assert r.json()["results"] and r.json()["warnings"] == [
+        "unknown filter key 'colour': no document has this metadata key"
+    ]
+    # The store knows a key as soon as a document holding it is written.
+    doc = {"id": "colourful", "text": "A red passage about imports.", "metadata": {"colour": "red"}}
+    assert httpx.put(url + "/documents", json={"documents": [doc]}).status_code == 200
+    try:
+        wait_for(
+            lambda: (
+                "warnings"
+                not in httpx.post(
+                    url + "/search", json={"query": "imports", "filter": mixed}
+                ).json()
+            ),
+            10,
+            "the new key to be known",
+        )
+    finally:
+        assert httpx.delete(url + "/documents/colourful").status_code == 200
+
+
 def test_metrics_endpoint(server: tuple[str, Runtime]) -> None:
     url, _ = server
+
+    def value(text: str, series: str) -> float:
+        line = next((x for x in text.splitlines() if x.startswith(series + " ")), None)
+        return float(line.split()[-1]) if line else 0.0
+
+    before = httpx.get(url + "/metrics").text
     httpx.post(url + "/search", json={"query": "for loop"})
+    httpx.post(url + "/search", json={"query": "for loop", "mode": "old"})
+    httpx.post(url + "/search", json={"query": "for loop", "k": "3"})
+    httpx.delete(url + "/documents/nothing-here")
+    httpx.get(url + "/nope")
+    httpx.post(url + "/admin/mode", json={"mode": "old"})  # no key
     text = httpx.get(url + "/metrics").text
     assert 'crossfade_search_seconds_count{mode="fused"}' in text
+    requests = "crossfade_http_requests_total"
+    for labels, n in (
+        ('mode="fused",route="/search",status="200"', 1),
+        ('mode="old",route="/search",status="200"', 1),
+        ('mode="none",route="/search",status="422"', 1),
+        ('mode="none",route="/documents/{doc_id}",status="200"', 1),
+        ('mode="none",route="unmatched",status="404"', 1),
+        ('mode="none",route="/admin/mode",status="401"', 1),
+    ):
+        series = f"{requests}{{{labels}}}"
+        assert value(text, series) - value(before, series) == n, series
+    for kind in ("invalid", "not_found", "unauthorized"):
+        series = f'crossfade_http_errors_total{{kind="{kind}"}}'
+        assert value(text, series) - value(before, series) == 1, series
+    assert "# TYPE crossfade_http_requests_total counter" in text
 
 
 def test_curl_style_form_content_type_is_read_as_json(server: tuple[str, Runtime]) -> None:

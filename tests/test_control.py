@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -16,13 +17,13 @@ from proxy.cli import main
 from proxy.config import CutoverConfig, Mode
 from proxy.demo import python_reference, write_eval_set
 from proxy.ingest import ingest
-from proxy.migration.cutover import decide, load_routing
+from proxy.migration.cutover import AUDIT, AuditLog, decide, load_routing
 from proxy.migration.start import start_migration
 from proxy.migration.worker import Reembedder
 from proxy.router import Routing, bucket, rank_biased_overlap, route
 from proxy.runtime import Runtime
 from proxy.store import point_id
-from tests.conftest import LiveServer, demo_settings, drain
+from tests.conftest import LiveServer, cli_config, demo_settings, drain
 
 KEY = "control-test-key"
 ADMIN = {"Authorization": f"Bearer {KEY}"}
@@ -65,6 +66,16 @@ def test_split_routes_ten_percent_of_keys_and_is_sticky() -> None:
     assert 0 <= bucket("x") < 10_000
 
 
+def test_requests_without_a_key_split_at_random_or_stay_on_the_base_mode() -> None:
+    r = Routing(mode=Mode.FUSED, split_mode=Mode.NEW, split_percent=50)
+    drawn = {route(r, None) for _ in range(200)}
+    assert drawn == {Mode.FUSED, Mode.NEW}  # "random" (the default): each request drawn anew
+    assert {route(r, None, without_key="base") for _ in range(200)} == {Mode.FUSED}
+    assert {route(r, "", without_key="base") for _ in range(20)} == {Mode.FUSED}
+    keyed = [route(r, f"k{i}", without_key="base") for i in range(200)]
+    assert set(keyed) == {Mode.FUSED, Mode.NEW}  # keyed clients are still split
+
+
 def test_rank_biased_overlap_bounds() -> None:
     a = [str(i) for i in range(10)]
     assert rank_biased_overlap(a, a) == pytest.approx(1.0)
@@ -80,7 +91,17 @@ def test_gate_decision() -> None:
     worse = {"ndcg@10": 0.5, "recall@10": 0.7, "p95_ms": 10.0}
     assert decide(1.0, good, good, gate) == []
     assert any("coverage" in w for w in decide(0.5, good, good, gate))
-    assert any("nDCG@10" in w for w in decide(1.0, good, worse, gate))
+    assert decide(1.0, good, worse, gate) == ["nDCG@10 new 0.5000 < old 0.6000"]
+    # A tolerance is printed only where there is one.
+    tolerant = CutoverConfig(max_ndcg_drop=0.05, max_recall_drop=0.0)
+    assert decide(1.0, good, worse, tolerant) == [
+        "nDCG@10 new 0.5000 < old 0.6000 - 0.05 tolerance"
+    ]
+    less_recall = {**good, "recall@10": 0.6}
+    assert decide(1.0, good, less_recall, tolerant) == ["recall@10 new 0.6000 < old 0.7000"]
+    assert decide(1.0, good, less_recall, gate) == [
+        "recall@10 new 0.6000 < old 0.7000 - 0.01 tolerance"
+    ]
 
 
 @pytest.fixture
@@ -199,7 +220,7 @@ def test_admin_endpoints_refuse_missing_or_wrong_keys(setup: tuple[Runtime, Path
             bad = httpx.post(live.url + path, json={}, headers={"Authorization": "Bearer x"})
             assert bad.status_code == 401
         assert httpx.get(live.url + "/admin/audit").status_code == 401
-        r = post(live.url, "/admin/split", {"mode": "new", "percent": 50})
+        r = post(live.url, "/admin/split", {"mode": "new", "percent": 50, "force": True})
         assert r.status_code == 200 and r.json()["to"]["split_percent"] == 50
         modes = {
             httpx.post(
@@ -210,18 +231,172 @@ def test_admin_endpoints_refuse_missing_or_wrong_keys(setup: tuple[Runtime, Path
         assert modes == {"fused", "new"}
 
 
+@contextmanager
+def serving(rt: Runtime, drained: bool = False) -> Iterator[str]:
+    """The migration started (lazy), the worker paused (the test drives it; `drained`: the
+    new index filled first), a live proxy: its URL."""
+    start_migration(rt, progress=False)
+    rt.state.set("paused", True)
+    if drained:
+        drain(Reembedder(rt))
+    with LiveServer(_app(rt)) as live:
+        yield live.url
+
+
+def routing(url: str) -> dict:
+    return httpx.get(url + "/admin/routing", headers=ADMIN).json()
+
+
+def audit(url: str) -> list[dict]:
+    return httpx.get(url + "/admin/audit", params={"n": 1000}, headers=ADMIN).json()
+
+
+def test_rollback_only_undoes_the_last_cutover(setup: tuple[Runtime, Path]) -> None:
+    rt, beir = setup
+    with serving(rt, drained=True) as url:
+        # Before any cutover there is nothing to undo: refused, and nothing changes.
+        start, logged = routing(url), audit(url)
+        r = post(url, "/admin/rollback")
+        assert r.status_code == 409 and r.json()["error"].startswith("nothing to roll back")
+        assert routing(url) == start and audit(url) == logged
+
+        assert post(url, "/admin/split", {"mode": "old", "percent": 10}).status_code == 200
+        served_before = routing(url)
+        assert post(url, "/admin/cutover", {"beir": str(beir)}).status_code == 200
+        assert routing(url)["mode"] == "new" and load_routing(rt.settings)[1] is not None
+        again = post(url, "/admin/cutover", {"beir": str(beir)})
+        assert again.status_code == 409 and again.json()["error"].startswith("already cut over")
+        actions = httpx.get(url + "/migration").json()["actions"]
+        assert actions["rollback"] is None and actions["cutover"].startswith("already cut over")
+
+        back = post(url, "/admin/rollback", {"actor": "tester"})
+        assert back.status_code == 200 and back.json()["action"] == "rollback"
+        restored = routing(url)
+        same = ("mode", "split_mode", "split_percent")
+        assert {k: restored[k] for k in same} == {k: served_before[k] for k in same}
+
+        # The second rollback used to switch forward to `new`, ungated: now it is refused.
+        logged = audit(url)
+        second = post(url, "/admin/rollback")
+        assert second.status_code == 409
+        assert second.json()["error"] == (
+            "nothing to roll back: no cutover since the last rollback (serving mode=fused, "
+            f"split 10% -> old, generation {restored['generation']}); `crossfade mode` "
+            "changes the mode"
+        )
+        assert routing(url) == restored and audit(url) == logged
+        assert httpx.get(url + "/migration").json()["actions"]["rollback"] == second.json()["error"]
+
+        # A mode change after a cutover is not what a rollback undoes: it goes back to what
+        # served before the cutover.
+        assert post(url, "/admin/cutover", {"beir": str(beir), "force": True}).status_code == 200
+        assert post(url, "/admin/mode", {"mode": "old"}).status_code == 200
+        assert post(url, "/admin/rollback").json()["to"]["mode"] == "fused"
+        assert post(url, "/admin/rollback").status_code == 409
+    # Persisted: after a restart there is still nothing to roll back.
+    assert load_routing(rt.settings)[1] is None
+
+
+def test_new_is_refused_below_the_cutover_coverage_unless_forced(
+    setup: tuple[Runtime, Path],
+) -> None:
+    rt, _ = setup
+    with serving(rt) as url:
+        start, logged = routing(url), audit(url)
+        for path, body in (
+            ("/admin/mode", {"mode": "new"}),
+            ("/admin/split", {"mode": "new", "percent": 10}),
+        ):
+            r = post(url, path, body)
+            assert r.status_code == 409, r.text
+            assert r.json()["error"].startswith("mode new refused: coverage 0.00% < required 100%")
+        r = httpx.post(url + "/search", json={"query": "assert statement", "mode": "new"})
+        assert r.status_code == 409 and "force" in r.json()["error"]
+        assert routing(url) == start and audit(url) == logged
+
+        # Forced: allowed, recorded as forced, and every answer `new` gives says degraded.
+        r = post(url, "/admin/split", {"mode": "new", "percent": 100, "force": True})
+        assert r.status_code == 200 and r.json()["action"] == "set split (forced)"
+        s = httpx.post(url + "/search", json={"query": "assert"}, headers={"X-Client-Key": "a"})
+        assert s.headers["x-crossfade-mode"] == "new"
+        assert s.headers["x-crossfade-degraded"] == "new index coverage 0.00% < required 100%"
+        assert post(url, "/admin/split", {"mode": None}).status_code == 200
+        r = post(url, "/admin/mode", {"mode": "new", "force": True})
+        assert r.status_code == 200 and r.json()["action"] == "set mode (forced)"
+        s = httpx.post(url + "/search", json={"query": "assert statement"})
+        assert s.json()["mode"] == "new" and s.json()["degraded"].startswith("new index coverage")
+
+        # At the cutover's coverage `new` needs no force and is not degraded.
+        assert post(url, "/admin/mode", {"mode": "fused"}).status_code == 200
+        drain(Reembedder(rt))
+        r = post(url, "/admin/mode", {"mode": "new"})
+        assert r.status_code == 200 and r.json()["action"] == "set mode"
+        s = httpx.post(url + "/search", json={"query": "assert statement"})
+        assert s.json()["mode"] == "new" and "degraded" not in s.json()
+
+
+def test_requests_without_a_key_can_stay_on_the_base_mode(tmp_path: Path, models: dict) -> None:
+    settings = demo_settings(
+        tmp_path / "data",
+        routing={"split_mode": "old", "split_percent": 50, "without_key": "base"},
+    )
+    with Runtime(settings, dict(models)) as rt:
+        ingest(rt, "old", DOCS, progress=False)
+        start_migration(rt, progress=False)
+        rt.state.set("paused", True)
+        with LiveServer(_app(rt)) as live:
+
+            def mode(**headers: str) -> str:
+                r = httpx.post(live.url + "/search", json={"query": "for"}, headers=headers)
+                return r.headers["x-crossfade-mode"]
+
+            assert {mode() for _ in range(20)} == {"fused"}
+            assert {mode(**{"X-Client-Key": f"c{i}"}) for i in range(40)} == {"fused", "old"}
+
+
+def test_backfill_controls_are_audited(
+    setup: tuple[Runtime, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    rt, _ = setup
+    with serving(rt) as url:
+        for body in (
+            {"action": "resume", "actor": "ops"},
+            {"action": "pause"},
+            {"backfill": False},
+        ):
+            assert post(url, "/migration/backfill", body).status_code == 200
+        assert post(url, "/migration/backfill", {"until": 50, "backfill": True}).status_code == 200
+        logged = audit(url)
+        assert [e["action"] for e in logged[-4:]] == [
+            "backfill resume",
+            "backfill pause",
+            "backfill off",
+            "backfill on until 50%",
+        ]
+        first = logged[-4]
+        assert first["actor"] == "ops" and first["before"]["paused"] is True
+        assert first["after"]["paused"] is False and logged[-1]["after"]["until"] == 50.0
+        # A refused change is not one: nothing recorded.
+        assert post(url, "/migration/backfill", {"until": 150}).status_code == 422
+        assert audit(url) == logged
+    # With no proxy running, the CLI persists the change for the next start: recorded too.
+    cfg = cli_config(rt.settings.data_path("c.yaml"), rt.settings.data_dir, 1)
+    rt.close()
+    monkeypatch.setenv("CROSSFADE_ACTOR", "night-shift")
+    assert main(["--config", str(cfg), "backfill", "limit", "--until", "80%"]) == 0
+    assert json.loads(capsys.readouterr().out)["until"] == 80.0
+    last = AuditLog(rt.settings.data_path(AUDIT)).tail(1)[0]
+    assert last["action"] == "backfill until 80%" and last["actor"] == "night-shift"
+    assert last["before"]["until"] == 50.0 and last["after"]["until"] == 80.0
+
+
 def test_drift_catches_vectors_written_behind_the_proxy(
     setup: tuple[Runtime, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     rt, _ = setup
     start_migration(rt, progress=False)
-    cfg = rt.settings.data_path("c.yaml")
-    import yaml
-
-    data = yaml.safe_load((Path(__file__).parents[1] / "config" / "demo.yaml").read_text())
-    data["data_dir"] = str(Path(rt.settings.data_dir))
-    data["server"]["port"] = 1  # nothing listens there: drift reads the stores itself
-    cfg.write_text(yaml.safe_dump(data))
+    # Nothing listens on port 1: drift reads the stores itself.
+    cfg = cli_config(rt.settings.data_path("c.yaml"), rt.settings.data_dir, 1)
     rt.close()
     assert main(["--config", str(cfg), "drift"]) == 0
     capsys.readouterr()

@@ -31,6 +31,7 @@ from schemathesis.checks import (
 )
 
 from proxy.app import DocumentsIn, SearchRequest, create_app
+from proxy.config import Mode
 from proxy.demo import python_reference
 from proxy.filters import MAX_CONDITIONS, MAX_VALUES
 from proxy.ingest import ingest
@@ -265,8 +266,12 @@ def test_search_accepts_exactly_the_valid_requests(proxy: Proxy, body: Any) -> N
         and len(body["query"]) <= proxy.rt.settings.server.max_query_chars
     )
     if ok:
+        req = SearchRequest.model_validate(body)
+        if req.mode is Mode.NEW and not req.force:  # coverage 0 here: refused unless forced
+            assert r.status_code == 409, (body, r.text[:300])
+            return
         assert r.status_code == 200, (body, r.text[:300])
-        assert len(r.json()["results"]) <= SearchRequest.model_validate(body).k
+        assert len(r.json()["results"]) <= req.k
     else:
         assert r.status_code in (400, 413, 422), (body, r.status_code, r.text[:300])
 

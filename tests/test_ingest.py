@@ -7,13 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from proxy.cli import main
 from proxy.ingest import CorpusError, ingest, read_jsonl
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
-from tests.conftest import ROOT, demo_settings, free_port
+from tests.conftest import cli_config, demo_settings, free_port
 
 DOCS = [
     {
@@ -101,11 +100,8 @@ def test_migrate_start_seeds_every_doc_without_dense_vectors(
 
 def test_cli_ingest_and_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     corpus = write_jsonl(tmp_path / "c.jsonl", DOCS)
-    cfg = tmp_path / "c.yaml"
-    data = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
-    data["data_dir"] = str(tmp_path / "data")
-    data["server"]["port"] = free_port()  # no proxy there: status reads the stores itself
-    cfg.write_text(yaml.safe_dump(data))
+    # No proxy on that port: status reads the stores itself.
+    cfg = cli_config(tmp_path / "c.yaml", tmp_path / "data", free_port())
     assert main(["--config", str(cfg), "ingest", "--index", "old", "--quiet", str(corpus)]) == 0
     assert json.loads(capsys.readouterr().out)["written"] == 3
     assert main(["--config", str(cfg), "migrate", "start", "--quiet"]) == 0

@@ -152,7 +152,9 @@ def test_sweep_and_fingerprint_counts(store: VectorStore) -> None:
     assert store.fingerprints() == {FP: 3}
 
 
-def test_server_backend_mirrors_the_serving_pointer_to_an_alias(tmp_path: Path) -> None:
+def test_server_backend_mirrors_the_serving_pointer_to_an_alias(
+    tmp_path: Path, models: dict
+) -> None:
     """Old and new collections on one Qdrant (local mode here): cutover and rollback move the
     `<new>_serving` alias in one request."""
     import asyncio
@@ -171,12 +173,14 @@ def test_server_backend_mirrors_the_serving_pointer_to_an_alias(tmp_path: Path) 
             "new": {"backend": "qdrant", "url": ":memory:", "collection": "docs_v2"},
         },
     )
-    rt = Runtime(settings)
+    rt = Runtime(settings, dict(models))
     for side in ("old", "new"):
         rt.store(side).create(IndexInfo(dim=DIM, fingerprint=f"{side}@1", sparse=side == "new"))
     plane = ControlPlane(rt)
     new = rt.store("new")
-    asyncio.run(plane.switch(Routing(mode=Mode.NEW), "cutover", "test"))
+    asyncio.run(plane.switch(Routing(mode=Mode.OLD), "set mode", "test"))
+    assert new.alias_target("docs_v2_serving") == "docs_v1"  # type: ignore[attr-defined]
+    asyncio.run(plane.cutover(rt.searcher(), None, True, "test"))
     assert new.alias_target("docs_v2_serving") == "docs_v2"  # type: ignore[attr-defined]
     asyncio.run(plane.rollback("test"))
     assert new.alias_target("docs_v2_serving") == "docs_v1"  # type: ignore[attr-defined]

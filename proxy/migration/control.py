@@ -8,15 +8,19 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from proxy.beir import Beir
-from proxy.config import Mode
+from proxy.config import CutoverConfig, Mode
 from proxy.migration.cutover import (
     AUDIT,
     AuditLog,
     evaluate_gate,
     load_routing,
+    new_too_early,
+    nothing_to_roll_back,
     routing_dict,
     save_routing,
+    why_no_cutover,
 )
+from proxy.migration.worker import control_state, set_control
 from proxy.router import Routing, overlap_at_k, rank_biased_overlap, route
 from proxy.runtime import Runtime
 from proxy.search import Searcher
@@ -51,12 +55,7 @@ class ControlPlane:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.settings = rt.settings
-        self.routing, self.previous = load_routing(rt.settings)
-        if self.routing.split_mode is None and rt.settings.routing.split_mode is not None:
-            r = rt.settings.routing
-            self.routing = replace(
-                self.routing, split_mode=r.split_mode, split_percent=r.split_percent
-            )
+        self.routing, self.rollback_to = load_routing(rt.settings)
         self.audit = AuditLog(rt.settings.data_path(AUDIT))
         self.audit.reconcile(self.routing)
         self.shadow = ShadowStats()
@@ -65,7 +64,7 @@ class ControlPlane:
 
     def route(self, key: str | None, override: Mode | None) -> tuple[Mode, int]:
         r = self.routing  # one read: the request is routed wholly by this snapshot
-        return route(r, key, override), r.generation
+        return route(r, key, override, self.settings.routing.without_key), r.generation
 
     def modes_in_use(self) -> set[Mode]:
         r = self.routing
@@ -74,11 +73,17 @@ class ControlPlane:
     async def switch(
         self, target: Routing, action: str, actor: str, gate: dict[str, Any] | None = None
     ) -> dict[str, Any]:
+        """A mode or split change: what a rollback would restore stays as it was."""
         async with self._lock:
-            return await self._switch(target, action, actor, gate)
+            return await self._switch(target, action, actor, gate, self.rollback_to)
 
     async def _switch(
-        self, target: Routing, action: str, actor: str, gate: dict[str, Any] | None
+        self,
+        target: Routing,
+        action: str,
+        actor: str,
+        gate: dict[str, Any] | None,
+        rollback_to: Routing | None,
     ) -> dict[str, Any]:
         """Move the Qdrant alias (if any), persist the pointer (atomic rename), then swap it in
         memory (one assignment). The alias goes first: it is the step that can fail on a
@@ -90,11 +95,11 @@ class ControlPlane:
         new = replace(target, generation=before.generation + 1)
         await asyncio.to_thread(self._mirror_alias, new)
         try:
-            await asyncio.to_thread(save_routing, self.settings, new, before)
+            await asyncio.to_thread(save_routing, self.settings, new, rollback_to)
         except BaseException:
             await asyncio.to_thread(self._mirror_alias, before)
             raise
-        self.previous, self.routing = before, new
+        self.rollback_to, self.routing = rollback_to, new
         return await asyncio.to_thread(
             self.audit.append,
             {
@@ -105,6 +110,30 @@ class ControlPlane:
                 "gate": gate,
             },
         )
+
+    def steer_backfill(
+        self,
+        actor: str,
+        action: str | None = None,
+        backfill: bool | None = None,
+        until: float | None = None,
+    ) -> dict[str, Any]:
+        """Pause/resume the re-embed worker, switch or limit the backfill (persisted, so a
+        restart honours it), and record the change in the audit log like any switch
+        (blocking)."""
+        cfg = self.settings.migration
+        before = control_state(self.rt.state, cfg)
+        set_control(self.rt.state, action, backfill, until)
+        after = control_state(self.rt.state, cfg)
+        self.audit.append(
+            {
+                "action": backfill_action(action, backfill, until),
+                "actor": actor,
+                "before": before,
+                "after": after,
+            }
+        )
+        return after
 
     def _mirror_alias(self, routing: Routing) -> None:
         """Qdrant server: point `<new collection>_serving` at the collection now serving."""
@@ -130,11 +159,45 @@ class ControlPlane:
                 )
                 return False, gate
             action = "cutover (forced)" if force else "cutover"
-            entry = await self._switch(Routing(mode=Mode.NEW), action, actor, gate)
+            # What served before this cutover is what a rollback restores.
+            entry = await self._switch(Routing(mode=Mode.NEW), action, actor, gate, self.routing)
         return True, {**(gate or {"ok": None}), "forced": force, "audit": entry}
 
-    async def rollback(self, actor: str) -> dict[str, Any]:
-        """Back to the pointer before the last switch (or to `old` if there was none)."""
+    async def rollback(self, actor: str) -> tuple[bool, dict[str, Any]]:
+        """Back to the routing that served before the last cutover; (False, why) if there is
+        no cutover to undo (never a switch forward)."""
         async with self._lock:
-            target = self.previous or Routing(mode=Mode.OLD)
-            return await self._switch(target, "rollback", actor, None)
+            if self.rollback_to is None:
+                return False, {"error": nothing_to_roll_back(self.routing)}
+            return True, await self._switch(self.rollback_to, "rollback", actor, None, None)
+
+
+def backfill_action(action: str | None, backfill: bool | None, until: float | None) -> str:
+    """The audit log's name for a backfill control change, e.g. "backfill pause"."""
+    parts = [action] if action else []
+    if backfill is not None:
+        parts.append("on" if backfill else "off")
+    if until is not None:
+        parts.append(f"until {until:g}%")
+    return " ".join(["backfill", *parts]) if parts else "backfill (no change)"
+
+
+def available_actions(
+    routing: Routing,
+    rollback_to: Routing | None,
+    coverage: float | None,
+    gate: CutoverConfig,
+    paused: bool,
+) -> dict[str, str | None]:
+    """What an operator can do now: each action with why it can't (None = it can). The
+    dashboard enables its buttons from this; the API refuses the same cases. Pure."""
+    done = why_no_cutover(routing)
+    early = new_too_early(coverage, gate) if coverage is not None else "coverage unknown"
+    return {
+        "cutover": done
+        or (f"the gate would refuse: {early} (force to override)" if early else None),
+        "cutover_forced": done,
+        "rollback": nothing_to_roll_back(routing) if rollback_to is None else None,
+        "pause": "already paused" if paused else None,
+        "resume": None if paused else "not paused",
+    }

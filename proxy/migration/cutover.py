@@ -6,6 +6,10 @@ it is one immutable `Routing` object swapped by a single assignment, so every re
 either the old or the new pointer, whole. With the Qdrant-server backend the pointer is
 mirrored to a collection alias (`<new collection>_serving`) that clients outside the proxy can
 follow. Dual writes continue after cutover, which is what makes rollback lossless.
+
+Rollback undoes the last cutover and nothing else: the pointer file keeps the routing that
+served before the last cutover (`rollback_to`), a rollback restores it and clears it. A second
+rollback finds nothing to undo and is refused; it can never switch forward past the gate.
 """
 
 from __future__ import annotations
@@ -31,16 +35,18 @@ AUDIT = "audit.jsonl"
 
 
 def load_routing(settings: Settings) -> tuple[Routing, Routing | None]:
-    """The persisted pointer and the one before it, or the config's mode if none yet."""
+    """The serving pointer and the routing to roll back to (None: no cutover to undo). Before
+    the first switch there is no file: the config's mode and split are the pointer."""
     path = settings.data_path(POINTER)
     if not path.exists():
-        return Routing(mode=settings.mode), None
+        r = settings.routing
+        return Routing(settings.mode, r.split_mode, r.split_percent if r.split_mode else 0.0), None
     data = json.loads(path.read_text())
-    prev = data.pop("previous", None)
-    return _routing(data), (_routing(prev) if prev else None)
+    back = data.get("rollback_to")
+    return parse_routing(data), (parse_routing(back) if back else None)
 
 
-def _routing(d: dict[str, Any]) -> Routing:
+def parse_routing(d: dict[str, Any]) -> Routing:
     return Routing(
         mode=Mode(d["mode"]),
         split_mode=Mode(d["split_mode"]) if d.get("split_mode") else None,
@@ -58,10 +64,42 @@ def routing_dict(r: Routing) -> dict[str, Any]:
     }
 
 
-def save_routing(settings: Settings, routing: Routing, previous: Routing | None) -> None:
+def save_routing(settings: Settings, routing: Routing, rollback_to: Routing | None) -> None:
     data = routing_dict(routing)
-    data["previous"] = routing_dict(previous) if previous else None
+    data["rollback_to"] = routing_dict(rollback_to) if rollback_to else None
     write_json_atomic(settings.data_path(POINTER), data)
+
+
+def describe(r: Routing) -> str:
+    """The pointer in words, for start-up lines, the CLI and refusals."""
+    split = (
+        f", split {r.split_percent:g}% -> {r.split_mode.value}"
+        if r.split_mode and r.split_percent > 0
+        else ", no split"
+    )
+    return f"mode={r.mode.value}{split}, generation {r.generation}"
+
+
+def why_no_cutover(routing: Routing) -> str | None:
+    """Why a cutover has nothing to do (None: it may run)."""
+    if routing.mode is Mode.NEW and not (routing.split_mode and routing.split_percent > 0):
+        return f"already cut over: serving new ({describe(routing)})"
+    return None
+
+
+def nothing_to_roll_back(routing: Routing) -> str:
+    """The refusal of a rollback when no cutover is left to undo."""
+    return (
+        "nothing to roll back: no cutover since the last rollback "
+        f"(serving {describe(routing)}); `crossfade mode` changes the mode"
+    )
+
+
+def new_too_early(coverage: float, gate: CutoverConfig) -> str | None:
+    """Why serving `new` at this coverage would miss documents (None: it may serve)."""
+    if coverage * 100 < gate.min_coverage:
+        return f"coverage {100 * coverage:.2f}% < required {gate.min_coverage:g}%"
+    return None
 
 
 class AuditLog:
@@ -137,20 +175,27 @@ def decide(
 ) -> list[str]:
     """Why the gate refuses (empty = it holds). Pure."""
     why = []
-    if coverage * 100 < gate.min_coverage:
-        why.append(f"coverage {100 * coverage:.2f}% < required {gate.min_coverage:g}%")
+    early = new_too_early(coverage, gate)
+    if early:
+        why.append(early)
     if new["ndcg@10"] < old["ndcg@10"] - gate.max_ndcg_drop:
         why.append(
-            f"nDCG@10 new {new['ndcg@10']:.4f} < old {old['ndcg@10']:.4f} - {gate.max_ndcg_drop:g}"
+            f"nDCG@10 new {new['ndcg@10']:.4f} < old {old['ndcg@10']:.4f}"
+            + _minus(gate.max_ndcg_drop)
         )
     if new["recall@10"] < old["recall@10"] - gate.max_recall_drop:
         why.append(
             f"recall@10 new {new['recall@10']:.4f} < old {old['recall@10']:.4f}"
-            f" - {gate.max_recall_drop:g}"
+            + _minus(gate.max_recall_drop)
         )
     if gate.max_p95_ms and new["p95_ms"] > gate.max_p95_ms:
         why.append(f"p95 new {new['p95_ms']:.1f} ms > {gate.max_p95_ms:g} ms")
     return why
+
+
+def _minus(tolerance: float) -> str:
+    # A tolerance of 0 is no tolerance: "old 0.4085 - 0" reads like a formula left unfinished.
+    return f" - {tolerance:g} tolerance" if tolerance else ""
 
 
 async def evaluate_gate(searcher: Searcher, data: Beir, gate: CutoverConfig) -> dict[str, Any]:

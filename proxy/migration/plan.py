@@ -22,7 +22,10 @@ def _token_counts(model: Any, texts: list[str]) -> list[int]:
         return [max(1, len(t) // 4) for t in texts]  # the usual ~4 characters/token rule
     if hasattr(tok, "encode_batch"):  # tokenizers.Tokenizer (ONNX loader)
         return [len(e.ids) for e in tok.encode_batch(texts)]
-    return [len(ids) for ids in tok(texts, add_special_tokens=True)["input_ids"]]
+    # Counted untruncated, on purpose: verbose=False keeps the tokenizer from warning about
+    # it ("longer than the specified maximum"); the plan states the truncation instead.
+    ids = tok(texts, add_special_tokens=True, verbose=False)["input_ids"]
+    return [len(x) for x in ids]
 
 
 def plan(rt: Runtime, sample: int | None = None) -> dict[str, Any]:
@@ -46,7 +49,10 @@ def plan(rt: Runtime, sample: int | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     model.embed_documents(texts)
     rate = len(texts) / (time.perf_counter() - t0)
-    tokens_per_doc = float(np.mean(_token_counts(model, texts)))
+    counts = _token_counts(model, texts)
+    tokens_per_doc = float(np.mean(counts))
+    max_length = cfg.models.new.max_length
+    over = sum(c > max_length for c in counts)
     total_tokens = tokens_per_doc * docs
     dim = model.fingerprint.dim
     vec_bytes = docs * dim * 4
@@ -62,6 +68,12 @@ def plan(rt: Runtime, sample: int | None = None) -> dict[str, Any]:
         "backfill_eta_s_at_budget": round(docs / budget_rate, 1),
         "budget": {"cpu_share": share, "max_docs_per_s": cap or None},
         "tokens": {"per_doc": round(tokens_per_doc, 1), "total": int(total_tokens)},
+        "truncated": {
+            "max_length": max_length,
+            "sampled_docs_over": int(over),
+            "note": f"{over} of {len(texts)} sampled documents are longer than {max_length} "
+            "tokens; the new model embeds their first tokens only (models.new.max_length)",
+        },
         "api_cost": {
             "price_per_million_tokens": cfg.plan.price_per_million_tokens,
             "total": round(total_tokens / 1e6 * cfg.plan.price_per_million_tokens, 6),

@@ -53,11 +53,11 @@ def start_migration(rt: Runtime, strategy: str = "lazy", progress: bool = True) 
     # lazy = fused + lazy + backfill; shadow = old served, new compared + backfill;
     # rebuild = old served + backfill only, then a gated swap.
     set_control(rt.state, lazy=strategy == "lazy")
-    before, _ = load_routing(rt.settings)
+    before, rollback_to = load_routing(rt.settings)
     mode = STRATEGY_MODE.get(strategy)
     if mode is not None and mode is not before.mode:
         after = Routing(mode=mode, generation=before.generation + 1)
-        save_routing(rt.settings, after, before)
+        save_routing(rt.settings, after, rollback_to)  # a mode change, not a cutover
         AuditLog(rt.settings.data_path(AUDIT)).append(
             {
                 "action": f"migrate start ({strategy})",

@@ -32,7 +32,11 @@ def migration_status(
             }
     new = indexes["new"]
     remaining = None if new["documents"] is None else new["documents"] - new["with_vector"]
-    rate = worker.stats.rate() if worker else 0.0
+    control = control_state(rt.state, rt.settings.migration)
+    state = worker_state(control["paused"], worker)
+    # The current rate: a worker that is not running (paused, idle, waiting, absent) re-embeds
+    # nothing now, whatever its last minute's average says.
+    rate = worker.stats.rate() if worker and state == "running" else 0.0
     fitted = searcher.fitted if searcher else load_fit(rt.state, rt.fingerprints())
     return {
         "migration": rt.state.get("migration"),
@@ -40,7 +44,7 @@ def migration_status(
         "queue": rt.state.depth(),
         # Document write batches not yet applied to every index / set aside as failing.
         "write_journal": rt.journal.counts(),
-        "control": control_state(rt.state, rt.settings.migration),
+        "control": control,
         "worker": None
         if worker is None
         else {
@@ -51,11 +55,20 @@ def migration_status(
             "busy": worker.stats.busy,
             "last_error": worker.stats.last_error,
         },
+        "worker_state": state,
         "remaining": remaining,
         "rate_docs_per_s": round(rate, 2),
         "eta_s": round(remaining / rate, 1) if rate > 0 and remaining is not None else None,
         "fusion": fusion_status(rt.state, rt.settings.fusion, fitted, new["coverage"] or 0.0),
     }
+
+
+def worker_state(paused: bool, worker: Reembedder | None) -> str:
+    """In words: paused, pausing (a batch still in flight), running, idle (nothing queued),
+    waiting (an index is down), or stopped (no proxy: the CLI read the stores itself)."""
+    if paused:
+        return "pausing" if worker is not None and worker.stats.busy else "paused"
+    return "stopped" if worker is None else worker.stats.state
 
 
 def _index_status(rt: Runtime, side: str) -> dict[str, Any]:

@@ -36,6 +36,7 @@ class Stats:
     skipped: int = 0
     batches: int = 0
     busy: bool = False  # a batch in flight (a pause waits for it)
+    state: str = "starting"  # running | idle (nothing queued) | waiting (index down)
     last_error: str | None = None
     window_s: float = 60.0
     events: deque[tuple[float, int]] = field(default_factory=deque)
@@ -180,6 +181,8 @@ class Reembedder:
         waiting: str | None = None  # the unreachable index being waited out
         while True:
             if control_state(self.state, self.cfg)["paused"]:
+                # The rate after a resume is measured afresh, not averaged over the pause.
+                self.stats.events.clear()
                 await asyncio.sleep(idle_s)
                 continue
             t0 = time.monotonic()
@@ -191,6 +194,7 @@ class Reembedder:
                 if waiting != str(e):
                     log.warning("re-embedding waits: %s", e)
                 waiting = self.stats.last_error = str(e)
+                self.stats.state = "waiting"
                 await asyncio.sleep(down_s)
                 continue
             except Exception as e:  # keep serving; the queue still holds the batch (lease)
@@ -204,6 +208,7 @@ class Reembedder:
             if waiting is not None:
                 log.warning("re-embedding resumes: the index answers again")
                 waiting = self.stats.last_error = None
+            self.stats.state = "running" if written else "idle"
             if written:
                 self.stats.record(written)
                 await asyncio.sleep(self.sleep_after(written, took))

@@ -136,6 +136,10 @@ class VectorStore(Protocol):
         """Points holding a dense vector, counted per `model_fingerprint` ("unknown" = none)."""
         ...
 
+    def has_payload_field(self, field: str) -> bool:
+        """Whether any point holds a non-empty value at payload path `field`."""
+        ...
+
     def flush(self) -> None: ...
 
     def drop(self) -> None:

@@ -226,6 +226,13 @@ class EdgeStore:
         )
         return [r.payload["doc_id"] for r in recs if r.payload]
 
+    def has_payload_field(self, field: str) -> bool:
+        if self._shard is None:
+            return False
+        flt = qe.Filter(must_not=[qe.IsEmptyCondition(field)])
+        recs, _ = self.shard.scroll(qe.ScrollRequest(limit=1, filter=flt, with_payload=False))
+        return bool(recs)
+
     def fingerprints(self) -> dict[str, int]:
         if self._shard is None:
             return {}

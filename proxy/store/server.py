@@ -352,6 +352,16 @@ class ServerStore:
             )
         return [r.payload["doc_id"] for r in recs if r.payload]
 
+    def has_payload_field(self, field: str) -> bool:
+        if self.info() is None:
+            return False
+        flt = qm.Filter(must_not=[qm.IsEmptyCondition(is_empty=qm.PayloadField(key=field))])
+        with self._guard():
+            recs, _ = self.client.scroll(
+                self.collection, scroll_filter=flt, limit=1, with_payload=False
+            )
+        return bool(recs)
+
     def fingerprints(self) -> dict[str, int]:
         if self.info() is None:
             return {}
