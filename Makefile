@@ -37,8 +37,13 @@ lint: install
 	$(VENV)/bin/ruff check proxy tests loadtest
 	$(VENV)/bin/ruff format --check proxy tests loadtest
 
+# Every collection in ../shared/data: the label-free default fusion, then the fusion fitted on
+# queries that no figure is scored on (--tune). The first run embeds each corpus (minutes).
 eval: install
-	$(VENV)/bin/crossfade eval --beir ../shared/data/scifact --simulate-coverage 0,25,50,75,100
+	for d in ../shared/data/*/; do \
+	  $(VENV)/bin/crossfade eval --beir $$d --simulate-coverage 0,25,50,75,100 || exit 1; \
+	  $(VENV)/bin/crossfade eval --beir $$d --simulate-coverage 0,25,50,75,100 --tune || exit 1; \
+	done
 
 # crossfade against the direct single-model pipeline on SciFact; prints ratios from one run.
 bench: install

@@ -29,14 +29,11 @@ from proxy.ingest import Doc, Progress, doc_of, ingest, make_point, now_iso
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
 from proxy.search import Candidates, Searcher
-from proxy.tuning import fit_profile, split_for_fitting
+from proxy.tuning import Steps, fit_profile, split_for_fitting
 
 SYSTEMS = ("old", "new", "bm25", "rrf", "crossfade")
 TUNED = "crossfade-tuned"
 DEPTH = 100
-
-# pct -> (coverage counted in the index, candidates of every query)
-Steps = Mapping[int, tuple[float, Mapping[str, Candidates]]]
 
 
 def scratch_settings(settings: Settings, beir_dir: str | Path) -> Settings:

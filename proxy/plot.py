@@ -12,6 +12,10 @@ LINES = {  # system -> (label, style); old/BM25/new are the references crossfade
         "crossfade (coverage-aware fusion)",
         {"color": "#2e5bff", "lw": 2.6, "marker": "o"},
     ),
+    "crossfade-tuned": (
+        "crossfade, fitted on held-out-safe queries (--tune)",
+        {"color": "#7a2eff", "lw": 2.0, "ls": "-.", "marker": "D"},
+    ),
     "rrf": ("plain RRF (old + new + BM25)", {"color": "#b54708", "lw": 1.8, "marker": "s"}),
     "old": ("old model only", {"color": "#667085", "lw": 1.8, "marker": "^"}),
     "new": ("new model only", {"color": "#12805c", "lw": 1.2, "ls": "--", "marker": "."}),
@@ -35,6 +39,8 @@ def plot_quality(
     xs = sorted(result, key=float)
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
     for system, (label, style) in LINES.items():
+        if system not in result[xs[0]]:
+            continue
         ys = [result[x][system][metric] for x in xs]
         ax.plot([float(x) for x in xs], ys, label=label, **style)
     ax.set_xlabel("coverage: share of documents with a new-model vector (%)")

@@ -27,6 +27,7 @@ from proxy.evaluation import Qrels
 from proxy.fusion import LISTS, Profile, weights_at
 from proxy.search import Candidates
 
+# pct -> (coverage counted in the index, candidates of every query)
 Steps = Mapping[int, tuple[float, Mapping[str, Candidates]]]
 LEVELS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 IMPUTE_FROM: tuple[tuple[str, ...], ...] = (("old", "bm25"), ("old",), ("bm25",))
