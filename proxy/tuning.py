@@ -5,8 +5,9 @@ once through the product's query path); the fit only re-fuses them, which is che
 coverage knot it picks the list weights with the best nDCG@10 on the fitting queries from a
 grid that holds every fixed pipeline the fusion must not lose to (old only, new only, BM25
 only, equal-weight RRF) and the blends between them; the imputation source is chosen once for
-all knots. Near-ties go to the weights closest to the label-free rule, so a small labelled set
-moves the fusion only as far as its evidence carries.
+all knots. Among the weights the fitting queries cannot tell apart from the best (within one
+standard error of the paired per-query difference), the fit takes those closest to the
+label-free rule: a small labelled set moves the fusion only as far as its evidence carries.
 
 Discipline: the queries fitted on are never the queries scored. `split_for_fitting` gives the
 data set's train split when it has one, otherwise a deterministic half of the labelled queries
@@ -31,8 +32,7 @@ from proxy.search import Candidates
 Steps = Mapping[int, tuple[float, Mapping[str, Candidates]]]
 LEVELS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 IMPUTE_FROM: tuple[tuple[str, ...], ...] = (("old", "bm25"), ("old",), ("bm25",))
-# Fitted nDCG@10 within this of the best counts as a tie (the grid's steps are finer than
-# what a few hundred queries can tell apart).
+# Fitted nDCG@10 within this of the best always counts as a tie, however many queries.
 TIE = 0.002
 
 
@@ -123,17 +123,29 @@ def _features(cands: Mapping[str, Candidates], qrels: Qrels, k: int) -> list[_Qu
 def ndcg_by_weights(
     queries: Sequence[_Query], weights: np.ndarray, src: tuple[str, ...]
 ) -> np.ndarray:
-    """Mean nDCG@10 of each row of `weights` (old, new, bm25), every query counted (a query
-    whose judged documents are all missing from the lists scores 0, as in BEIR)."""
-    total = np.zeros(len(weights))
-    for q in queries:
+    """nDCG@10 of each query (rows) under each row of `weights` (old, new, bm25) (columns); a
+    query whose judged documents are all missing from the lists scores 0, as in BEIR."""
+    out = np.zeros((len(queries), len(weights)))
+    for i, q in enumerate(queries):
         if q.idcg == 0 or len(q.gains) == 0 or not q.gains.any():
             continue
         scores = q.contrib @ weights.T + np.outer(q.imputed[src], weights[:, 1])
         top = np.argsort(-scores, axis=0, kind="stable")[:10]
         dcg = (q.gains[top] * _DISCOUNT[: len(top), None]).sum(axis=0)
-        total += dcg / q.idcg
-    return total / max(len(queries), 1)
+        out[i] = dcg / q.idcg
+    return out
+
+
+def indistinguishable(per_query: np.ndarray) -> np.ndarray:
+    """Columns whose mean is within one standard error (of the paired per-query difference)
+    of the best column's, or within TIE: what these queries cannot tell apart from the best
+    (the one-standard-error rule)."""
+    means = per_query.mean(axis=0)
+    best = int(means.argmax())
+    n = per_query.shape[0]
+    diff = per_query[:, [best]] - per_query
+    se = diff.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.full(len(means), np.inf)
+    return np.flatnonzero(means >= means[best] - np.maximum(se, TIE))
 
 
 def fit_profile(
@@ -148,10 +160,11 @@ def fit_profile(
         knots, fitted = [], {}
         for pct in sorted(steps):
             coverage = pct / 100  # the knot sits where the step aimed (counted: within a doc)
-            scores = ndcg_by_weights(feats[pct], w, src)
+            per_query = ndcg_by_weights(feats[pct], w, src)
+            scores = per_query.mean(axis=0)
             want = np.array([weights_at(prior, coverage)[n] for n in LISTS])
             want = want / want.max() if want.max() > 0 else want
-            close = np.flatnonzero(scores >= scores.max() - TIE)
+            close = indistinguishable(per_query)
             pick = close[np.argmin(np.abs(w[close] - want).sum(axis=1))]
             knots.append((coverage, dict(zip(LISTS, map(float, w[pick]), strict=True))))
             fitted[str(pct)] = round(float(scores[pick]), 4)

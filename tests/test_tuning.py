@@ -21,7 +21,13 @@ from proxy.migration.fitted import KEY, load_fit, save_fit
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
 from proxy.search import Candidates
-from proxy.tuning import fit_profile, grid, query_hash_half, split_for_fitting
+from proxy.tuning import (
+    fit_profile,
+    grid,
+    indistinguishable,
+    query_hash_half,
+    split_for_fitting,
+)
 from tests.conftest import LiveServer, demo_settings, wait_for
 
 DOCS = [f"d{i}" for i in range(60)]
@@ -184,3 +190,18 @@ def test_a_fit_for_another_model_pair_is_not_used(served: tuple[str, Runtime]) -
     fusion = wait_for(ignored, 30, "the proxy to drop the fit")
     assert fusion["source"] == "default rule"
     rt.state.set(KEY, None)
+
+
+def test_what_the_queries_cannot_tell_apart_counts_as_a_tie() -> None:
+    """The one-standard-error rule: a lead that a few queries show is no lead; the same lead
+    held query after query is."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.3, 0.7, size=8)
+    swing = np.array([0.2, -0.2] * 4)  # column 1 wins half the queries, loses the other half
+    noisy = np.column_stack([base + 0.01, base + swing])  # column 0 ahead by 0.01 on average
+    assert set(indistinguishable(noisy).tolist()) == {0, 1}
+    steady = np.column_stack([np.full(400, 0.6), np.full(400, 0.59)])
+    steady += rng.normal(0, 0.001, size=steady.shape)
+    assert indistinguishable(steady).tolist() == [0]
