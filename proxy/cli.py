@@ -361,6 +361,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.json,
         tune=args.tune,
+        min_fit_queries=args.min_queries,
     )
     if ev.tuned is not None:
         from proxy.migration.fitted import profile_dict
@@ -398,8 +399,19 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if beir is None:
         raise SystemExit("tune: give --beir DIR or set cutover.eval_set")
     split = args.split or settings.cutover.eval_split
-    ev = evaluate(settings, beir, split, COVERAGES, seed=args.seed, progress=True, tune=True)
+    ev = evaluate(
+        settings,
+        beir,
+        split,
+        COVERAGES,
+        seed=args.seed,
+        progress=True,
+        tune=True,
+        min_fit_queries=args.min_queries,
+    )
     assert ev.tuned is not None
+    if ev.tuned.source == "default rule":
+        raise SystemExit(f"tune: nothing stored: {ev.how}")
     out: dict[str, Any] = {"fusion": profile_dict(ev.tuned), "how": ev.how, "held_out": ev.result}
     if not args.dry_run:
         held_out = {
@@ -535,6 +547,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         s.add_argument("--split", default="test" if name == "eval" else None)
         s.add_argument("--seed", type=int, default=0)
+        s.add_argument(
+            "--min-queries",
+            type=int,
+            help="fewest fitting queries a fit needs (default 50); fewer keep the label-free rule",
+        )
         if name == "eval":
             s.add_argument("--simulate-coverage", help="comma-separated percentages, e.g. 0,50,100")
             s.add_argument("--json", action="store_true", help="print one JSON object")

@@ -29,7 +29,7 @@ from proxy.ingest import Doc, Progress, doc_of, ingest, make_point, now_iso
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
 from proxy.search import Candidates, Searcher
-from proxy.tuning import Steps, fit_profile, split_for_fitting
+from proxy.tuning import MIN_FIT_QUERIES, Steps, fit_profile, split_for_fitting
 
 SYSTEMS = ("old", "new", "bm25", "rrf", "crossfade")
 TUNED = "crossfade-tuned"
@@ -191,6 +191,7 @@ def evaluate(
     seed: int = 0,
     progress: bool = True,
     tune: bool = False,
+    min_fit_queries: int | None = None,
 ) -> Evaluation:
     """Every system at each simulated coverage, on scratch indexes (`scratch_settings`). With
     `tune`, the fusion is also fitted (proxy/tuning.py) on queries that are then left out of
@@ -210,14 +211,22 @@ def evaluate(
     queries = {**(train.queries if train else {}), **data.queries}
     steps = simulate_steps(scratch, data, coverages, seed=seed, progress=progress, queries=queries)
     fit_queries = {q: r for q, r in parts.fit.items() if q in queries}
-    profile, _ = fit_profile(
-        steps,
-        fit_queries,
-        settings.fusion.k,
-        default_profile(settings.fusion),
-        source=f"fitted on {Path(root).name} ({len(fit_queries)} queries)",
-    )
+    rule = default_profile(settings.fusion)
+    how = parts.how
+    min_fit_queries = MIN_FIT_QUERIES if min_fit_queries is None else min_fit_queries
+    if len(fit_queries) < min_fit_queries:
+        # A handful of queries fits noise (seen on the demo's 15: -0.05 held out); keep the rule.
+        profile = rule
+        how += f"; {len(fit_queries)} fitting queries are fewer than {min_fit_queries}: rule kept"
+    else:
+        profile, _ = fit_profile(
+            steps,
+            fit_queries,
+            settings.fusion.k,
+            rule,
+            source=f"fitted on {Path(root).name} ({len(fit_queries)} queries)",
+        )
     result = score_systems(steps, parts.score, settings.fusion, profile)
     return Evaluation(
-        result, sorted(parts.score), len(data.docs), profile, sorted(fit_queries), parts.how
+        result, sorted(parts.score), len(data.docs), profile, sorted(fit_queries), how
     )

@@ -32,6 +32,8 @@ from proxy.search import Candidates
 Steps = Mapping[int, tuple[float, Mapping[str, Candidates]]]
 LEVELS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 IMPUTE_FROM: tuple[tuple[str, ...], ...] = (("old", "bm25"), ("old",), ("bm25",))
+# Fewer fitting queries than this fit noise, not the corpus: the label-free rule is kept.
+MIN_FIT_QUERIES = 50
 # Fitted nDCG@10 within this of the best always counts as a tie, however many queries.
 TIE = 0.002
 
@@ -155,23 +157,23 @@ def fit_profile(
     queries (a training figure, never to be reported as quality)."""
     w = grid()
     feats = {pct: _features(cands, qrels, k) for pct, (_, cands) in steps.items()}
-    best: tuple[float, Profile, dict[str, float]] | None = None
+    fits: list[tuple[Profile, dict[str, float], np.ndarray]] = []
     for src in IMPUTE_FROM:
-        knots, fitted = [], {}
+        knots, fitted, picked = [], {}, []
         for pct in sorted(steps):
             coverage = pct / 100  # the knot sits where the step aimed (counted: within a doc)
             per_query = ndcg_by_weights(feats[pct], w, src)
-            scores = per_query.mean(axis=0)
             want = np.array([weights_at(prior, coverage)[n] for n in LISTS])
             want = want / want.max() if want.max() > 0 else want
             close = indistinguishable(per_query)
             pick = close[np.argmin(np.abs(w[close] - want).sum(axis=1))]
             knots.append((coverage, dict(zip(LISTS, map(float, w[pick]), strict=True))))
-            fitted[str(pct)] = round(float(scores[pick]), 4)
-        mean = sum(fitted.values()) / len(fitted)
-        # The imputation source matters only below 100%; ties keep the rule's.
-        mean += 1e-6 * (src == tuple(prior.impute_from))
-        if best is None or mean > best[0]:
-            best = (mean, Profile(tuple(knots), src, source), fitted)
-    assert best is not None
-    return best[1], best[2]
+            fitted[str(pct)] = round(float(per_query[:, pick].mean()), 4)
+            picked.append(per_query[:, pick])
+        fits.append((Profile(tuple(knots), src, source), fitted, np.mean(picked, axis=0)))
+    # The imputation source, by the same rule: the rule's own unless another clearly wins.
+    close = indistinguishable(np.column_stack([f[2] for f in fits]))
+    sources = [IMPUTE_FROM[i] for i in close]
+    chosen = tuple(prior.impute_from) if tuple(prior.impute_from) in sources else sources[0]
+    profile, fitted, _ = fits[IMPUTE_FROM.index(chosen)]
+    return profile, fitted

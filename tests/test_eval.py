@@ -122,6 +122,10 @@ def test_tune_never_scores_the_queries_it_fits(tmp_path: Path, models: dict) -> 
     beir = make_subset(tmp_path / "beir", n_queries=24, n_extra=150)
     qrels = parse_qrels((beir / "qrels.tsv").read_text().splitlines())
     ev = evaluate(settings, beir, "test", [0, 100], progress=False, tune=True)
+    assert ev.tuned is not None and ev.tuned.source == "default rule"  # too few to fit
+    assert "fewer than 50: rule kept" in ev.how
+    ev = evaluate(settings, beir, "test", [0, 100], progress=False, tune=True, min_fit_queries=1)
+    assert ev.tuned is not None and ev.tuned.source.startswith("fitted on")
     assert set(ev.scored) == {q for q in qrels if query_hash_half(q) == 1}
     assert set(ev.fitted_on) == set(qrels) - set(ev.scored) and ev.fitted_on
     assert "no train split" in ev.how
@@ -137,7 +141,7 @@ def test_tune_never_scores_the_queries_it_fits(tmp_path: Path, models: dict) -> 
 
     trained = make_subset(tmp_path / "trained", n_queries=10, n_extra=150, n_train=12)
     train = parse_qrels((trained / "qrels-train.tsv").read_text().splitlines())
-    ev = evaluate(settings, trained, "test", [0, 100], progress=False, tune=True)
+    ev = evaluate(settings, trained, "test", [0, 100], progress=False, tune=True, min_fit_queries=1)
     assert set(ev.fitted_on) == set(train) and not set(ev.scored) & set(train)
     assert len(ev.scored) == 10 and "train split" in ev.how
 
@@ -147,7 +151,12 @@ def test_tune_stores_the_fit_and_status_shows_it(
 ) -> None:
     cfg = eval_config(tmp_path)
     beir = make_subset(tmp_path / "beir", n_queries=16, n_extra=120)
-    assert main(["--config", str(cfg), "tune", "--beir", str(beir)]) == 0
+    # 8 fitting queries: refused (a fit on so few follows noise), nothing stored
+    with pytest.raises(SystemExit, match="nothing stored: .*fewer than 50"):
+        main(["--config", str(cfg), "tune", "--beir", str(beir)])
+    assert main(["--config", str(cfg), "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["fusion"]["source"] == "default rule"
+    assert main(["--config", str(cfg), "tune", "--beir", str(beir), "--min-queries", "1"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [k["coverage"] for k in out["fusion"]["knots"]] == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert all(TUNED in systems for systems in out["held_out"].values())
