@@ -305,6 +305,17 @@ class AdoptedStore(ServerStore):
         with self._guard():
             return int(self.client.count(self.collection, count_filter=flt, exact=True).count)
 
+    def has_payload_field(self, field: str) -> bool:
+        # Asked before adoption too (is there any text?): no binding needed.
+        flt = qm.Filter(
+            must_not=[qm.IsEmptyCondition(is_empty=qm.PayloadField(key=self._key(field)))]
+        )
+        with self._guard():
+            recs, _ = self.client.scroll(
+                self.collection, scroll_filter=flt, limit=1, with_payload=False
+            )
+        return bool(recs)
+
     def seeded(self, doc_ids: Sequence[str]) -> set[str]:
         """In place: the ids already seeded (holding the BM25 vector)."""
         flt = qm.Filter(
