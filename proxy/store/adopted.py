@@ -211,7 +211,7 @@ class AdoptedStore(ServerStore):
 
     def _point(self, p: PointWrite) -> qm.PointStruct:
         vec: Any = self._vectors(p)
-        if set(vec) == {""}:
+        if set(vec) == {""} and not self.shared:
             vec = vec[""]  # the unnamed vector alone: the plain form every client writes
         return qm.PointStruct(id=self._pid(p.doc_id), vector=vec, payload=self.layout.payload(p))
 
