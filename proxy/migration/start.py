@@ -134,22 +134,24 @@ def start_migration(
     if previous and previous.get("state") == "finished":
         rollback_to = None  # nothing of the last migration is left to roll back to
     mode = STRATEGY_MODE.get(strategy)
+    after = before
     if mode is not None and (mode is not before.mode or previous is not None):
         after = Routing(mode=mode, generation=before.generation + 1)
         save_routing(rt.settings, after, rollback_to)  # a mode change, not a cutover
-        AuditLog(rt.settings.data_path(AUDIT)).append(
-            {
-                "action": f"migrate start ({strategy})",
-                "actor": "cli",
-                "from": routing_dict(before),
-                "to": routing_dict(after),
-                "gate": None,
-                "old": old_info.fingerprint,
-                "new": new_info.fingerprint,
-                **({"adopted": state["adopted"]} if adoption else {}),
-                **({"without_text": without_text} if without_text else {}),
-            }
-        )
+    # Every start is recorded: the audit log tells a migration's whole story, start to finish.
+    AuditLog(rt.settings.data_path(AUDIT)).append(
+        {
+            "action": f"migrate start ({strategy})",
+            "actor": "cli",
+            "from": routing_dict(before),
+            "to": routing_dict(after),
+            "gate": None,
+            "old": old_info.fingerprint,
+            "new": new_info.fingerprint,
+            **({"adopted": state["adopted"]} if adoption else {}),
+            **({"without_text": without_text} if without_text else {}),
+        }
+    )
     out = {**state, "seeded": seeded, "migrated": new.count(dense_only=True)}
     if without_text:
         out["without_text"] = without_text
