@@ -107,6 +107,12 @@ class ActorIn(StrictBody):
     actor: str | None = Field(None, max_length=200)
 
 
+class FinishIn(StrictBody):
+    now: bool = Field(False, description="Skip the guard period after the cutover.")
+    drop: bool = Field(False, description="Delete the old index/vector; false = keep it, unused.")
+    actor: str | None = Field(None, max_length=200)
+
+
 class BackfillControl(StrictBody):
     action: Literal["pause", "resume"] | None = None
     backfill: bool | None = Field(None, description="Enable or disable the background sweep.")
@@ -457,6 +463,8 @@ def create_app(rt: Runtime) -> FastAPI:
             return error(422, "duplicate ids in one batch")
         try:
             sides = await asyncio.to_thread(upsert_documents, rt, docs)
+        except CorpusError as e:  # e.g. an id an adopted collection can't key a point by
+            return error(422, str(e))
         except RuntimeError as e:
             return error(503, str(e))
         return {"upserted": len(docs), "indexes": sides}
@@ -605,6 +613,16 @@ def create_app(rt: Runtime) -> FastAPI:
     )
     async def rollback(body: ActorIn | None = None) -> Any:
         ok, result = await control.rollback((body.actor if body else None) or "admin")
+        return result if ok else error(409, result["error"])
+
+    @app.post(
+        "/admin/finish",
+        responses={400: {}, 401: {}, 409: {}, 413: {}, 422: {}},
+        dependencies=guarded,
+    )
+    async def finish(body: FinishIn | None = None) -> Any:
+        body = body or FinishIn()
+        ok, result = await control.finish(body.actor or "admin", body.now, body.drop)
         return result if ok else error(409, result["error"])
 
     @app.get("/admin/plan", responses={401: {}}, dependencies=guarded)

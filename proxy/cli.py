@@ -93,8 +93,45 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from proxy.runtime import Runtime
 
     with Runtime(_settings(args)) as rt:
-        result = start_migration(rt, strategy=args.strategy, progress=not args.quiet)
+        result = start_migration(
+            rt,
+            strategy=args.strategy,
+            progress=not args.quiet,
+            into=args.into,
+            in_place=args.in_place,
+            vector=args.vector,
+        )
     _print_json(result)
+    return 0
+
+
+def cmd_finish(args: argparse.Namespace) -> int:
+    """Through the running proxy if one answers (it owns the pointer and the shards), else
+    on the stores directly."""
+    settings = _settings(args)
+    body = {"now": args.now, "drop": args.drop, "actor": _actor()}
+    r = _call_proxy(settings, "POST", "/admin/finish", body)
+    if r is not None:
+        if r.status_code >= 400:
+            print(f"crossfade: {_in_words(r)}", file=sys.stderr)
+            return 1
+        _print_json(r.json())
+        return 0
+    from proxy.migration.cutover import AUDIT, AuditLog, load_routing, save_routing
+    from proxy.migration.finish import FinishRefused, finish_migration
+    from proxy.runtime import Runtime
+
+    with Runtime(settings) as rt:
+        routing, _ = load_routing(settings)
+        try:
+            entry = finish_migration(
+                rt, routing, AuditLog(settings.data_path(AUDIT)), body["actor"], args.now, args.drop
+            )
+        except FinishRefused as e:
+            print(f"crossfade: {e}", file=sys.stderr)
+            return 1
+        save_routing(settings, routing, None)
+    _print_json(entry)
     return 0
 
 
@@ -479,7 +516,28 @@ def build_parser() -> argparse.ArgumentParser:
     m = msub.add_parser("start", help="create the new index and seed every document (BM25)")
     m.add_argument("--strategy", choices=["lazy", "shadow", "rebuild"], default="lazy")
     m.add_argument("--quiet", action="store_true")
+    where = m.add_mutually_exclusive_group()
+    where.add_argument(
+        "--into",
+        metavar="COLLECTION",
+        help="adopted collection: the new index is a new collection beside it, in its layout "
+        "(cutover moves the alias COLLECTION_serving)",
+    )
+    where.add_argument(
+        "--in-place",
+        action="store_true",
+        help="adopted collection: the new index is a new named vector (+ BM25) in it",
+    )
+    m.add_argument("--vector", help="name of the new vector with --in-place (default: model name)")
     m.set_defaults(func=cmd_migrate)
+    m = msub.add_parser(
+        "finish", help="after a cutover: stop dual writes, retire the old index, audit it"
+    )
+    m.add_argument("--now", action="store_true", help="skip migration.finish_guard_s")
+    keep = m.add_mutually_exclusive_group()
+    keep.add_argument("--drop", action="store_true", help="delete the old index / old vector")
+    keep.add_argument("--keep", action="store_true", help="keep it, unused (the default)")
+    m.set_defaults(func=cmd_finish)
 
     s = sub.add_parser("config-reference", help="print the config reference (markdown)")
     s.set_defaults(func=cmd_config_reference)

@@ -56,6 +56,38 @@ class ModelConfig(Strict):
         return self
 
 
+class AdoptConfig(Strict):
+    """An existing Qdrant collection taken as it is (written by the application: LangChain,
+    LlamaIndex, plain qdrant-client). Its points keep their ids (integers or UUIDs, which
+    become doc ids) and their payload layout; crossfade writes them only to dual-write
+    document updates, in this same layout."""
+
+    text_field: str | None = Field(
+        "page_content",
+        description="Payload field holding the text (LangChain: page_content); null = the "
+        "collection stores no text (then `text_source` is needed).",
+    )
+    metadata_field: str | None = Field(
+        "metadata",
+        description="Payload field holding the metadata object; null = every other payload key.",
+    )
+    text_source: str | None = Field(
+        None,
+        description="JSONL of {id, text} for a collection without stored text; relative paths "
+        "are under data_dir.",
+    )
+    identity_sample: int = Field(
+        32, ge=1, le=10_000, description="Stored texts re-embedded to check the old model."
+    )
+    identity_min_cosine: float = Field(
+        0.98,
+        gt=0,
+        le=1,
+        description="A stored vector matches the old model if its re-embedded text is at least "
+        "this similar.",
+    )
+
+
 class IndexConfig(Strict):
     backend: Literal["edge", "qdrant"] = Field(
         "edge", description="'edge' = embedded qdrant-edge shard; 'qdrant' = Qdrant server."
@@ -70,7 +102,9 @@ class IndexConfig(Strict):
         None, description="Qdrant API key (backend=qdrant); never printed or logged."
     )
     collection: str = Field("crossfade", description="Collection name (backend=qdrant).")
-    vector: str = Field("dense", description="Name of the dense vector in the index.")
+    vector: str = Field(
+        "dense", description="Name of the dense vector in the index; '' = the unnamed vector."
+    )
     sparse_vector: str = Field("bm25", description="Name of the BM25 sparse vector.")
     timeout_s: int = Field(
         5,
@@ -80,10 +114,19 @@ class IndexConfig(Strict):
         "does not answer in time counts as unreachable.",
     )
 
+    adopt: AdoptConfig | None = Field(
+        None,
+        description="Adopt an existing collection in its own layout (backend=qdrant, old index).",
+    )
+
     @model_validator(mode="after")
     def _backend_needs_location(self) -> IndexConfig:
         if self.backend == "edge" and not self.path:
             raise ValueError("backend 'edge' needs 'path'")
+        if self.adopt is not None and self.backend != "qdrant":
+            raise ValueError("'adopt' takes an existing Qdrant collection (backend 'qdrant')")
+        if self.vector == "" and self.adopt is None:
+            raise ValueError("the unnamed vector ('') is for an adopted collection only")
         if self.backend == "qdrant" and not self.url:
             raise ValueError("backend 'qdrant' needs 'url'")
         return self
@@ -181,6 +224,12 @@ class MigrationConfig(Strict):
     )
     lease_s: float = Field(
         120.0, gt=0, description="A claimed batch returns to the queue if not done in this time."
+    )
+    finish_guard_s: float = Field(
+        3600.0,
+        ge=0,
+        description="`migrate finish` waits this long after the last cutover (a rollback "
+        "stays possible meanwhile) unless given --now.",
     )
 
 
@@ -354,6 +403,10 @@ def reference_markdown() -> str:
             dotted = f"{prefix}{name}"
             if isinstance(ann, type) and issubclass(ann, BaseModel) and ann is not Weights:
                 walk(ann, dotted + ".")
+                continue
+            inner = [a for a in get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+            if inner:  # an optional section (`indexes.old.adopt`): its fields, named
+                walk(inner[0], dotted + ".")
                 continue
             if f.is_required():
                 default: Any = "required"

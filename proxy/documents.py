@@ -19,7 +19,7 @@ from dataclasses import asdict
 from typing import Any
 
 from proxy.availability import probe
-from proxy.ingest import Doc, make_point, now_iso
+from proxy.ingest import CorpusError, Doc, make_point, now_iso
 from proxy.journal import DELETE, UPSERT
 from proxy.runtime import SIDES, Runtime
 from proxy.store import IndexUnavailable
@@ -30,17 +30,29 @@ IN_JOURNAL = (
 )
 
 
-def live_sides(rt: Runtime) -> list[str]:
-    """The indexes that exist. Every index is asked first (one cheap call each): if one can't
-    be reached, the write is refused (IndexUnavailable) before it touches any index."""
-    return [s for s in SIDES if probe(rt.store(s)).exists]
+def live_sides(rt: Runtime, doc_ids: Sequence[str] = ()) -> list[str]:
+    """The indexes that exist and are not retired. Every index is asked first (one cheap
+    call each): if one can't be reached, the write is refused (IndexUnavailable) before it
+    touches any index; so is an id that one of them can't key a point by (CorpusError)."""
+    from proxy.migration.finish import retired
+
+    gone = {"old"} if retired(rt) else set()  # after `migrate finish`: no more dual writes
+    sides = [s for s in SIDES if s not in gone and probe(rt.store(s)).exists]
+    for side in sides:  # ids an adopted collection can't key a point by: refused up front
+        check_ids = getattr(rt.store(side), "check_ids", None)
+        if check_ids is not None:
+            try:
+                check_ids(doc_ids)
+            except ValueError as e:
+                raise CorpusError(str(e)) from None
+    return sides
 
 
 def upsert_documents(rt: Runtime, docs: Sequence[Doc]) -> list[str]:
     """Write `docs` to every live index; returns the indexes written."""
     with rt.write_lock:
         replay_journal(rt)
-        sides = live_sides(rt)
+        sides = live_sides(rt, [d.doc_id for d in docs])
         if not sides:
             raise RuntimeError("no index exists yet: ingest into the old index first")
         items = [asdict(d) for d in docs]

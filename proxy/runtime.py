@@ -39,7 +39,9 @@ class Runtime:
 
     def store(self, side: str) -> VectorStore:
         if side not in self._stores:
-            self._stores[side] = open_store(self.settings, side)
+            # An adopted collection's new index may have been placed by `migrate start`.
+            placement = self.state.get("placement") if self.settings.indexes.old.adopt else None
+            self._stores[side] = open_store(self.settings, side, placement)
         return self._stores[side]
 
     @cached_property
@@ -57,6 +59,12 @@ class Runtime:
     @cached_property
     def state(self) -> SqliteState:
         return SqliteState(self.settings.data_path("migration.sqlite"))
+
+    def close_stores(self) -> None:
+        """Drop the open stores (the next `store()` reopens them, e.g. at a new placement)."""
+        for s in self._stores.values():
+            s.close()
+        self._stores.clear()
 
     def searcher(self) -> Searcher:
         size = self.settings.server.query_cache_size

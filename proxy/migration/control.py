@@ -20,6 +20,7 @@ from proxy.migration.cutover import (
     save_routing,
     why_no_cutover,
 )
+from proxy.migration.finish import FinishRefused, finish_migration
 from proxy.migration.worker import control_state, set_control
 from proxy.router import Routing, overlap_at_k, rank_biased_overlap, route
 from proxy.runtime import Runtime
@@ -142,6 +143,8 @@ class ControlPlane:
         set_alias = getattr(new, "set_alias", None)
         if set_alias is None or new.info() is None:
             return
+        if getattr(new, "shared", False):  # in place: one collection, no alias to move
+            return
         target = new if routing.mode is Mode.NEW else old
         set_alias(f"{new.collection}_serving", target.collection)  # type: ignore[attr-defined]
 
@@ -162,6 +165,19 @@ class ControlPlane:
             # What served before this cutover is what a rollback restores.
             entry = await self._switch(Routing(mode=Mode.NEW), action, actor, gate, self.routing)
         return True, {**(gate or {"ok": None}), "forced": force, "audit": entry}
+
+    async def finish(self, actor: str, now: bool, drop: bool) -> tuple[bool, dict[str, Any]]:
+        """End the migration (proxy/migration/finish.py); no rollback after it."""
+        async with self._lock:
+            try:
+                entry = await asyncio.to_thread(
+                    finish_migration, self.rt, self.routing, self.audit, actor, now, drop
+                )
+            except FinishRefused as e:
+                return False, {"error": str(e)}
+            self.rollback_to = None
+            await asyncio.to_thread(save_routing, self.settings, self.routing, None)
+            return True, entry
 
     async def rollback(self, actor: str) -> tuple[bool, dict[str, Any]]:
         """Back to the routing that served before the last cutover; (False, why) if there is

@@ -4,6 +4,11 @@ Seeding copies text, metadata and a BM25 sparse vector for every document of the
 with no dense vector: it needs no model inference, so keyword search covers the whole corpus
 from minute one, and the dense side fills in as documents are re-embedded. Re-running is safe:
 a document already seeded with the same text (and any new vector it gained) is left alone.
+
+An adopted collection (indexes.old.adopt) is checked first (stored text, identity of the old
+model: proxy/migration/adoption.py); nothing is written if a check refuses. It is streamed as
+it is, no JSONL ingest needed. `--into COLLECTION` puts the new index in a collection beside
+it, `--in-place` in a new named vector of the same collection.
 """
 
 from __future__ import annotations
@@ -12,28 +17,97 @@ from typing import Any
 
 from proxy.config import Mode
 from proxy.ingest import Progress, doc_of, ensure_index, make_point, now_iso
+from proxy.migration.adoption import adopt_old
 from proxy.migration.cutover import AUDIT, AuditLog, load_routing, routing_dict, save_routing
 from proxy.migration.worker import set_control
 from proxy.router import Routing
 from proxy.runtime import Runtime
+from proxy.store.adopted import AdoptedStore
 
 STRATEGY_MODE = {"lazy": Mode.FUSED, "shadow": Mode.SHADOW, "rebuild": Mode.OLD}
 
 
-def start_migration(rt: Runtime, strategy: str = "lazy", progress: bool = True) -> dict[str, Any]:
+def place_new_index(
+    rt: Runtime, into: str | None, in_place: bool, vector: str | None
+) -> dict[str, Any] | None:
+    """Record where the new index of an adopted collection goes (read by every later command,
+    `serve` included); without --into/--in-place the config's indexes.new decides."""
+    old = rt.settings.indexes.old
+    if old.adopt is None:
+        if into or in_place:
+            raise ValueError(
+                "--into and --in-place are for an adopted collection (indexes.old.adopt)"
+            )
+        return None
+    if into and in_place:
+        raise ValueError("--into and --in-place exclude each other")
+    placement = None
+    if into:
+        placement = {"collection": into, "vector": old.vector}
+    elif in_place:
+        name = vector or rt.model("new").fingerprint.name
+        placement = {"collection": old.collection, "vector": name}
+    if into == old.collection:
+        raise ValueError("--into names the adopted collection itself; use --in-place")
+    rt.state.set("placement", placement)
+    rt.close_stores()
+    return placement
+
+
+def _check_old_binding(rt: Runtime) -> None:
+    """The old index must be the configured old model's (after a finished migration, the
+    config's old side is the former new one)."""
+    info = rt.store("old").info()
+    if info is None:
+        raise RuntimeError("the old index does not exist: ingest documents into it first")
+    want = rt.model("old").fingerprint.id
+    if info.fingerprint != want:
+        raise RuntimeError(
+            f"the old index is bound to model {info.fingerprint}, but the configured old model "
+            f"is {want}: after `migrate finish`, models.old and indexes.old name what served"
+        )
+
+
+def start_migration(
+    rt: Runtime,
+    strategy: str = "lazy",
+    progress: bool = True,
+    into: str | None = None,
+    in_place: bool = False,
+    vector: str | None = None,
+) -> dict[str, Any]:
+    if (into or in_place) and rt.settings.indexes.old.adopt is None:
+        raise ValueError("--into and --in-place are for an adopted collection (indexes.old.adopt)")
+    previous = rt.state.get("migration")
+    adoption = adopt_old(rt)  # checks first: a refusal writes nothing
+    _check_old_binding(rt)
+    if previous and previous.get("state") == "finished" and rt.state.get("retired"):
+        # The next migration starts from what the last one left: its new index is now old.
+        rt.state.set("retired", None)
+    if rt.settings.indexes.old.adopt is not None and (into or in_place or previous is None):
+        place_new_index(rt, into, in_place, vector)
     old, new = rt.store("old"), rt.store("new")
     old_info = old.info()
-    if old_info is None:
-        raise RuntimeError("the old index does not exist: ingest documents into it first")
+    assert old_info is not None
     new_info = ensure_index(rt, "new")
     total = old.count()
     bar = Progress("seed new index", total) if progress else None
-    seeded = 0
+    seeded = without_text = 0
+    in_place_new = isinstance(new, AdoptedStore) and new.shared
     for batch in old.scroll(256, ["text", "metadata", "text_sha256"]):
-        have = new.retrieve([p["doc_id"] for p in batch], ["text_sha256"])
-        todo = [
-            p for p in batch if have.get(p["doc_id"], {}).get("text_sha256") != p["text_sha256"]
-        ]
+        ids = [p["doc_id"] for p in batch]
+        if in_place_new:
+            done = new.seeded(ids)  # type: ignore[union-attr]
+            todo = [p for p in batch if p["doc_id"] not in done]
+        else:
+            have = new.retrieve(ids, ["text_sha256"])
+            todo = [
+                p
+                for p in batch
+                if have.get(p["doc_id"], {}).get("text_sha256") != p.get("text_sha256")
+            ]
+        without_text += sum(1 for p in todo if "text" not in p)
+        todo = [p for p in todo if "text" in p]
         if todo:
             new.upsert([make_point(rt, "new", doc_of(p)) for p in todo])
             seeded += len(todo)
@@ -48,23 +122,37 @@ def start_migration(rt: Runtime, strategy: str = "lazy", progress: bool = True) 
         "new_fingerprint": new_info.fingerprint,
         "documents": new.count(),
     }
+    if adoption is not None:
+        state["adopted"] = {"collection": old.collection, **adoption}  # type: ignore[attr-defined]
+        state["placement"] = rt.state.get("placement")
     rt.state.set("migration", state)
     # The strategy decides what serves while the new index fills, and whether hits re-embed:
     # lazy = fused + lazy + backfill; shadow = old served, new compared + backfill;
     # rebuild = old served + backfill only, then a gated swap.
     set_control(rt.state, lazy=strategy == "lazy")
     before, rollback_to = load_routing(rt.settings)
+    if previous and previous.get("state") == "finished":
+        rollback_to = None  # nothing of the last migration is left to roll back to
     mode = STRATEGY_MODE.get(strategy)
-    if mode is not None and mode is not before.mode:
+    after = before
+    if mode is not None and (mode is not before.mode or previous is not None):
         after = Routing(mode=mode, generation=before.generation + 1)
         save_routing(rt.settings, after, rollback_to)  # a mode change, not a cutover
-        AuditLog(rt.settings.data_path(AUDIT)).append(
-            {
-                "action": f"migrate start ({strategy})",
-                "actor": "cli",
-                "from": routing_dict(before),
-                "to": routing_dict(after),
-                "gate": None,
-            }
-        )
-    return {**state, "seeded": seeded, "migrated": new.count(dense_only=True)}
+    # Every start is recorded: the audit log tells a migration's whole story, start to finish.
+    AuditLog(rt.settings.data_path(AUDIT)).append(
+        {
+            "action": f"migrate start ({strategy})",
+            "actor": "cli",
+            "from": routing_dict(before),
+            "to": routing_dict(after),
+            "gate": None,
+            "old": old_info.fingerprint,
+            "new": new_info.fingerprint,
+            **({"adopted": state["adopted"]} if adoption else {}),
+            **({"without_text": without_text} if without_text else {}),
+        }
+    )
+    out = {**state, "seeded": seeded, "migrated": new.count(dense_only=True)}
+    if without_text:
+        out["without_text"] = without_text
+    return out

@@ -185,8 +185,15 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def open_store(settings: Settings, which: str) -> VectorStore:
+def open_store(
+    settings: Settings, which: str, placement: dict[str, Any] | None = None
+) -> VectorStore:
+    """`placement`: where `migrate start --into/--in-place` put the new index (adoption)."""
     cfg: IndexConfig = getattr(settings.indexes, which)
+    if settings.indexes.old.adopt is not None:
+        from proxy.store.adopted import open_adopted
+
+        return open_adopted(settings, which, placement)  # type: ignore[no-any-return]
     if cfg.backend == "edge":
         from proxy.store.edge import EdgeStore
 

@@ -11,7 +11,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -54,14 +54,20 @@ def _condition(c: Condition) -> qm.FieldCondition:
     return qm.FieldCondition(key=c.field, match=qm.MatchValue(value=m.value))
 
 
-def to_qdrant_filter(flt: Filter | None) -> qm.Filter | None:
+def to_qdrant_filter(
+    flt: Filter | None, key: Callable[[str], str] = lambda f: f
+) -> qm.Filter | None:
+    """`key` maps a payload path of crossfade's layout (`metadata.topic`) to the index's own."""
     if flt is None:
         return None
-    return qm.Filter(
-        must=[_condition(c) for c in flt.must] or None,
-        should=[_condition(c) for c in flt.should] or None,
-        must_not=[_condition(c) for c in flt.must_not] or None,
-    )
+
+    def conds(cs: list[Condition]) -> list[qm.FieldCondition] | None:
+        out = [_condition(c) for c in cs]
+        for c in out:
+            c.key = key(c.key)
+        return out or None
+
+    return qm.Filter(must=conds(flt.must), should=conds(flt.should), must_not=conds(flt.must_not))
 
 
 _shared: dict[tuple[str, str | None], tuple[QdrantClient, int]] = {}
@@ -215,6 +221,23 @@ class ServerStore:
                 self.client.create_payload_index(self.collection, fld, qm.PayloadSchemaType.KEYWORD)
         self._info = info
 
+    # Layout hooks: crossfade's own payload layout here; an adopted collection keeps its own
+    # (proxy/store/adopted.py overrides these).
+    def _pid(self, doc_id: str) -> int | str:
+        return point_id(doc_id)
+
+    def _select(self, fields: Sequence[str] | None) -> Any:
+        """The payload to fetch for the view's `fields` (None = everything)."""
+        return list(fields) + ["doc_id"] if fields is not None else True
+
+    def _view(self, rec: Any) -> dict[str, Any] | None:
+        """A stored point as crossfade's payload view (doc_id, text, metadata, ...)."""
+        return rec.payload
+
+    def _key(self, path: str) -> str:
+        """A payload path of crossfade's layout in this index."""
+        return path
+
     def _point(self, p: PointWrite) -> qm.PointStruct:
         vec: dict[str, Any] = {}
         if p.dense is not None:
@@ -253,7 +276,7 @@ class ServerStore:
         with self._guard():
             self.client.delete(
                 self.collection,
-                qm.PointIdsList(points=[point_id(d) for d in doc_ids]),
+                qm.PointIdsList(points=[self._pid(d) for d in doc_ids]),
                 wait=True,
             )
 
@@ -269,10 +292,11 @@ class ServerStore:
                 query=query,
                 using=using,
                 limit=limit,
-                query_filter=to_qdrant_filter(flt),
-                with_payload=["doc_id", *fields],
+                query_filter=to_qdrant_filter(flt, self._key),
+                with_payload=self._select(fields),
             )
-        return [(p.payload, float(p.score)) for p in res.points if p.payload]
+        views = [(self._view(p), float(p.score)) for p in res.points]
+        return [(v, s) for v, s in views if v]
 
     def search_dense(
         self, vector: np.ndarray, limit: int, flt: Filter | None = None
@@ -298,32 +322,34 @@ class ServerStore:
             return set()
         flt = qm.Filter(
             must=[
-                qm.HasIdCondition(has_id=[point_id(d) for d in doc_ids]),
+                qm.HasIdCondition(has_id=[self._pid(d) for d in doc_ids]),
                 qm.HasVectorCondition(has_vector=self.vector),
             ]
         )
         with self._guard():
             recs, _ = self.client.scroll(
-                self.collection, scroll_filter=flt, limit=len(doc_ids), with_payload=["doc_id"]
+                self.collection,
+                scroll_filter=flt,
+                limit=len(doc_ids),
+                with_payload=self._select(()),
             )
-        return {r.payload["doc_id"] for r in recs if r.payload}
+        return {v["doc_id"] for v in map(self._view, recs) if v}
 
     def retrieve(
         self, doc_ids: Sequence[str], fields: Sequence[str] | None = None
     ) -> dict[str, dict[str, Any]]:
         if not doc_ids:
             return {}
-        sel: Any = list(fields) + ["doc_id"] if fields is not None else True
         with self._guard():
             recs = self.client.retrieve(
-                self.collection, [point_id(d) for d in doc_ids], with_payload=sel
+                self.collection, [self._pid(d) for d in doc_ids], with_payload=self._select(fields)
             )
-        return {r.payload["doc_id"]: r.payload for r in recs if r.payload}
+        return {v["doc_id"]: v for v in map(self._view, recs) if v}
 
     def scroll(
         self, batch: int = 256, fields: Sequence[str] | None = None
     ) -> Iterator[list[dict[str, Any]]]:
-        sel: Any = list(fields) + ["doc_id"] if fields is not None else True
+        sel = self._select(fields)
         offset = None
         while True:
             with self._guard():
@@ -331,7 +357,7 @@ class ServerStore:
                     self.collection, limit=batch, offset=offset, with_payload=sel
                 )
             if recs:
-                yield [r.payload for r in recs if r.payload]
+                yield [v for v in map(self._view, recs) if v]
             if offset is None:
                 return
 
@@ -348,14 +374,16 @@ class ServerStore:
         flt = qm.Filter(must_not=[qm.HasVectorCondition(has_vector=self.vector)])
         with self._guard():
             recs, _ = self.client.scroll(
-                self.collection, scroll_filter=flt, limit=limit, with_payload=["doc_id"]
+                self.collection, scroll_filter=flt, limit=limit, with_payload=self._select(())
             )
-        return [r.payload["doc_id"] for r in recs if r.payload]
+        return [v["doc_id"] for v in map(self._view, recs) if v]
 
     def has_payload_field(self, field: str) -> bool:
         if self.info() is None:
             return False
-        flt = qm.Filter(must_not=[qm.IsEmptyCondition(is_empty=qm.PayloadField(key=field))])
+        flt = qm.Filter(
+            must_not=[qm.IsEmptyCondition(is_empty=qm.PayloadField(key=self._key(field)))]
+        )
         with self._guard():
             recs, _ = self.client.scroll(
                 self.collection, scroll_filter=flt, limit=1, with_payload=False

@@ -1,0 +1,122 @@
+"""Before a migration of an adopted collection writes anything: is the text there, and is the
+configured old model the one that wrote the vectors?
+
+A wrong old model is the bilingual failure at the very start: old-model queries over vectors
+of another model, with nothing throwing. So a sample of stored texts is re-embedded with the
+configured old model and compared with the stored vectors. Most of them must match; a
+collection where some match and some don't already holds two models and is reported as such.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from proxy.runtime import Runtime
+from proxy.store import IndexInfo
+from proxy.store.adopted import AdoptedStore
+
+
+class AdoptionRefused(RuntimeError):
+    """The collection can't be migrated as configured; nothing was written."""
+
+
+def check_texts(rt: Runtime, old: AdoptedStore) -> dict[str, Any]:
+    """Without the text nothing can be re-embedded: refuse a collection without stored text
+    unless a text source is given, and then every point must have a text in it."""
+    adopt = rt.settings.indexes.old.adopt
+    assert adopt is not None
+    if old.layout.texts is None:
+        field = adopt.text_field
+        if field is None or not old.has_payload_field(field):
+            where = f"under {field!r}" if field else "(indexes.old.adopt.text_field is null)"
+            raise AdoptionRefused(
+                f"collection {old.collection!r} stores no text {where}: without the text "
+                "nothing can be re-embedded. Give the texts as JSONL of {id, text} in "
+                "indexes.old.adopt.text_source"
+            )
+        return {"text": f"stored under {field!r}"}
+    missing: list[str] = []
+    points = 0
+    for ids in old.ids():
+        points += len(ids)
+        missing.extend(d for d in ids if d not in old.layout.texts)
+    if missing:
+        raise AdoptionRefused(
+            f"{len(missing)} of {points} points have no text in {adopt.text_source}: "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        )
+    return {"text": f"from {adopt.text_source}", "points_with_text": points}
+
+
+def check_identity(rt: Runtime, old: AdoptedStore) -> dict[str, Any]:
+    """Re-embed a sample of stored texts with the configured old model; compare."""
+    adopt = rt.settings.indexes.old.adopt
+    assert adopt is not None
+    model = rt.model("old")
+    fp = model.fingerprint
+    sample = [(d, t, v) for d, t, v in old.sample(adopt.identity_sample) if t]
+    if not sample:
+        raise AdoptionRefused(f"collection {old.collection!r}: no point with a vector and a text")
+    dims = {v.shape[0] for _, _, v in sample}
+    if dims != {fp.dim}:
+        raise AdoptionRefused(
+            f"the stored vectors have {sorted(dims)} dimensions, the configured old model "
+            f"{fp.id} gives {fp.dim}: it is not the model that wrote this collection"
+        )
+    fresh = model.embed_documents([t for _, t, _ in sample])
+    stored = np.stack([v for _, _, v in sample])
+    stored /= np.maximum(np.linalg.norm(stored, axis=1, keepdims=True), 1e-12)
+    fresh = fresh / np.maximum(np.linalg.norm(fresh, axis=1, keepdims=True), 1e-12)
+    cos = np.sum(stored * fresh, axis=1)
+    ok = cos >= adopt.identity_min_cosine
+    report = {
+        "sampled": len(sample),
+        "matching": int(ok.sum()),
+        "median_cosine": round(float(np.median(cos)), 4),
+        "min_cosine": round(float(cos.min()), 4),
+        "model": fp.id,
+    }
+    need = f"need >= {adopt.identity_min_cosine:g}"
+    if not ok.any():
+        raise AdoptionRefused(
+            f"wrong old model: re-embedding {len(sample)} stored texts with {fp.id} gives "
+            f"median cosine {report['median_cosine']} to the stored vectors ({need}); "
+            "configure the model that wrote this collection"
+        )
+    if not ok.all():
+        bad = int((~ok).sum())
+        bad_ids = [d for (d, _, _), good in zip(sample, ok, strict=True) if not good]
+        raise AdoptionRefused(
+            f"the collection is already bilingual: {bad} of {len(sample)} sampled vectors "
+            f"({100 * bad / len(sample):.0f}%) do not match {fp.id} (median cosine "
+            f"{float(np.median(cos[~ok])):.4f}, {need}) while {int(ok.sum())} do (median "
+            f"{float(np.median(cos[ok])):.4f}); e.g. {', '.join(bad_ids[:3])}"
+        )
+    return report
+
+
+def adopt_old(rt: Runtime) -> dict[str, Any] | None:
+    """For an adopted old collection: the checks, then the binding (our file, not theirs).
+    None when the old index is crossfade's own."""
+    old = rt.store("old")
+    if not isinstance(old, AdoptedStore):
+        return None
+    if not old.exists():
+        raise AdoptionRefused(f"collection {old.collection!r} does not exist")
+    dense, _ = old.vector_names()
+    if old.vector not in dense:
+        names = ", ".join(repr(n) for n in dense) or "none"
+        raise AdoptionRefused(
+            f"collection {old.collection!r} has no vector {old.vector!r} (it has {names}); "
+            "set indexes.old.vector ('' = the unnamed vector)"
+        )
+    report = {**check_texts(rt, old), "identity": check_identity(rt, old)}
+    fp = rt.model("old").fingerprint
+    want = IndexInfo(dim=fp.dim, fingerprint=fp.id, sparse=False)
+    have = old.info()
+    if have is not None and have != want:
+        raise AdoptionRefused(f"collection {old.collection!r} was adopted bound to {have}")
+    old.bind(want)
+    return report

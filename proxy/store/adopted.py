@@ -1,0 +1,447 @@
+"""An existing Qdrant collection adopted as it is, and the new index written in its layout.
+
+The application wrote the collection (LangChain's QdrantVectorStore: UUID ids, the unnamed
+vector, `page_content` + `metadata`; others: integer ids, a named vector, `text`, metadata as
+the other payload keys, or no text at all). crossfade reads it through a `Layout` and never
+rewrites its points, except to dual-write document updates, in the same layout.
+
+The new index takes one of Qdrant's two migration shapes:
+- beside (`--into COLLECTION`): a new collection in the adopted layout (so the application's
+  own code reads it after cutover, through the alias) plus the BM25 sparse vector;
+- in place (`--in-place`): a new named vector and the BM25 sparse vector added to the same
+  collection; "in the new index" = holds the sparse vector, "migrated" = holds the new vector.
+
+Neither carries crossfade's bookkeeping payload (fingerprint, text hash): the binding (model
+fingerprint, dimension) lives in a file under the data directory, text hashes are computed
+from the stored text, and conditional writes compare the stored text itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qdrant_client import models as qm
+
+from proxy.config import IndexConfig, Settings
+from proxy.embedding import text_sha256
+from proxy.store import IndexInfo, IndexUnavailable, PointWrite, check_fingerprints
+from proxy.store import write_json_atomic as _write_json
+from proxy.store.server import _RETRY_S, ServerStore
+
+BINDINGS = "bindings"
+
+
+class InvalidDocId(ValueError):
+    """A doc id that an adopted collection cannot key a point by (not an integer or UUID)."""
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def adopted_point_id(doc_id: str) -> int | str:
+    """Doc ids are the collection's own point ids, as text: "42" or a UUID."""
+    if doc_id.isdigit() and str(int(doc_id)) == doc_id and int(doc_id) < 2**64:
+        return int(doc_id)
+    try:
+        u = uuid.UUID(doc_id)
+    except ValueError:
+        u = None
+    if u is None or str(u) != doc_id.lower():
+        raise InvalidDocId(
+            f"doc id {doc_id!r}: an adopted Qdrant collection keys its points by unsigned "
+            "integers or UUIDs, so document ids must be one of those"
+        )
+    return str(u)
+
+
+@dataclass(frozen=True)
+class Layout:
+    text_field: str | None  # None: no stored text (then `texts` holds it, by doc id)
+    metadata_field: str | None  # None: every other payload key is metadata
+    texts: Mapping[str, str] | None = None
+
+    def view(self, doc_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"doc_id": doc_id}
+        text = payload.get(self.text_field) if self.text_field else None
+        if text is None and self.texts is not None:
+            text = self.texts.get(doc_id)
+        if isinstance(text, str):
+            out["text"], out["text_sha256"] = text, text_sha256(text)
+        if self.metadata_field:
+            meta = payload.get(self.metadata_field)
+        else:
+            meta = {k: v for k, v in payload.items() if k != self.text_field}
+        out["metadata"] = meta if isinstance(meta, dict) else {}
+        return out
+
+    def payload(self, p: PointWrite) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.metadata_field:
+            out[self.metadata_field] = p.metadata
+        else:
+            out.update(p.metadata)
+        if self.text_field:
+            out[self.text_field] = p.text
+        return out
+
+    def key(self, path: str) -> str:
+        if path.startswith("metadata."):
+            rest = path.removeprefix("metadata.")
+            return f"{self.metadata_field}.{rest}" if self.metadata_field else rest
+        return path
+
+
+class AdoptedStore(ServerStore):
+    """`shared`: the old and new index live in one collection (the in-place shape)."""
+
+    def __init__(
+        self, name: str, cfg: IndexConfig, layout: Layout, bindings: Path, shared: bool
+    ) -> None:
+        self.layout = layout
+        self.shared = shared
+        vector = cfg.vector or "_unnamed"
+        self.binding = bindings / f"{cfg.collection}.{vector}.json"
+        super().__init__(name, cfg)
+
+    # --- binding: a file of ours, never the user's collection -------------------------
+    def _load_info(self) -> None:
+        try:
+            with self._guard():
+                exists = self.client.collection_exists(self.collection)
+        except IndexUnavailable as e:
+            self._failed, self._retry_at = e, time.monotonic() + _RETRY_S
+            raise
+        self._info = None
+        if exists and self.binding.exists():
+            self._info = IndexInfo(**json.loads(self.binding.read_text()))
+        self._loaded, self._failed = True, None
+
+    def exists(self) -> bool:
+        with self._guard():
+            return bool(self.client.collection_exists(self.collection))
+
+    def vector_names(self) -> tuple[dict[str, int], set[str]]:
+        """Dense vector names with their sizes ('' = unnamed), and sparse vector names."""
+        with self._guard():
+            params = self.client.get_collection(self.collection).config.params
+        vecs = params.vectors
+        dense = (
+            {"": vecs.size}
+            if isinstance(vecs, qm.VectorParams)
+            else {k: v.size for k, v in (vecs or {}).items()}
+        )
+        return dense, set(params.sparse_vectors or {})
+
+    def bind(self, info: IndexInfo) -> None:
+        """Adopt the collection as it is: record which model its vectors come from."""
+        _write_json(self.binding, dict(info.__dict__))
+        self._info, self._loaded = info, True
+
+    def create(self, info: IndexInfo) -> None:
+        if self.info() is not None:
+            if self._info != info:
+                raise RuntimeError(
+                    f"collection {self.collection!r} vector {self.vector!r} is bound to "
+                    f"{self._info}"
+                )
+            return
+        dense_cfg = qm.VectorParams(size=info.dim, distance=qm.Distance.COSINE)
+        sparse_cfg = qm.SparseVectorParams(modifier=qm.Modifier.IDF)
+        with self._guard():
+            if not self.client.collection_exists(self.collection):
+                self.client.create_collection(
+                    self.collection,
+                    vectors_config=dense_cfg if self.vector == "" else {self.vector: dense_cfg},
+                    sparse_vectors_config={self.sparse_vector: sparse_cfg} if info.sparse else None,
+                )
+        dense, sparse = self.vector_names()
+        with self._guard():
+            # In place (Qdrant >= 1.18): the new vectors join the live collection.
+            if self.vector not in dense:
+                self.client.create_vector_name(
+                    self.collection,
+                    self.vector,
+                    qm.DenseVectorNameConfig(
+                        dense=qm.DenseVectorConfig(size=info.dim, distance=qm.Distance.COSINE)
+                    ),
+                )
+            if info.sparse and self.sparse_vector not in sparse:
+                self.client.create_vector_name(
+                    self.collection,
+                    self.sparse_vector,
+                    qm.SparseVectorNameConfig(
+                        sparse=qm.SparseVectorConfig(modifier=qm.Modifier.IDF)
+                    ),
+                )
+        self.bind(info)
+
+    # --- layout hooks ----------------------------------------------------------------
+    def _pid(self, doc_id: str) -> int | str:
+        return adopted_point_id(doc_id)
+
+    def _select(self, fields: Sequence[str] | None) -> Any:
+        return fields is None or bool(fields)
+
+    def _view(self, rec: Any) -> dict[str, Any] | None:
+        out = self.layout.view(str(rec.id), rec.payload or {})
+        if self._info is not None:
+            # Only crossfade writes vectors under a binding, each checked against it.
+            out["model_fingerprint"] = self._info.fingerprint
+            out["vector_sha256"] = out.get("text_sha256")
+        return out
+
+    def _key(self, path: str) -> str:
+        return self.layout.key(path)
+
+    def _vectors(self, p: PointWrite) -> dict[str, Any]:
+        vec: dict[str, Any] = {}
+        if p.dense is not None:
+            vec[self.vector] = np.asarray(p.dense, dtype=np.float32).tolist()
+        if p.sparse is not None and self._info and self._info.sparse:
+            vec[self.sparse_vector] = qm.SparseVector(
+                indices=p.sparse.indices, values=p.sparse.values
+            )
+        return vec
+
+    def _point(self, p: PointWrite) -> qm.PointStruct:
+        vec: Any = self._vectors(p)
+        if set(vec) == {""} and not self.shared:
+            vec = vec[""]  # the unnamed vector alone: the plain form every client writes
+        return qm.PointStruct(id=self._pid(p.doc_id), vector=vec, payload=self.layout.payload(p))
+
+    def _same_text(self, p: PointWrite) -> qm.Filter | None:
+        """Conditional write: only while the stored text is still the one embedded."""
+        if not self.layout.text_field:
+            return None  # the text comes from a fixed source: it cannot change under us
+        return qm.Filter(
+            must=[qm.FieldCondition(key=self.layout.text_field, match=qm.MatchValue(value=p.text))]
+        )
+
+    def check_ids(self, doc_ids: Sequence[str]) -> None:
+        for d in doc_ids:
+            adopted_point_id(d)
+
+    def upsert(self, points: Sequence[PointWrite]) -> None:
+        check_fingerprints(self.info(), points)
+        self.check_ids([p.doc_id for p in points])
+        if self.shared and self.name == "new":
+            return self._upsert_in_place(points)
+        plain = [self._point(p) for p in points if p.if_text_sha256 is None]
+        with self._guard():
+            if plain:
+                self.client.upsert(self.collection, plain, wait=True)
+            for p in points:
+                if p.if_text_sha256 is not None:
+                    self.client.upsert(
+                        self.collection,
+                        [self._point(p)],
+                        wait=True,
+                        update_filter=self._same_text(p),
+                        update_mode=qm.UpdateMode.UPDATE_ONLY,
+                    )
+
+    def _upsert_in_place(self, points: Sequence[PointWrite]) -> None:
+        """The new vectors of points the old side owns: vectors only, never the point whole
+        (an upsert would drop the application's vector). A document update (it carries a
+        dense vector) also sets the payload, and creates the point if it is new."""
+        seeds = [p for p in points if p.dense is None and p.if_text_sha256 is None]
+        updates = [p for p in points if p.dense is not None and p.if_text_sha256 is None]
+        with self._guard():
+            if seeds:
+                self.client.update_vectors(
+                    self.collection,
+                    [
+                        qm.PointVectors(id=self._pid(p.doc_id), vector=self._vectors(p))
+                        for p in seeds
+                    ],
+                    wait=True,
+                )
+            if updates:
+                ids = [self._pid(p.doc_id) for p in updates]
+                have = {str(r.id) for r in self.client.retrieve(self.collection, ids, False)}
+                fresh = [self._point(p) for p in updates if str(self._pid(p.doc_id)) not in have]
+                if fresh:
+                    self.client.upsert(self.collection, fresh, wait=True)
+                for p in updates:
+                    if str(self._pid(p.doc_id)) in have:
+                        self.client.overwrite_payload(
+                            self.collection, self.layout.payload(p), [self._pid(p.doc_id)]
+                        )
+                kept = [
+                    qm.PointVectors(id=self._pid(p.doc_id), vector=self._vectors(p))
+                    for p in updates
+                    if str(self._pid(p.doc_id)) in have
+                ]
+                if kept:
+                    self.client.update_vectors(self.collection, kept, wait=True)
+            for p in points:
+                if p.if_text_sha256 is not None:
+                    self.client.update_vectors(
+                        self.collection,
+                        [qm.PointVectors(id=self._pid(p.doc_id), vector=self._vectors(p))],
+                        wait=True,
+                        update_filter=self._same_text(p),
+                    )
+
+    def _member(self) -> qm.Filter | None:
+        """In place, a point belongs to the new index once seeded (holds the BM25 vector)."""
+        if self.shared and self.name == "new":
+            return qm.Filter(must=[qm.HasVectorCondition(has_vector=self.sparse_vector)])
+        return None
+
+    def count(self, dense_only: bool = False) -> int:
+        if self.info() is None:
+            return 0
+        if dense_only:
+            flt: qm.Filter | None = qm.Filter(must=[qm.HasVectorCondition(has_vector=self.vector)])
+        else:
+            flt = self._member()
+        with self._guard():
+            return int(self.client.count(self.collection, count_filter=flt, exact=True).count)
+
+    def has_payload_field(self, field: str) -> bool:
+        # Asked before adoption too (is there any text?): no binding needed.
+        flt = qm.Filter(
+            must_not=[qm.IsEmptyCondition(is_empty=qm.PayloadField(key=self._key(field)))]
+        )
+        with self._guard():
+            recs, _ = self.client.scroll(
+                self.collection, scroll_filter=flt, limit=1, with_payload=False
+            )
+        return bool(recs)
+
+    def seeded(self, doc_ids: Sequence[str]) -> set[str]:
+        """In place: the ids already seeded (holding the BM25 vector)."""
+        flt = qm.Filter(
+            must=[
+                qm.HasIdCondition(has_id=[self._pid(d) for d in doc_ids]),
+                qm.HasVectorCondition(has_vector=self.sparse_vector),
+            ]
+        )
+        with self._guard():
+            recs, _ = self.client.scroll(
+                self.collection, scroll_filter=flt, limit=len(doc_ids), with_payload=False
+            )
+        return {str(r.id) for r in recs}
+
+    def fingerprints(self) -> dict[str, int]:
+        info = self.info()
+        if info is None:
+            return {}
+        n = self.count(dense_only=True)
+        return {info.fingerprint: n} if n else {}
+
+    def sample(self, n: int, seed: int = 0) -> list[tuple[str, str | None, np.ndarray]]:
+        """Up to `n` points (doc id, text or None, stored vector), drawn from the first pages
+        of the collection."""
+        with self._guard():
+            recs, _ = self.client.scroll(
+                self.collection,
+                limit=max(4 * n, 256),
+                with_payload=True,
+                with_vectors=[self.vector] if self.vector else True,
+            )
+        rng = np.random.default_rng(seed)
+        picked = [recs[i] for i in sorted(rng.permutation(len(recs))[:n])]
+        out = []
+        for r in picked:
+            vec = r.vector.get(self.vector) if isinstance(r.vector, dict) else r.vector
+            if vec is None:
+                continue
+            view = self.layout.view(str(r.id), r.payload or {})
+            out.append((view["doc_id"], view.get("text"), np.asarray(vec, dtype=np.float32)))
+        return out
+
+    def ids(self, batch: int = 2048) -> Iterator[list[str]]:
+        offset = None
+        while True:
+            with self._guard():
+                recs, offset = self.client.scroll(
+                    self.collection, limit=batch, offset=offset, with_payload=False
+                )
+            yield [str(r.id) for r in recs]
+            if offset is None:
+                return
+
+    def drop(self) -> None:
+        """Retire: in place, delete this index's vector(s) from the shared collection;
+        otherwise the collection. The binding goes with it."""
+        with self._guard():
+            if self.shared:
+                dense, sparse = self.vector_names()
+                if self.vector in dense:
+                    self.client.delete_vector_name(self.collection, self.vector)
+                if self.name == "new" and self.sparse_vector in sparse:
+                    self.client.delete_vector_name(self.collection, self.sparse_vector)
+            elif self.client.collection_exists(self.collection):
+                self.client.delete_collection(self.collection)
+        self.binding.unlink(missing_ok=True)
+        self._info = None
+
+
+@functools.lru_cache(maxsize=4)
+def _texts(path: str, mtime: float) -> dict[str, str]:
+    from proxy.ingest import read_jsonl
+
+    return {d.doc_id: d.text for d in read_jsonl(path)}
+
+
+def load_texts(settings: Settings) -> dict[str, str] | None:
+    adopt = settings.indexes.old.adopt
+    if adopt is None or adopt.text_source is None:
+        return None
+    path = settings.data_path(adopt.text_source)
+    if not path.exists():
+        raise FileNotFoundError(f"indexes.old.adopt.text_source: {path} does not exist")
+    return _texts(str(path), path.stat().st_mtime)
+
+
+def new_index_config(settings: Settings, placement: dict[str, Any] | None) -> IndexConfig:
+    """The new index: the config's, or where `migrate start --into/--in-place` put it."""
+    old, new = settings.indexes.old, settings.indexes.new
+    if placement:
+        new = new.model_copy(
+            update={
+                "backend": "qdrant",
+                "url": old.url,
+                "api_key": old.api_key,
+                "timeout_s": old.timeout_s,
+                "collection": placement["collection"],
+                "vector": placement["vector"],
+            }
+        )
+    return new
+
+
+def is_in_place(old: IndexConfig, new: IndexConfig) -> bool:
+    return new.backend == "qdrant" and new.url == old.url and new.collection == old.collection
+
+
+def open_adopted(settings: Settings, which: str, placement: dict[str, Any] | None) -> Any:
+    old_cfg = settings.indexes.old
+    adopt = old_cfg.adopt
+    assert adopt is not None
+    new_cfg = new_index_config(settings, placement)
+    shared = is_in_place(old_cfg, new_cfg)
+    if shared and new_cfg.vector == old_cfg.vector:
+        raise ValueError(
+            f"in place, the new vector needs another name than the old one ({old_cfg.vector!r})"
+        )
+    layout = Layout(adopt.text_field, adopt.metadata_field, load_texts(settings))
+    bindings = settings.data_path(BINDINGS)
+    if which == "old":
+        return AdoptedStore("old", old_cfg, layout, bindings, shared)
+    if new_cfg.backend == "edge":
+        from proxy.store.edge import EdgeStore
+
+        return EdgeStore("new", settings.data_path(new_cfg.path or "new"), new_cfg)
+    if not shared:
+        # Beside: the application will read this collection, so it stores the text too.
+        layout = replace(layout, text_field=layout.text_field or "text", texts=None)
+    return AdoptedStore("new", new_cfg, layout, bindings, shared)
