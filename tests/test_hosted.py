@@ -22,6 +22,7 @@ from pydantic import SecretStr
 
 from proxy.app import create_app
 from proxy.availability import IndexState, serving_plan
+from proxy.cli import spend_lines
 from proxy.config import FusionConfig, Mode, ModelConfig
 from proxy.demo import python_reference
 from proxy.embedding import Embedder, ModelUnavailable, load_embedder
@@ -203,6 +204,7 @@ def test_spend_cap_stops_the_backfill_and_resumes_when_raised(
     rt = migrating(tmp_path, fault_proxy.url, models, n=80, max_concurrent_requests=1)
     rt.settings.plan.price_per_million_tokens = price
     rt.settings.migration.max_spend = 0.02  # ~ 2-3 requests of 8 passages
+    fault_proxy.reset()  # count from here: the probe and the canary are no re-embedding
     worker = Reembedder(rt)
     written = 0
     for _ in range(50):
@@ -218,6 +220,8 @@ def test_spend_cap_stops_the_backfill_and_resumes_when_raised(
     assert 0.02 <= spend["cost"] <= 0.02 + batch_cost  # stopped within one batch of the cap
     assert spend["tokens"] == sum(t for _, t in fault_proxy.usage)  # billed = usage answered
     assert status["worker_state"] == "capped"
+    (line,) = spend_lines(status)  # what `crossfade status` prints
+    assert line.startswith(f"spend: {spend['tokens']} tokens") and "STOPPED at the cap" in line
     m = Metrics()
     status["routing"] = {"generation": 0, "mode": "fused", "split_percent": 0}
     m.update(status)
@@ -239,10 +243,11 @@ def test_plan_measures_a_sample_through_the_api(
 ) -> None:
     rt = migrating(tmp_path, fault_proxy.url, models, n=40)
     rt.settings.plan.price_per_million_tokens = 0.02
+    fault_proxy.reset()
     out = plan(rt, sample=16)
-    texts = [d.text for d in demo_docs(40)][:16]
     assert out["tokens"]["counted_by"].startswith("the API's usage")
-    assert out["tokens"]["per_doc"] == pytest.approx(sum(len(t) for t in texts) / 16, rel=0.01)
+    billed = sum(t for _, t in fault_proxy.usage[-2:])  # the sample: 2 requests of 8
+    assert out["tokens"]["per_doc"] == pytest.approx(billed / 16, abs=0.1)
     assert out["api_cost"]["total"] == pytest.approx(out["tokens"]["total"] / 1e6 * 0.02, rel=0.01)
     rt.close()
 
