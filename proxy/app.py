@@ -28,9 +28,11 @@ from proxy.availability import DEGRADED_HEADER, Health, readiness, search_availa
 from proxy.beir import load_beir
 from proxy.config import Mode
 from proxy.documents import delete_documents, replay_journal, upsert_documents
+from proxy.embedding import ModelUnavailable
 from proxy.filters import Filter, StrictBody
 from proxy.ingest import MAX_TEXT_CHARS, CorpusError, parse_doc
 from proxy.metrics import Metrics, RequestCounter
+from proxy.migration.canary import ModelDrift, accept_drift, check_canaries, drift_alarms
 from proxy.migration.control import ControlPlane, available_actions
 from proxy.migration.cutover import new_too_early, routing_dict, why_no_cutover
 from proxy.migration.drift import drift_report
@@ -118,6 +120,17 @@ class BackfillControl(StrictBody):
     backfill: bool | None = Field(None, description="Enable or disable the background sweep.")
     until: float | None = Field(
         None, ge=0, le=100, description="Stop the sweep at this coverage %."
+    )
+    max_spend: float | None = Field(
+        None, ge=0, description="Spend cap of the migration (0 = none); raise it to resume."
+    )
+    actor: str | None = Field(None, max_length=200)
+
+
+class CanaryIn(StrictBody):
+    action: Literal["check", "accept"] = Field(
+        description="check: re-embed the canaries now; accept: lift a drift alarm (the "
+        "canary is recorded afresh and vector writes naming the model are allowed again)."
     )
     actor: str | None = Field(None, max_length=200)
 
@@ -261,7 +274,11 @@ def create_app(rt: Runtime) -> FastAPI:
         await state["searcher"].coverage.refresh()
         await health.check()  # logs any index it cannot reach; serving starts regardless
         await asyncio.to_thread(recover_writes)
-        tasks = [asyncio.create_task(worker.run()), asyncio.create_task(sample_history())]
+        tasks = [
+            asyncio.create_task(worker.run()),
+            asyncio.create_task(sample_history()),
+            asyncio.create_task(watch_canaries()),
+        ]
         yield
         for task in tasks:
             task.cancel()
@@ -281,6 +298,7 @@ def create_app(rt: Runtime) -> FastAPI:
             log.error("could not re-apply unfinished document writes yet: %s", e)
 
     lazy_cache: dict[str, float | bool] = {"at": float("-inf"), "on": True}
+    canaries: dict[str, Any] = {"last": None}  # the last canary check, per hosted model
 
     def lazy_enabled() -> bool:
         """The persisted lazy switch, re-read at most once a second (not per request)."""
@@ -374,6 +392,9 @@ def create_app(rt: Runtime) -> FastAPI:
         except IndexUnavailable as e:  # off the response path: a lost sample, nothing more
             health.mark_down(e)
             return
+        except ModelUnavailable as e:
+            health.mark_model_down(e)
+            return
         o, r = control.shadow.record(served, [h.doc_id for h in res.hits], k)
         metrics.shadow_overlap.observe(o)
         metrics.shadow_rbo.observe(r)
@@ -402,7 +423,16 @@ def create_app(rt: Runtime) -> FastAPI:
             return error(409, refuse_new(early), problems=[{"field": "body.mode"}])
         t0 = time.perf_counter()
         fields = ("text", "metadata") if req.with_text else ("metadata",)
-        res, served = await search_available(s, health, mode, req.query, req.k, req.filter, fields)
+        res, served = await search_available(
+            s,
+            health,
+            mode,
+            req.query,
+            req.k,
+            req.filter,
+            fields,
+            bm25_alone=settings.server.bm25_when_model_down,
+        )
         if res is None:
             return error(503, served.error or "no index to search")
         took = time.perf_counter() - t0
@@ -465,6 +495,8 @@ def create_app(rt: Runtime) -> FastAPI:
             sides = await asyncio.to_thread(upsert_documents, rt, docs)
         except CorpusError as e:  # e.g. an id an adopted collection can't key a point by
             return error(422, str(e))
+        except ModelDrift as e:  # the bilingual-write guard: an operator must decide
+            return error(409, str(e))
         except RuntimeError as e:
             return error(503, str(e))
         return {"upserted": len(docs), "indexes": sides}
@@ -489,6 +521,7 @@ def create_app(rt: Runtime) -> FastAPI:
             out["control"]["paused"],
         )
         out["shadow"] = control.shadow.summary()
+        out["canary"] = canaries["last"]
         out["last_gate"] = control.last_gate
         return out
 
@@ -511,6 +544,22 @@ def create_app(rt: Runtime) -> FastAPI:
                 searcher().fitted = await asyncio.to_thread(load_fit, rt.state, rt.fingerprints())
             await asyncio.sleep(settings.server.history_interval_s)
 
+    async def watch_canaries() -> None:
+        """Re-embed each hosted model's canary at start-up and every `canary_interval_s`
+        (the shortest of the hosted models'; 0 = at start-up only)."""
+        hosted = [m for m in (settings.models.old, settings.models.new) if m.kind == "openai"]
+        if not hosted:
+            return
+        intervals = [m.canary_interval_s for m in hosted if m.canary_interval_s > 0]
+        while True:
+            try:
+                canaries["last"] = await asyncio.to_thread(check_canaries, rt)
+            except Exception as e:  # a failed check is reported, never a crash
+                canaries["last"] = {"error": str(e)}
+            if not intervals:
+                return
+            await asyncio.sleep(min(intervals))
+
     @app.get("/migration/history")
     async def get_history(since: float = 0.0) -> Any:
         """Coverage samples (unix time `t`) newer than `since`, oldest first."""
@@ -531,7 +580,12 @@ def create_app(rt: Runtime) -> FastAPI:
     )
     async def backfill(body: BackfillControl) -> Any:
         return await asyncio.to_thread(
-            control.steer_backfill, body.actor or "admin", body.action, body.backfill, body.until
+            control.steer_backfill,
+            body.actor or "admin",
+            body.action,
+            body.backfill,
+            body.until,
+            body.max_spend,
         )
 
     @app.get("/admin/routing", responses={401: {}}, dependencies=guarded)
@@ -624,6 +678,24 @@ def create_app(rt: Runtime) -> FastAPI:
         body = body or FinishIn()
         ok, result = await control.finish(body.actor or "admin", body.now, body.drop)
         return result if ok else error(409, result["error"])
+
+    @app.post(
+        "/admin/canary",
+        responses={400: {}, 401: {}, 413: {}, 422: {}},
+        dependencies=guarded,
+    )
+    async def canary(body: CanaryIn) -> Any:
+        """`check`: re-embed the hosted models' canaries now; `accept`: the operator's
+        decision that a drift is harmless (canary recorded afresh, writes allowed again)."""
+        if body.action == "check":
+            canaries["last"] = await asyncio.to_thread(check_canaries, rt)
+            return {"checked": canaries["last"], "drift": drift_alarms(rt)}
+        lifted = await asyncio.to_thread(accept_drift, rt)
+        await asyncio.to_thread(
+            control.audit.append,
+            {"action": "canary accept", "actor": body.actor or "admin", "lifted": lifted},
+        )
+        return {"lifted": lifted, "drift": drift_alarms(rt)}
 
     @app.get("/admin/plan", responses={401: {}}, dependencies=guarded)
     async def get_plan(sample: int | None = None) -> Any:

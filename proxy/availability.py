@@ -13,7 +13,17 @@ then keeps serving what it can, and says so:
                   needs, with
                   no fallback
 
-`serving_plan` is that table as a pure function; `Health` probes the indexes (one cheap call
+A hosted model whose API fails (refused, 5xx, no answer within `query_timeout_s`) takes out
+its dense list only, the index still answers the rest:
+
+    mode          model down   serves                                  marked
+    fused         new          old dense + BM25 (fused as at 0%)       degraded
+    new           new          BM25 alone (or 503:                     degraded
+                               server.bm25_when_model_down off)
+    fused         old          new dense + BM25                        degraded
+    old, shadow   old          new dense + BM25, as for its index down degraded
+
+`serving_plan` is these tables as a pure function; `Health` probes the indexes (one cheap call
 each, in their own threads, bounded by a timeout, the answer kept a second);
 `search_available` runs a search on the plan and, if an index fails mid-request, re-plans
 once without it.
@@ -30,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.config import FusionConfig, Mode
+from proxy.embedding import ModelUnavailable
 from proxy.filters import Filter
 from proxy.search import MISSING, Searcher, SearchResult, lists_for
 from proxy.store import IndexUnavailable, VectorStore
@@ -64,9 +75,34 @@ def sides_of(lists: Sequence[str]) -> list[str]:
 
 
 def serving_plan(
-    mode: Mode, fusion: FusionConfig, indexes: Mapping[str, IndexState]
+    mode: Mode,
+    fusion: FusionConfig,
+    indexes: Mapping[str, IndexState],
+    models_down: Mapping[str, str] | None = None,
+    bm25_alone: bool = True,
 ) -> ServingPlan:
-    """The lists to serve `mode` with, given which indexes answer (see the module's table)."""
+    """The lists to serve `mode` with, given which indexes answer and which models fail
+    (`models_down`: side -> why; see the module's tables)."""
+    plan = _index_plan(mode, fusion, indexes)
+    if not models_down or plan.error:
+        return plan
+    lists = tuple(n for n in plan.lists if n not in models_down)
+    if lists == plan.lists:
+        return plan
+    why = " and ".join(f"{s} model unavailable" for s in plan.lists if s in models_down)
+    if not lists:  # only a dense list was wanted: fall back as for its index down
+        usable = {s for s, st in indexes.items() if st.reachable and st.exists}
+        fallback = ("bm25",) if mode is Mode.NEW else lists_for(Mode.FUSED, fusion)
+        lists = tuple(n for n in fallback if SIDE_OF[n] in usable and n not in models_down)
+    if lists == ("bm25",) and mode is Mode.NEW and not bm25_alone:
+        lists = ()
+    if not lists:
+        return ServingPlan(error="; ".join(models_down[s] for s in sorted(models_down)))
+    degraded = "; ".join(x for x in (plan.degraded, why) if x)
+    return ServingPlan(lists, degraded=degraded)
+
+
+def _index_plan(mode: Mode, fusion: FusionConfig, indexes: Mapping[str, IndexState]) -> ServingPlan:
     wanted = lists_for(mode, fusion)
     need = sides_of(wanted)
     down = [s for s in need if not indexes[s].reachable]
@@ -118,6 +154,7 @@ class Health:
         sides: Sequence[str] = ("old", "new"),
         ttl_s: float = 1.0,
         timeout_s: float = 1.0,
+        model_ttl_s: float = 5.0,
     ) -> None:
         self._store = store
         self.sides = tuple(sides)
@@ -130,6 +167,8 @@ class Health:
         self._state: dict[str, IndexState] | None = None
         self._at = float("-inf")
         self._inflight: asyncio.Future[dict[str, IndexState]] | None = None
+        self.model_ttl_s = model_ttl_s
+        self._models_down: dict[str, tuple[float, str]] = {}
 
     async def check(self) -> dict[str, IndexState]:
         if self._state is not None and time.monotonic() - self._at < self.ttl_s:
@@ -168,6 +207,22 @@ class Health:
         if self._state is not None and e.side in self._state:
             self._set({**self._state, e.side: IndexState(False, None, str(e))})
 
+    def mark_model_down(self, e: ModelUnavailable) -> None:
+        """A model's API failed a query: serve without its list for `model_ttl_s`, then try
+        it again (one request finds out; the others meanwhile don't wait on it)."""
+        side = e.side or "new"
+        if side not in self._models_down:
+            log.warning("%s model unavailable, serving without it: %s", side, e)
+        self._models_down[side] = (time.monotonic() + self.model_ttl_s, str(e))
+
+    def models_down(self) -> dict[str, str]:
+        now = time.monotonic()
+        for side, (until, _) in list(self._models_down.items()):
+            if until <= now:
+                del self._models_down[side]
+                log.warning("%s model: trying it again", side)
+        return {side: why for side, (_, why) in self._models_down.items()}
+
     def _set(self, state: dict[str, IndexState]) -> None:
         before = self._state or {}
         for side, st in state.items():
@@ -190,11 +245,13 @@ async def search_available(
     k: int,
     flt: Filter | None,
     fields: tuple[str, ...],
+    bm25_alone: bool = True,
 ) -> tuple[SearchResult | None, ServingPlan]:
-    """Search `mode` with the indexes that answer; (None, plan with `error`) if none can."""
-    for _ in range(len(health.sides) + 1):
+    """Search `mode` with the indexes and models that answer; (None, plan with `error`) if
+    none can."""
+    for _ in range(2 * len(health.sides) + 1):
         indexes = await health.check()
-        plan = serving_plan(mode, searcher.fusion, indexes)
+        plan = serving_plan(mode, searcher.fusion, indexes, health.models_down(), bm25_alone)
         if plan.error:
             return None, plan
         new_up = indexes["new"].reachable if "new" in indexes else True
@@ -204,6 +261,9 @@ async def search_available(
             )
         except IndexUnavailable as e:  # went down since the last probe
             health.mark_down(e)
+            continue
+        except ModelUnavailable as e:  # its API failed this query: re-plan without it
+            health.mark_model_down(e)
             continue
         return res, plan
     return None, ServingPlan(error="indexes unreachable (they failed while searched)")

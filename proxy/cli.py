@@ -233,7 +233,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     backfill = f"backfill {'on' if ctl['backfill'] else 'off'} until {ctl['until']:g}%"
     lazy = f"lazy {'on' if ctl['lazy'] else 'off'}"
     print(f"queue: {q['hits']} hits + {q['backfill']} backfill; {worker}; {backfill}; {lazy}")
+    for line in spend_lines(out):
+        print(line)
     return 0
+
+
+def spend_lines(out: dict[str, Any]) -> list[str]:
+    """`crossfade status`'s lines on a hosted new model: spend against the cap, drift."""
+    lines = []
+    spend = out.get("spend") or {}
+    if spend.get("tokens") or spend.get("max_spend"):
+        cap = spend["max_spend"]
+        line = (
+            f"spend: {spend['tokens']} tokens in {spend['requests']} requests, "
+            f"{spend['cost']:g} at {spend['price_per_million_tokens']:g}/M tokens"
+            + (f", cap {cap:g}" if cap else ", no cap")
+        )
+        if spend["capped"]:
+            line += "; re-embedding STOPPED at the cap (raise it: backfill limit --max-spend)"
+        lines.append(line)
+    for side, alarm in (out.get("model_drift") or {}).items():
+        lines.append(f"DRIFT ({side} model): {alarm['message']}")
+    return lines
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
@@ -245,8 +266,10 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         body["backfill"] = args.action == "on"
     if args.until is not None:
         body["until"] = args.until
-    if args.action == "limit" and args.until is None:
-        raise ValueError("backfill limit needs --until, e.g. --until 50%")
+    if args.max_spend is not None:
+        body["max_spend"] = args.max_spend
+    if args.action == "limit" and args.until is None and args.max_spend is None:
+        raise ValueError("backfill limit needs --until (e.g. --until 50%) or --max-spend")
     body["actor"] = _actor()
     out = _ask_proxy(settings, "POST", "/migration/backfill", body)
     if out is None:  # proxy not running: persist the control for its next start (audited)
@@ -255,10 +278,37 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
         with Runtime(settings) as rt:
             out = ControlPlane(rt).steer_backfill(
-                body["actor"], body.get("action"), body.get("backfill"), body.get("until")
+                body["actor"],
+                body.get("action"),
+                body.get("backfill"),
+                body.get("until"),
+                body.get("max_spend"),
             )
     _print_json(out)
     return 0
+
+
+def cmd_canary(args: argparse.Namespace) -> int:
+    """Through the running proxy; with none, on the stores' state directly (audited)."""
+    settings = _settings(args)
+    body = {"action": args.action, "actor": _actor()}
+    out = _ask_proxy(settings, "POST", "/admin/canary", body)
+    if out is None:
+        from proxy.migration.canary import accept_drift, check_canaries, drift_alarms
+        from proxy.migration.cutover import AUDIT, AuditLog
+        from proxy.runtime import Runtime
+
+        with Runtime(settings) as rt:
+            if args.action == "check":
+                out = {"checked": check_canaries(rt), "drift": drift_alarms(rt)}
+            else:
+                lifted = accept_drift(rt)
+                AuditLog(settings.data_path(AUDIT)).append(
+                    {"action": "canary accept", "actor": body["actor"], "lifted": lifted}
+                )
+                out = {"lifted": lifted, "drift": drift_alarms(rt)}
+    _print_json(out)
+    return 1 if out.get("drift") else 0
 
 
 def _actor() -> str:
@@ -553,7 +603,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--until", type=_percent, help="stop the background sweep at this coverage, e.g. 50%%"
     )
+    s.add_argument(
+        "--max-spend",
+        type=float,
+        help="the migration's spend cap (0 = none); re-embedding resumes when raised",
+    )
     s.set_defaults(func=cmd_backfill)
+
+    s = sub.add_parser(
+        "canary", help="re-check hosted models' canaries, or accept a drift (lifts the refusal)"
+    )
+    s.add_argument("action", choices=["check", "accept"])
+    s.set_defaults(func=cmd_canary)
 
     s = sub.add_parser("cutover", help="gated, atomic switch to the new index (via the proxy)")
     s.add_argument("--beir", help="BEIR dir of labelled queries (default: cutover.eval_set)")

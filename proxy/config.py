@@ -31,14 +31,27 @@ class Strict(BaseModel):
 
 class ModelConfig(Strict):
     """One embedding model. `path` may start with `site:` (relative to site-packages), which is
-    how packaged weights are found without network access."""
+    how packaged weights are found without network access. `kind: openai` is a hosted model
+    behind any server that speaks `/v1/embeddings` (OpenAI, Azure, TEI, Infinity, Ollama,
+    vLLM): `base_url` and `model` instead of `path`, its key from the environment."""
 
-    kind: Literal["sentence-transformers", "onnx"] = Field(
-        description="Loader: a sentence-transformers directory or name, or one ONNX file."
+    kind: Literal["sentence-transformers", "onnx", "openai"] = Field(
+        description="Loader: a sentence-transformers directory or name, one ONNX file, or an "
+        "OpenAI-compatible embeddings API."
     )
-    path: str = Field(description="Model directory/name (sentence-transformers) or .onnx file.")
-    name: str | None = Field(None, description="Human name in fingerprints; default: file stem.")
-    tokenizer: str | None = Field(None, description="tokenizer.json for kind=onnx.")
+    path: str | None = Field(
+        None,
+        description="Model directory/name (sentence-transformers) or .onnx file; "
+        "required for those kinds.",
+    )
+    name: str | None = Field(
+        None, description="Human name in fingerprints; default: file stem (hosted: `model`)."
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="tokenizer.json for kind=onnx; for kind=openai, counts tokens when the "
+        "server reports no usage (else ~4 characters a token).",
+    )
     output: str | None = Field(
         None, description="ONNX graph output holding the pooled sentence embedding (kind=onnx)."
     )
@@ -46,13 +59,93 @@ class ModelConfig(Strict):
     normalize: bool = Field(True, description="L2-normalise embeddings (cosine distance).")
     query_prefix: str = Field("", description="Prepended to queries (e.g. 'query: ' for e5).")
     document_prefix: str = Field("", description="Prepended to documents.")
-    batch_size: int = Field(32, ge=1, le=1024, description="Texts per encode call.")
+    batch_size: int = Field(
+        32, ge=1, le=2048, description="Texts per encode call (kind=openai: per API request)."
+    )
     threads: int = Field(0, ge=0, description="Intra-op threads; 0 = library default.")
+    # -- kind: openai ------------------------------------------------------------------------
+    base_url: str = Field(
+        "https://api.openai.com/v1",
+        description="kind=openai: the API's base URL, up to and including `/v1`.",
+    )
+    model: str | None = Field(
+        None, description="kind=openai: the model name sent with every request (required)."
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="kind=openai: API key; set it in the environment "
+        "(CROSSFADE_MODELS__NEW__API_KEY), not in a file. Never printed or logged.",
+    )
+    api_key_env: str = Field(
+        "OPENAI_API_KEY",
+        description="kind=openai: environment variable read for the key when `api_key` is "
+        "unset (a server without auth needs neither).",
+    )
+    dimensions: int | None = Field(
+        None,
+        ge=1,
+        le=65536,
+        description="kind=openai: ask for this many dimensions (Matryoshka truncation); longer "
+        "answers are cut here too, and every vector is L2-normalised afterwards.",
+    )
+    max_concurrent_requests: int = Field(
+        4, ge=1, le=256, description="kind=openai: API requests in flight at most."
+    )
+    timeout_s: float = Field(
+        30.0, gt=0, le=600, description="kind=openai: timeout of one document request."
+    )
+    query_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        le=120,
+        description="kind=openai: timeout of a query's embedding request (not retried: a "
+        "failing model is served around, marked degraded).",
+    )
+    max_retries: int = Field(
+        6,
+        ge=0,
+        le=50,
+        description="kind=openai: retries of a document request answered 429 or 5xx, or lost "
+        "(exponential backoff with jitter; `Retry-After` honoured).",
+    )
+    backoff_s: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="kind=openai: wait before the first retry; doubles each retry (with "
+        "jitter), at most 30 s.",
+    )
+    requests_per_minute: float = Field(
+        0.0, ge=0, description="kind=openai: request rate limit; 0 = none."
+    )
+    tokens_per_minute: float = Field(
+        0.0,
+        ge=0,
+        description="kind=openai: token rate limit (as the server counts them in `usage`); "
+        "0 = none.",
+    )
+    canary_interval_s: float = Field(
+        300.0,
+        ge=0,
+        description="kind=openai: how often the canary texts are re-embedded to catch a "
+        "model changed under the same name; 0 = only at start-up.",
+    )
+    canary_min_cosine: float = Field(
+        0.999,
+        gt=0,
+        le=1,
+        description="kind=openai: a canary vector less similar than this to the one stored "
+        "at migration start is drift.",
+    )
 
     @model_validator(mode="after")
-    def _onnx_needs_tokenizer(self) -> ModelConfig:
+    def _kind_needs(self) -> ModelConfig:
         if self.kind == "onnx" and not self.tokenizer:
             raise ValueError("kind 'onnx' needs 'tokenizer' (a tokenizer.json path)")
+        if self.kind == "openai" and not self.model:
+            raise ValueError("kind 'openai' needs 'model' (the API's model name)")
+        if self.kind != "openai" and not self.path:
+            raise ValueError(f"kind {self.kind!r} needs 'path'")
         return self
 
 
@@ -231,6 +324,13 @@ class MigrationConfig(Strict):
         description="`migrate finish` waits this long after the last cutover (a rollback "
         "stays possible meanwhile) unless given --now.",
     )
+    max_spend: float = Field(
+        0.0,
+        ge=0,
+        description="Re-embedding stops when the migration's API spend (tokens x "
+        "plan.price_per_million_tokens) reaches this; 0 = no cap. Raise it at run time with "
+        "`crossfade backfill limit --max-spend`.",
+    )
 
 
 class RoutingConfig(Strict):
@@ -281,7 +381,10 @@ class CutoverConfig(Strict):
 
 class PlanConfig(Strict):
     price_per_million_tokens: float = Field(
-        0.02, ge=0, description="Price of a hosted embedding API, for `crossfade plan`."
+        0.02,
+        ge=0,
+        description="Price of the new model's API per million tokens: `crossfade plan`'s "
+        "estimate and the migration's spend (`migration.max_spend`).",
     )
     sample: int = Field(128, ge=8, le=10_000, description="Documents embedded to measure speed.")
 
@@ -303,6 +406,11 @@ class ServerConfig(Strict):
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "warning", description="Log level; 'info' adds one access line per request."
+    )
+    bm25_when_model_down: bool = Field(
+        True,
+        description="In `new` mode with the new model's API failing: serve BM25 alone, "
+        "marked degraded; off = answer 503. (In `fused`, old + BM25 serve, marked degraded.)",
     )
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed by CORS; empty = CORS off."

@@ -21,6 +21,7 @@ from typing import Any
 from proxy.availability import probe
 from proxy.ingest import CorpusError, Doc, make_point, now_iso
 from proxy.journal import DELETE, UPSERT
+from proxy.migration.canary import refuse_drifted
 from proxy.runtime import SIDES, Runtime
 from proxy.store import IndexUnavailable
 
@@ -55,6 +56,8 @@ def upsert_documents(rt: Runtime, docs: Sequence[Doc]) -> list[str]:
         sides = live_sides(rt, [d.doc_id for d in docs])
         if not sides:
             raise RuntimeError("no index exists yet: ingest into the old index first")
+        for side in sides:  # refused whole, before the journal: no index half-written
+            refuse_drifted(rt, side)
         items = [asdict(d) for d in docs]
         _apply(rt, rt.journal.begin(UPSERT, items), UPSERT, items, sides)
     return sides

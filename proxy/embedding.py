@@ -65,12 +65,40 @@ def _hash_weights(path: Path) -> str:
     return h.hexdigest()
 
 
+class ModelUnavailable(RuntimeError):
+    """A model that cannot answer now (a hosted API refusing, failing or too slow). A fault
+    to serve around or retry later; `side` is set by whoever knows which model it is."""
+
+    def __init__(self, model: str, reason: str, side: str | None = None) -> None:
+        self.model, self.reason, self.side = model, reason, side
+        super().__init__(f"model {model} unavailable: {reason}")
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Document vectors and the tokens the provider billed for them (0 for a local model)."""
+
+    vectors: np.ndarray
+    tokens: int
+
+
 class Embedder(Protocol):
+    """The model-provider protocol: every model, local or hosted, is used through this.
+
+    `hosted`: answers over a network (may fail, bills tokens, is checked by a canary).
+    `request_batch` / `max_in_flight`: texts per call and calls the re-embed worker keeps in
+    flight at once (a local model: one call at a time)."""
+
     fingerprint: Fingerprint
+    hosted: bool
+    request_batch: int
+    max_in_flight: int
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray: ...
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def embed_billed(self, texts: Sequence[str]) -> Embedded: ...
 
     def configure_thread(self) -> None: ...
 
@@ -79,9 +107,15 @@ class _BaseEmbedder:
     """Shared prefixing, batching and normalisation; subclasses implement `_encode`."""
 
     fingerprint: Fingerprint
+    hosted = False
+    max_in_flight = 1
 
     def __init__(self, cfg: ModelConfig) -> None:
         self.cfg = cfg
+        self.request_batch = cfg.batch_size
+
+    def embed_billed(self, texts: Sequence[str]) -> Embedded:
+        return Embedded(self.embed_documents(texts), 0)
 
     def configure_thread(self) -> None:
         """Apply per-thread settings on a thread that will run this model (see torch below)."""
@@ -128,7 +162,7 @@ class SentenceTransformerEmbedder(_BaseEmbedder):
 
         self.threads: int | None = None
         self.configure_thread()
-        location = resolve_path(cfg.path)
+        location = resolve_path(cfg.path or "")
         self.model = SentenceTransformer(location, device="cpu")
         self.model.max_seq_length = cfg.max_length
         path = Path(location)
@@ -162,7 +196,7 @@ class OnnxEmbedder(_BaseEmbedder):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        path = Path(resolve_path(cfg.path))
+        path = Path(resolve_path(cfg.path or ""))
         opts = ort.SessionOptions()
         if cfg.threads:
             opts.intra_op_num_threads = cfg.threads
@@ -195,11 +229,31 @@ class OnnxEmbedder(_BaseEmbedder):
 
 def load_embedder(cfg: ModelConfig) -> Embedder:
     try:
+        if cfg.kind == "openai":
+            from proxy.hosted import OpenAIEmbedder
+
+            return OpenAIEmbedder(cfg)
         if cfg.kind == "onnx":
             return OnnxEmbedder(cfg)
         return SentenceTransformerEmbedder(cfg)
     except Exception as e:  # a model that cannot load must stop start-up with its path named
-        raise RuntimeError(f"cannot load {cfg.kind} model from {cfg.path!r}: {e}") from e
+        where = f"{cfg.model!r} at {cfg.base_url}" if cfg.kind == "openai" else repr(cfg.path)
+        raise RuntimeError(f"cannot load {cfg.kind} model {where}: {e}") from e
+
+
+def count_tokens(model: object, texts: Sequence[str]) -> list[int]:
+    """Tokens per text by the model's own tokenizer, else the usual ~4 characters a token."""
+    tok = getattr(model, "tokenizer", None) or getattr(
+        getattr(model, "model", None), "tokenizer", None
+    )
+    if tok is None:
+        return [max(1, len(t) // 4) for t in texts]
+    if hasattr(tok, "encode_batch"):  # tokenizers.Tokenizer (ONNX loader, hosted models)
+        return [len(e.ids) for e in tok.encode_batch(list(texts))]
+    # Counted untruncated, on purpose: verbose=False keeps the tokenizer from warning about
+    # it ("longer than the specified maximum"); the plan states the truncation instead.
+    ids = tok(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
+    return [len(x) for x in ids]
 
 
 class QueryEmbedder:

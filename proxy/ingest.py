@@ -160,7 +160,12 @@ def make_point(
 ) -> PointWrite:
     """The one way a document becomes a point: its payload, a BM25 vector on the new index,
     and, if given, a dense vector stamped with the side's model fingerprint. `conditional`
-    makes the write apply only while the stored text is still this one."""
+    makes the write apply only while the stored text is still this one. A vector from a
+    model whose canary drifted is refused (ModelDrift)."""
+    if vector is not None:
+        from proxy.migration.canary import refuse_drifted
+
+        refuse_drifted(rt, side)
     return PointWrite(
         doc_id=doc.doc_id,
         text=doc.text,

@@ -64,6 +64,25 @@ class Metrics:
         self.index_up = Gauge(
             "crossfade_index_up", "1 if the index answered the last status", ["index"], registry=r
         )
+        self.spend_tokens = Gauge(
+            "crossfade_migration_tokens",
+            "API tokens the migration's re-embedding was billed",
+            registry=r,
+        )
+        self.spend = Gauge(
+            "crossfade_migration_spend", "The migration's API spend (plan price)", registry=r
+        )
+        self.spend_capped = Gauge(
+            "crossfade_migration_spend_capped",
+            "1 while re-embedding is stopped at migration.max_spend",
+            registry=r,
+        )
+        self.model_drift = Gauge(
+            "crossfade_model_drift",
+            "1 if a hosted model's canary drifted (vector writes naming it refused)",
+            ["side", "model"],
+            registry=r,
+        )
         # Counter names get `_total` from the client: crossfade_http_requests_total, ...
         self.requests = Counter(
             "crossfade_http_requests",
@@ -89,6 +108,15 @@ class Metrics:
         for side, ix in status["indexes"].items():
             for fp, n in ix["fingerprints"].items():
                 self.fingerprints.labels(side, fp).set(n)
+        spend = status["spend"]
+        self.spend_tokens.set(spend["tokens"])
+        self.spend.set(spend["cost"])
+        self.spend_capped.set(1 if spend["capped"] else 0)
+        self.model_drift.clear()
+        for side, m in status["models"].items():
+            if m["kind"] == "openai":
+                drifted = side in status["model_drift"]
+                self.model_drift.labels(side, m.get("model") or "").set(1 if drifted else 0)
         routing = status["routing"]
         self.generation.set(routing["generation"])
         for m in ("old", "shadow", "fused", "new"):

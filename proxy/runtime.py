@@ -6,7 +6,9 @@ index) never pays for the new one."""
 from __future__ import annotations
 
 import threading
+import time
 from functools import cached_property
+from typing import Any
 
 from proxy.config import Settings
 from proxy.embedding import Embedder, EmbeddingCache, QueryEmbedder, load_embedder
@@ -28,6 +30,19 @@ class Runtime:
         self._stores: dict[str, VectorStore] = {}
         # Document writes run one at a time (see proxy/documents.py).
         self.write_lock = threading.Lock()
+        self._drift: tuple[float, dict[str, Any]] = (float("-inf"), {})
+
+    def model_drift(self) -> dict[str, Any]:
+        """Models whose canary drifted (proxy/migration/canary.py), per side; read from the
+        migration state at most once a second (every vector write asks)."""
+        at, alarms = self._drift
+        if time.monotonic() - at > 1.0:
+            alarms = dict(self.state.get("model_drift") or {})
+            self._drift = (time.monotonic(), alarms)
+        return alarms
+
+    def drift_changed(self) -> None:
+        self._drift = (float("-inf"), {})
 
     def model(self, side: str) -> Embedder:
         if side not in self._models:

@@ -7,7 +7,8 @@ serving. Which lists run depends on the mode:
     fused  old + new + BM25, coverage-aware RRF (the migration)
     new    new model + BM25 over the new index (after cutover)
 
-With an index unreachable, proxy/availability.py picks the lists left (degraded serving).
+With an index unreachable, or a hosted model's API failing, proxy/availability.py picks the
+lists left (degraded serving).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from proxy.config import FusionConfig, Mode
-from proxy.embedding import QueryEmbedder
+from proxy.embedding import ModelUnavailable, QueryEmbedder
 from proxy.filters import Filter
 from proxy.fusion import Fused, FusionParams, Profile, fuse, params_for
 from proxy.sparse import Bm25Encoder
@@ -153,9 +154,18 @@ class Searcher:
         self.payload_fields = PayloadFields(coverage.refresh_s)
 
     async def _dense(
-        self, model: QueryEmbedder, store: VectorStore, query: str, depth: int, flt: Filter | None
+        self,
+        side: str,
+        model: QueryEmbedder,
+        store: VectorStore,
+        query: str,
+        depth: int,
+        flt: Filter | None,
     ) -> list[str]:
-        vec = await model.aembed(query)  # micro-batched with concurrent requests
+        try:
+            vec = await model.aembed(query)  # micro-batched with concurrent requests
+        except ModelUnavailable as e:  # say which model: the caller serves around it
+            raise ModelUnavailable(e.model, e.reason, side) from e
         hits = await asyncio.to_thread(store.search_dense, vec, depth, flt)
         return [d for d, _ in hits]
 
@@ -182,10 +192,10 @@ class Searcher:
         jobs: dict[str, Any] = {}
         if "old" in lists:
             assert self.old_model and self.old_store
-            jobs["old"] = self._dense(self.old_model, self.old_store, query, depth, flt)
+            jobs["old"] = self._dense("old", self.old_model, self.old_store, query, depth, flt)
         if "new" in lists:
             assert self.new_model and self.new_store
-            jobs["new"] = self._dense(self.new_model, self.new_store, query, depth, flt)
+            jobs["new"] = self._dense("new", self.new_model, self.new_store, query, depth, flt)
         if "bm25" in lists:
             assert self.new_store
             jobs["bm25"] = asyncio.to_thread(self._sparse, self.new_store, query, depth, flt)
@@ -204,9 +214,13 @@ class Searcher:
         self, mode: Mode, coverage: float, lists: tuple[str, ...] | None = None
     ) -> FusionParams:
         """Fusion for `mode`: coverage-aware only in fused mode; `new` fuses as at 100%.
-        Other `lists` than the mode's own (degraded serving) fuse as in fused mode."""
+        Other `lists` than the mode's own (degraded serving) fuse as in fused mode; old + BM25
+        without the new list (the new model failing) fuse as at 0% coverage: every document
+        gets its new rank imputed, as if none were migrated."""
         if lists is not None and lists != lists_for(mode, self.fusion):
             mode = Mode.FUSED
+        if lists == ("old", "bm25"):
+            lists, coverage = MODE_LISTS[Mode.FUSED], 0.0
         p = params_for(self.fusion, 1.0 if mode is Mode.NEW else coverage, self.fitted)
         fused = mode is Mode.FUSED
         return replace(
@@ -230,7 +244,7 @@ class Searcher:
         with the new index down, `refresh_coverage=False` serves the last coverage counted."""
         coverage = await self.coverage.get() if refresh_coverage else self.coverage.value
         lists = lists or lists_for(mode, self.fusion)
-        if len(lists) == 1:
+        if len(lists) == 1 and lists != ("bm25",):
             return await self._single(query, k, mode, lists[0], flt, fields, coverage)
         depth = max(self.fusion.candidates, k)
         cands = await self.candidates(query, lists, depth, flt)
@@ -274,6 +288,25 @@ class Searcher:
             (self.old_model, self.old_store) if name == "old" else (self.new_model, self.new_store)
         )
         assert model is not None and store is not None
+        try:
+            rows = await self._single_rows(model, store, query, k, flt, fields)
+        except ModelUnavailable as e:
+            raise ModelUnavailable(e.model, e.reason, name) from e
+        hits = [
+            Fused(doc_id=p["doc_id"], score=s, ranks={name: r}, migrated=name == "new")
+            for r, (p, s) in enumerate(rows, start=1)
+        ]
+        return SearchResult(mode, coverage, hits, {p["doc_id"]: p for p, _ in rows})
+
+    async def _single_rows(
+        self,
+        model: QueryEmbedder,
+        store: VectorStore,
+        query: str,
+        k: int,
+        flt: Filter | None,
+        fields: tuple[str, ...],
+    ) -> list[tuple[dict[str, Any], float]]:
         if model.idle:
             # Nothing to batch with: embed and search in one hop, on the model's own thread.
             rows = await asyncio.get_running_loop().run_in_executor(
@@ -282,8 +315,4 @@ class Searcher:
         else:
             vec = await model.aembed(query)
             rows = await asyncio.to_thread(store.query_dense, vec, k, flt, fields)
-        hits = [
-            Fused(doc_id=p["doc_id"], score=s, ranks={name: r}, migrated=name == "new")
-            for r, (p, s) in enumerate(rows, start=1)
-        ]
-        return SearchResult(mode, coverage, hits, {p["doc_id"]: p for p, _ in rows})
+        return rows

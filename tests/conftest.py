@@ -172,3 +172,48 @@ class ProxyProcess:
 
     def status(self) -> dict[str, Any]:
         return httpx.get(self.url + "/migration", timeout=10).json()
+
+
+# -- hosted models: a real OpenAI-compatible server (Infinity) -------------------------------
+
+
+@pytest.fixture(scope="session")
+def infinity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Infinity serving all-MiniLM-L6-v2 on 127.0.0.1 for the session (`make infinity`
+    installs it; without it the hosted-model tests are skipped, saying so)."""
+    from tests.servers import Infinity, infinity_installed
+
+    if not infinity_installed():
+        pytest.skip("Infinity is not installed: run `make infinity` (part of `make test`)")
+    server = Infinity(tmp_path_factory.mktemp("infinity") / "infinity.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fault_proxy(infinity: Any) -> Iterator[Any]:
+    """A fault-injecting reverse proxy in front of the session's Infinity."""
+    from tests.servers import FaultProxy
+
+    proxy = FaultProxy(infinity.url).start()
+    yield proxy
+    proxy.stop()
+
+
+def hosted_settings(data_dir: Path, base_url: str, **new: Any) -> Settings:
+    """The demo config with a hosted new model (kind: openai) at `base_url`."""
+    from tests.servers import SERVED_NAME
+
+    data = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    data["data_dir"] = str(data_dir)
+    data["models"]["new"] = {
+        "kind": "openai",
+        "base_url": base_url,
+        "model": SERVED_NAME,
+        "name": "all-MiniLM-L6-v2-hosted",
+        "batch_size": 8,
+        "max_concurrent_requests": 4,
+        "backoff_s": 0.05,
+        **new,
+    }
+    return load_settings(None, **data)

@@ -14,7 +14,7 @@ import pytest
 
 from proxy.demo import python_reference
 from proxy.documents import delete_documents, upsert_documents
-from proxy.embedding import Embedder
+from proxy.embedding import Embedded, Embedder
 from proxy.ingest import Doc, ingest
 from proxy.migration.start import start_migration
 from proxy.migration.state import BACKFILL, HIT, SqliteState
@@ -127,10 +127,17 @@ class EditsMidFlight:
     """The new model, but the first batch it embeds triggers an edit of `doc` through the
     proxy's write path before the re-embed is written: the race, made deterministic."""
 
+    hosted = False
+    max_in_flight = 1
+
     def __init__(self, real: Embedder, rt: Runtime, doc: Doc) -> None:
         self.real, self.rt, self.doc = real, rt, doc
         self.fingerprint = real.fingerprint
+        self.request_batch = real.request_batch
         self.fired = False
+
+    def embed_billed(self, texts: Sequence[str]) -> Embedded:
+        return Embedded(self.embed_documents(texts), 0)
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self.real.embed_queries(texts)

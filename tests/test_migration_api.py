@@ -62,7 +62,13 @@ def test_backfill_pause_resume_and_limit(server: tuple[str, Runtime]) -> None:
     ctl = httpx.post(
         url + "/migration/backfill", headers=ADMIN, json={"action": "resume", "until": 50}
     ).json()
-    assert ctl == {"paused": False, "lazy": True, "until": 50.0, "backfill": True}
+    assert ctl == {
+        "paused": False,
+        "lazy": True,
+        "until": 50.0,
+        "backfill": True,
+        "max_spend": 0.0,
+    }
     refused = httpx.post(url + "/migration/backfill", json={"action": "pause"})
     assert refused.status_code == 401
     wrong = httpx.post(

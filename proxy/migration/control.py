@@ -118,17 +118,18 @@ class ControlPlane:
         action: str | None = None,
         backfill: bool | None = None,
         until: float | None = None,
+        max_spend: float | None = None,
     ) -> dict[str, Any]:
-        """Pause/resume the re-embed worker, switch or limit the backfill (persisted, so a
-        restart honours it), and record the change in the audit log like any switch
-        (blocking)."""
+        """Pause/resume the re-embed worker, switch or limit the backfill, set the spend cap
+        (persisted, so a restart honours it), and record the change in the audit log like any
+        switch (blocking)."""
         cfg = self.settings.migration
         before = control_state(self.rt.state, cfg)
-        set_control(self.rt.state, action, backfill, until)
+        set_control(self.rt.state, action, backfill, until, max_spend=max_spend)
         after = control_state(self.rt.state, cfg)
         self.audit.append(
             {
-                "action": backfill_action(action, backfill, until),
+                "action": backfill_action(action, backfill, until, max_spend),
                 "actor": actor,
                 "before": before,
                 "after": after,
@@ -188,13 +189,20 @@ class ControlPlane:
             return True, await self._switch(self.rollback_to, "rollback", actor, None, None)
 
 
-def backfill_action(action: str | None, backfill: bool | None, until: float | None) -> str:
+def backfill_action(
+    action: str | None,
+    backfill: bool | None,
+    until: float | None,
+    max_spend: float | None = None,
+) -> str:
     """The audit log's name for a backfill control change, e.g. "backfill pause"."""
     parts = [action] if action else []
     if backfill is not None:
         parts.append("on" if backfill else "off")
     if until is not None:
         parts.append(f"until {until:g}%")
+    if max_spend is not None:
+        parts.append(f"max spend {max_spend:g}")
     return " ".join(["backfill", *parts]) if parts else "backfill (no change)"
 
 

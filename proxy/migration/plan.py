@@ -1,8 +1,10 @@
 """`crossfade plan`: what a re-embed will cost, measured on a sample of the real corpus.
 
-Speed is measured here (documents/s of the new model on this machine); tokens come from the
-model's own tokenizer; storage is vectors (float32) plus payload as stored; the lazy-vs-backfill
-ETA uses the configured CPU share."""
+Speed is measured here (documents/s of the new model on this machine; a hosted model: through
+its API, with its requests in flight and rate limits); tokens come from the model's own
+tokenizer, or for a hosted model from what its API bills for the sample (`usage`); storage is
+vectors (float32) plus payload as stored; the lazy-vs-backfill ETA uses the configured CPU
+share (a local model)."""
 
 from __future__ import annotations
 
@@ -11,21 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from proxy.embedding import count_tokens
 from proxy.runtime import Runtime
-
-
-def _token_counts(model: Any, texts: list[str]) -> list[int]:
-    tok = getattr(model, "tokenizer", None) or getattr(
-        getattr(model, "model", None), "tokenizer", None
-    )
-    if tok is None:
-        return [max(1, len(t) // 4) for t in texts]  # the usual ~4 characters/token rule
-    if hasattr(tok, "encode_batch"):  # tokenizers.Tokenizer (ONNX loader)
-        return [len(e.ids) for e in tok.encode_batch(texts)]
-    # Counted untruncated, on purpose: verbose=False keeps the tokenizer from warning about
-    # it ("longer than the specified maximum"); the plan states the truncation instead.
-    ids = tok(texts, add_special_tokens=True, verbose=False)["input_ids"]
-    return [len(x) for x in ids]
 
 
 def plan(rt: Runtime, sample: int | None = None) -> dict[str, Any]:
@@ -47,10 +36,11 @@ def plan(rt: Runtime, sample: int | None = None) -> dict[str, Any]:
     model = rt.model("new")
     model.embed_documents(texts[:4])  # warm-up
     t0 = time.perf_counter()
-    model.embed_documents(texts)
+    billed = model.embed_billed(texts)
     rate = len(texts) / (time.perf_counter() - t0)
-    counts = _token_counts(model, texts)
-    tokens_per_doc = float(np.mean(counts))
+    counts = count_tokens(model, texts)
+    # A hosted model's sample is billed: what its API counts is what the migration costs.
+    tokens_per_doc = billed.tokens / len(texts) if billed.tokens else float(np.mean(counts))
     max_length = cfg.models.new.max_length
     over = sum(c > max_length for c in counts)
     total_tokens = tokens_per_doc * docs
@@ -59,7 +49,9 @@ def plan(rt: Runtime, sample: int | None = None) -> dict[str, Any]:
     payload_total = payload_bytes / len(texts) * docs
     share = cfg.migration.cpu_share
     cap = cfg.migration.max_docs_per_s
-    budget_rate = min(rate * share, cap) if cap else rate * share
+    # The CPU share binds a local model only (a hosted one waits on the network).
+    budget_rate = rate if model.hosted else rate * share
+    budget_rate = min(budget_rate, cap) if cap else budget_rate
     return {
         "documents": docs,
         "sample": len(texts),
@@ -67,7 +59,11 @@ def plan(rt: Runtime, sample: int | None = None) -> dict[str, Any]:
         "full_rebuild_s": round(docs / rate, 1),
         "backfill_eta_s_at_budget": round(docs / budget_rate, 1),
         "budget": {"cpu_share": share, "max_docs_per_s": cap or None},
-        "tokens": {"per_doc": round(tokens_per_doc, 1), "total": int(total_tokens)},
+        "tokens": {
+            "per_doc": round(tokens_per_doc, 1),
+            "total": int(total_tokens),
+            "counted_by": "the API's usage (sample billed)" if billed.tokens else "tokenizer",
+        },
         "truncated": {
             "max_length": max_length,
             "sampled_docs_over": int(over),
@@ -77,6 +73,8 @@ def plan(rt: Runtime, sample: int | None = None) -> dict[str, Any]:
         "api_cost": {
             "price_per_million_tokens": cfg.plan.price_per_million_tokens,
             "total": round(total_tokens / 1e6 * cfg.plan.price_per_million_tokens, 6),
+            "sample_cost": round(billed.tokens / 1e6 * cfg.plan.price_per_million_tokens, 6),
+            "max_spend": cfg.migration.max_spend or None,
         },
         "storage_bytes": {
             "new_vectors": vec_bytes,

@@ -18,6 +18,7 @@ from typing import Any
 from proxy.config import Mode
 from proxy.ingest import Progress, doc_of, ensure_index, make_point, now_iso
 from proxy.migration.adoption import adopt_old
+from proxy.migration.canary import record_canaries
 from proxy.migration.cutover import AUDIT, AuditLog, load_routing, routing_dict, save_routing
 from proxy.migration.worker import set_control
 from proxy.router import Routing
@@ -126,6 +127,7 @@ def start_migration(
         state["adopted"] = {"collection": old.collection, **adoption}  # type: ignore[attr-defined]
         state["placement"] = rt.state.get("placement")
     rt.state.set("migration", state)
+    record_canaries(rt)  # hosted models: the vectors a silent model change would alter
     # The strategy decides what serves while the new index fills, and whether hits re-embed:
     # lazy = fused + lazy + backfill; shadow = old served, new compared + backfill;
     # rebuild = old served + backfill only, then a gated swap.

@@ -31,6 +31,8 @@ class MigrationState(Protocol):
 
     def done(self, doc_ids: Sequence[str]) -> None: ...
 
+    def release(self, doc_ids: Sequence[str]) -> None: ...
+
     def depth(self) -> dict[str, int]: ...
 
     def get(self, key: str, default: Any = None) -> Any: ...
@@ -102,6 +104,15 @@ class SqliteState:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("DELETE FROM queue WHERE doc_id = ?", [(d,) for d in doc_ids])
+            self._db.execute("COMMIT")
+
+    def release(self, doc_ids: Sequence[str]) -> None:
+        """Claimed ids back to the queue now, not when their lease ends (a failed batch)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "UPDATE queue SET leased_until = 0 WHERE doc_id = ?", [(d,) for d in doc_ids]
+            )
             self._db.execute("COMMIT")
 
     def depth(self) -> dict[str, int]:

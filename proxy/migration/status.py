@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from proxy.migration.canary import drift_alarms, drift_message
 from proxy.migration.fitted import fusion_status, load_fit
+from proxy.migration.spend import spend_status
 from proxy.migration.worker import Reembedder, control_state
 from proxy.runtime import SIDES, Runtime
 from proxy.search import Searcher
@@ -54,18 +56,43 @@ def migration_status(
             "batches": worker.stats.batches,
             "busy": worker.stats.busy,
             "last_error": worker.stats.last_error,
+            "failed_requests": worker.stats.failed_requests,
         },
         "worker_state": state,
         "remaining": remaining,
         "rate_docs_per_s": round(rate, 2),
         "eta_s": round(remaining / rate, 1) if rate > 0 and remaining is not None else None,
         "fusion": fusion_status(rt.state, rt.settings.fusion, fitted, new["coverage"] or 0.0),
+        # The migration's API tokens and money, and the cap (hosted new model).
+        "spend": spend_status(rt.state, rt.settings, control["max_spend"]),
+        # Hosted models whose canary drifted: vector writes naming them are refused.
+        "model_drift": {
+            side: {**alarm, "message": drift_message(side, alarm)}
+            for side, alarm in drift_alarms(rt).items()
+        },
+        "models": {side: _model_status(rt, side) for side in SIDES},
+    }
+
+
+def _model_status(rt: Runtime, side: str) -> dict[str, Any]:
+    """Which model a side uses: local (its kind) or a hosted provider with its counters."""
+    cfg = getattr(rt.settings.models, side)
+    if cfg.kind != "openai":
+        return {"kind": cfg.kind}
+    model = rt.model(side)
+    return {
+        "kind": cfg.kind,
+        **getattr(model, "describe", dict)(),
+        "requests": getattr(model, "requests", None),
+        "retries": getattr(model, "retries", None),
+        "failures": getattr(model, "failures", None),
     }
 
 
 def worker_state(paused: bool, worker: Reembedder | None) -> str:
     """In words: paused, pausing (a batch still in flight), running, idle (nothing queued),
-    waiting (an index is down), or stopped (no proxy: the CLI read the stores itself)."""
+    waiting (an index or the model is down), capped (the spend cap), blocked (the new model
+    drifted), or stopped (no proxy: the CLI read the stores itself)."""
     if paused:
         return "pausing" if worker is not None and worker.stats.busy else "paused"
     return "stopped" if worker is None else worker.stats.state

@@ -6,6 +6,15 @@ Budgeted so it cannot starve queries: after each batch it sleeps so that it spen
 background CPU priority (`nice`), so while queries keep the cores busy it gets only the
 cycles they leave, and the whole budget when they are idle. Pausing stops it entirely (after
 the batch in flight); `until` stops only the backfill sweep.
+
+A hosted model (kind: openai) is called with several requests in flight (its
+`max_concurrent_requests`, each of `batch_size` texts): a worker batch is that many requests,
+and each request's documents are written (and taken off the queue) as soon as it answers. A
+request that still fails after its retries leaves its documents in the queue, reported, to be
+tried again; none is written twice. The CPU budget does not apply to it (its time is spent
+waiting on the network), the API's rate limits and `max_docs_per_s` do. Every request's
+billed tokens add to the migration's spend; at `max_spend` the worker stops, and a vector
+write naming a model whose canary drifted is refused, so the worker stops then too.
 """
 
 from __future__ import annotations
@@ -17,12 +26,15 @@ import sys
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.config import MigrationConfig
-from proxy.ingest import doc_of, make_point, now_iso
+from proxy.embedding import Embedded, ModelUnavailable
+from proxy.ingest import Doc, doc_of, make_point, now_iso
+from proxy.migration.canary import drift_message
+from proxy.migration.spend import add_spend, spend_status
 from proxy.migration.state import BACKFILL, MigrationState
 from proxy.runtime import Runtime
 from proxy.store import IndexUnavailable
@@ -36,8 +48,11 @@ class Stats:
     skipped: int = 0
     batches: int = 0
     busy: bool = False  # a batch in flight (a pause waits for it)
-    state: str = "starting"  # running | idle (nothing queued) | waiting (index down)
+    # running | idle (nothing queued) | waiting (index or model down) | capped (spend cap) |
+    # blocked (the new model's canary drifted)
+    state: str = "starting"
     last_error: str | None = None
+    failed_requests: int = 0  # hosted: requests that failed after their retries
     window_s: float = 60.0
     events: deque[tuple[float, int]] = field(default_factory=deque)
 
@@ -65,6 +80,7 @@ def control_state(state: MigrationState, cfg: MigrationConfig) -> dict[str, Any]
         "lazy": bool(state.get("lazy", cfg.lazy)),
         "backfill": bool(state.get("backfill", cfg.backfill)),
         "until": float(state.get("until", cfg.until)),
+        "max_spend": float(state.get("max_spend", cfg.max_spend)),
     }
 
 
@@ -74,7 +90,10 @@ def set_control(
     backfill: bool | None = None,
     until: float | None = None,
     lazy: bool | None = None,
+    max_spend: float | None = None,
 ) -> None:
+    if max_spend is not None:
+        state.set("max_spend", max_spend)
     if lazy is not None:
         state.set("lazy", lazy)
     if action is not None:
@@ -118,6 +137,8 @@ class Reembedder:
             initializer=background_inference,
             initargs=(self.cfg.threads, self.cfg.nice),
         )
+        # A hosted model's requests: several in flight (bounded again inside the adapter).
+        self.requests = ThreadPoolExecutor(64, thread_name_prefix="reembed-request")
 
     def refill(self) -> int:
         """Enqueue the next documents of the sweep if the queue runs low and backfill may run."""
@@ -135,42 +156,86 @@ class Reembedder:
         # At 100% the sweep finds nothing: an idle worker pays one small scroll, not counts.
         return self.state.enqueue(new.without_dense(self.cfg.batch_size * 4), BACKFILL)
 
+    def blocked(self) -> str | None:
+        """Why the worker may not re-embed now (spend cap, drifted model), or None."""
+        alarm = self.rt.model_drift().get("new")
+        if alarm:
+            self.stats.state = "blocked"
+            return drift_message("new", alarm)
+        cap = control_state(self.state, self.cfg)["max_spend"]
+        spend = spend_status(self.state, self.rt.settings, cap)
+        if spend["capped"]:
+            self.stats.state = "capped"
+            return f"spend cap reached: {spend['cost']:g} of max_spend {cap:g}"
+        if self.stats.state in ("capped", "blocked"):
+            self.stats.state = "idle"
+        return None
+
     def step(self) -> int:
         """Process one batch; returns documents written (blocking: run it in a thread)."""
         new = self.rt.store("new")
         if new.info() is None:
             return 0
-        ids = self.state.claim(self.cfg.batch_size, self.cfg.lease_s)
+        if self.blocked():
+            return 0
+        model = self.rt.model("new")
+        per_request = model.request_batch if model.hosted else self.cfg.batch_size
+        size = max(self.cfg.batch_size, per_request * model.max_in_flight)
+        ids = self.state.claim(size, self.cfg.lease_s)
         if not ids and self.refill():
-            ids = self.state.claim(self.cfg.batch_size, self.cfg.lease_s)
+            ids = self.state.claim(size, self.cfg.lease_s)
         if not ids:
             return 0
         payloads = new.retrieve(ids, ["text", "metadata", "text_sha256"])
         have = new.with_dense(list(payloads))
         # Deleted since enqueued, or already migrated (by a write or another worker): done.
         todo = [doc_of(payloads[d]) for d in ids if d in payloads and d not in have]
-        if todo:
-            embed = self.rt.model("new").embed_documents
-            vecs = self.inference.submit(embed, [d.text for d in todo]).result()
+        chunks = [todo[i : i + per_request] for i in range(0, len(todo), per_request)]
+        pool = self.requests if model.hosted else self.inference
+        jobs: dict[Future[Embedded], list[Doc]] = {
+            pool.submit(model.embed_billed, [d.text for d in c]): c for c in chunks
+        }
+        written, failed, errors = 0, set(), []
+        for job in as_completed(jobs):
+            chunk = jobs[job]
+            try:
+                out = job.result()
+            except ModelUnavailable as e:  # its documents stay queued, tried again later
+                failed.update(d.doc_id for d in chunk)
+                errors.append(e)
+                continue
             stamp = now_iso()
             # Conditional: refused if the text changed while we embedded, never a stale vector.
             new.upsert(
                 [
-                    make_point(self.rt, "new", d, vecs[i], stamp, conditional=True)
-                    for i, d in enumerate(todo)
+                    make_point(self.rt, "new", d, out.vectors[i], stamp, conditional=True)
+                    for i, d in enumerate(chunk)
                 ]
             )
             new.flush()
-        written = len(todo)
-        self.state.done(ids)
+            # Off the queue as soon as written: a later failure in this batch can't redo them.
+            self.state.done([d.doc_id for d in chunk])
+            if model.hosted:
+                add_spend(self.state, out.tokens)
+            written += len(chunk)
+        self.state.done([d for d in ids if d not in failed])
+        if failed:
+            self.state.release(sorted(failed))
+            self.stats.failed_requests += len(errors)
+            self.stats.last_error = f"{errors[0]}; {len(failed)} documents stay queued"
+            log.warning("re-embed request(s) failed: %s", self.stats.last_error)
+            if not written:
+                raise errors[0]
         self.stats.processed += written
-        self.stats.skipped += len(ids) - written
+        self.stats.skipped += len(ids) - written - len(failed)
         self.stats.batches += 1
         return written
 
     def sleep_after(self, written: int, busy_s: float) -> float:
-        """Seconds to rest after a batch that took `busy_s`, to honour the budget."""
-        rest = busy_s * (1.0 / self.cfg.cpu_share - 1.0)
+        """Seconds to rest after a batch that took `busy_s`, to honour the budget (the CPU
+        share binds a local model only: a hosted one spends its time waiting)."""
+        hosted = self.rt.model("new").hosted
+        rest = 0.0 if hosted else busy_s * (1.0 / self.cfg.cpu_share - 1.0)
         if self.cfg.max_docs_per_s > 0:
             rest = max(rest, written / self.cfg.max_docs_per_s - busy_s)
         return rest
@@ -197,6 +262,11 @@ class Reembedder:
                 self.stats.state = "waiting"
                 await asyncio.sleep(down_s)
                 continue
+            except ModelUnavailable as e:  # its documents are back in the queue
+                self.stats.state = "waiting"
+                self.stats.last_error = str(e)
+                await asyncio.sleep(down_s)
+                continue
             except Exception as e:  # keep serving; the queue still holds the batch (lease)
                 log.exception("re-embed batch failed")
                 self.stats.last_error = str(e)
@@ -208,7 +278,8 @@ class Reembedder:
             if waiting is not None:
                 log.warning("re-embedding resumes: the index answers again")
                 waiting = self.stats.last_error = None
-            self.stats.state = "running" if written else "idle"
+            if written or self.stats.state not in ("capped", "blocked"):
+                self.stats.state = "running" if written else "idle"
             if written:
                 self.stats.record(written)
                 await asyncio.sleep(self.sleep_after(written, took))

@@ -1,0 +1,57 @@
+"""What the migration has cost in API tokens, and the spend cap.
+
+Tokens are those the provider billed (its `usage`, or the model's tokenizer when it reports
+none), counted per re-embed request and kept in the migration state (durable: a restart goes
+on from the same sum), keyed by the migration they belong to, so a new migration starts from
+zero. `plan.price_per_million_tokens` turns them into money; when that reaches the cap
+(`migration.max_spend`, or the value set at run time with `crossfade backfill limit
+--max-spend`) the worker stops re-embedding until the cap is raised."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from proxy.config import Settings
+from proxy.migration.state import MigrationState
+
+KEY = "spend"
+_lock = threading.Lock()  # read-modify-write of the sum, within one process
+
+
+def _current(state: MigrationState) -> tuple[str | None, dict[str, Any]]:
+    migration = (state.get("migration") or {}).get("started_at")
+    spent = state.get(KEY) or {}
+    if spent.get("migration") != migration:
+        spent = {}
+    return migration, spent
+
+
+def add_spend(state: MigrationState, tokens: int, requests: int = 1) -> None:
+    with _lock:
+        migration, spent = _current(state)
+        state.set(
+            KEY,
+            {
+                "migration": migration,
+                "tokens": int(spent.get("tokens", 0)) + int(tokens),
+                "requests": int(spent.get("requests", 0)) + int(requests),
+            },
+        )
+
+
+def spend_status(state: MigrationState, settings: Settings, max_spend: float) -> dict[str, Any]:
+    """Tokens, money, the cap (None = none) and whether it is reached. `max_spend` comes
+    from the control state (the config's value unless changed at run time)."""
+    _, spent = _current(state)
+    tokens = int(spent.get("tokens", 0))
+    price = settings.plan.price_per_million_tokens
+    cost = tokens / 1e6 * price
+    return {
+        "tokens": tokens,
+        "requests": int(spent.get("requests", 0)),
+        "price_per_million_tokens": price,
+        "cost": round(cost, 6),
+        "max_spend": max_spend or None,
+        "capped": bool(max_spend) and cost >= max_spend,
+    }

