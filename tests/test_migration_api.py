@@ -81,7 +81,10 @@ def test_backfill_pause_resume_and_limit(server: tuple[str, Runtime]) -> None:
     time.sleep(1.5)
     s = status(url)
     assert 0.5 <= s["indexes"]["new"]["coverage"] < 1.0  # the sweep stopped at its limit
-    assert s["rate_docs_per_s"] > 0 and s["worker"]["processed"] >= N // 2
+    assert s["worker"]["processed"] >= N // 2
+    # a rate only while re-embedding: at its limit the sweep has stopped, and the worker may
+    # already be idle (rate 0) or still finishing its last batch (a rate above 0)
+    assert (s["rate_docs_per_s"] > 0) == (s["worker_state"] == "running")
     httpx.post(url + "/migration/backfill", headers=ADMIN, json={"action": "pause", "until": 100})
     time.sleep(1.0)  # let an in-flight batch land
     before = status(url)["indexes"]["new"]["with_vector"]
