@@ -103,6 +103,21 @@ class Embedder(Protocol):
     def configure_thread(self) -> None: ...
 
 
+def make_fingerprint(cfg: ModelConfig, weights: str, dim: int, default_name: str) -> Fingerprint:
+    """A model's identity from its config, a digest of what makes its vectors (weights, or a
+    hosted model's provider, name and dimensions) and its dimension."""
+    return Fingerprint(
+        name=cfg.name or default_name,
+        weights_sha256=weights,
+        dim=dim,
+        distance="cosine" if cfg.normalize else "dot",
+        normalize=cfg.normalize,
+        query_prefix=cfg.query_prefix,
+        document_prefix=cfg.document_prefix,
+        max_length=cfg.max_length,
+    )
+
+
 class _BaseEmbedder:
     """Shared prefixing, batching and normalisation; subclasses implement `_encode`."""
 
@@ -142,17 +157,7 @@ class _BaseEmbedder:
         return self._run(texts, self.cfg.document_prefix)
 
     def _make_fingerprint(self, weights: str, dim: int, default_name: str) -> Fingerprint:
-        c = self.cfg
-        return Fingerprint(
-            name=c.name or default_name,
-            weights_sha256=weights,
-            dim=dim,
-            distance="cosine" if c.normalize else "dot",
-            normalize=c.normalize,
-            query_prefix=c.query_prefix,
-            document_prefix=c.document_prefix,
-            max_length=c.max_length,
-        )
+        return make_fingerprint(self.cfg, weights, dim, default_name)
 
 
 class SentenceTransformerEmbedder(_BaseEmbedder):

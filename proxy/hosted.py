@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from proxy.config import ModelConfig
-from proxy.embedding import Embedded, Fingerprint, ModelUnavailable, count_tokens
+from proxy.embedding import Embedded, ModelUnavailable, count_tokens, make_fingerprint
 
 log = logging.getLogger("crossfade.hosted")
 MAX_BACKOFF_S = 30.0
@@ -142,15 +142,8 @@ class OpenAIEmbedder:
         self.requests = self.retries = self.failures = self.tokens = 0
         dim = cfg.dimensions or int(self.embed_documents(["dimension probe"]).shape[1])
         ident = f"openai:{self.base_url}|{self.model_name}|{cfg.dimensions or 'native'}"
-        self.fingerprint = Fingerprint(
-            name=cfg.name or self.model_name,
-            weights_sha256=hashlib.sha256(ident.encode()).hexdigest(),
-            dim=dim,
-            distance="cosine" if cfg.normalize else "dot",
-            normalize=cfg.normalize,
-            query_prefix=cfg.query_prefix,
-            document_prefix=cfg.document_prefix,
-            max_length=cfg.max_length,
+        self.fingerprint = make_fingerprint(
+            cfg, hashlib.sha256(ident.encode()).hexdigest(), dim, self.model_name
         )
 
     def describe(self) -> dict[str, Any]:

@@ -307,14 +307,7 @@ class AdoptedStore(ServerStore):
 
     def has_payload_field(self, field: str) -> bool:
         # Asked before adoption too (is there any text?): no binding needed.
-        flt = qm.Filter(
-            must_not=[qm.IsEmptyCondition(is_empty=qm.PayloadField(key=self._key(field)))]
-        )
-        with self._guard():
-            recs, _ = self.client.scroll(
-                self.collection, scroll_filter=flt, limit=1, with_payload=False
-            )
-        return bool(recs)
+        return self._any_point_holds(field)
 
     def seeded(self, doc_ids: Sequence[str]) -> set[str]:
         """In place: the ids already seeded (holding the BM25 vector)."""

@@ -379,8 +379,9 @@ class ServerStore:
         return [v["doc_id"] for v in map(self._view, recs) if v]
 
     def has_payload_field(self, field: str) -> bool:
-        if self.info() is None:
-            return False
+        return self.info() is not None and self._any_point_holds(field)
+
+    def _any_point_holds(self, field: str) -> bool:
         flt = qm.Filter(
             must_not=[qm.IsEmptyCondition(is_empty=qm.PayloadField(key=self._key(field)))]
         )
