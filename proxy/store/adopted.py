@@ -311,17 +311,7 @@ class AdoptedStore(ServerStore):
 
     def seeded(self, doc_ids: Sequence[str]) -> set[str]:
         """In place: the ids already seeded (holding the BM25 vector)."""
-        flt = qm.Filter(
-            must=[
-                qm.HasIdCondition(has_id=[self._pid(d) for d in doc_ids]),
-                qm.HasVectorCondition(has_vector=self.sparse_vector),
-            ]
-        )
-        with self._guard():
-            recs, _ = self.client.scroll(
-                self.collection, scroll_filter=flt, limit=len(doc_ids), with_payload=False
-            )
-        return {str(r.id) for r in recs}
+        return self._holding(doc_ids, self.sparse_vector)
 
     def fingerprints(self) -> dict[str, int]:
         info = self.info()

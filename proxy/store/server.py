@@ -318,12 +318,16 @@ class ServerStore:
         return [(p["doc_id"], s) for p, s in self._search(q, self.sparse_vector, limit, flt)]
 
     def with_dense(self, doc_ids: Sequence[str]) -> set[str]:
+        return self._holding(doc_ids, self.vector)
+
+    def _holding(self, doc_ids: Sequence[str], vector: str) -> set[str]:
+        """The ids among `doc_ids` whose point holds `vector`."""
         if not doc_ids:
             return set()
         flt = qm.Filter(
             must=[
                 qm.HasIdCondition(has_id=[self._pid(d) for d in doc_ids]),
-                qm.HasVectorCondition(has_vector=self.vector),
+                qm.HasVectorCondition(has_vector=vector),
             ]
         )
         with self._guard():
