@@ -576,7 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--in-place",
         action="store_true",
-        help="adopted collection: the new index is a new named vector (+ BM25) in it",
+        help="the new index is a new named vector (+ BM25) in the old index's collection "
+        "(adopted) or edge shard, beside the old vector",
     )
     m.add_argument("--vector", help="name of the new vector with --in-place (default: model name)")
     m.set_defaults(func=cmd_migrate)

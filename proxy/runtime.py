@@ -54,9 +54,8 @@ class Runtime:
 
     def store(self, side: str) -> VectorStore:
         if side not in self._stores:
-            # An adopted collection's new index may have been placed by `migrate start`.
-            placement = self.state.get("placement") if self.settings.indexes.old.adopt else None
-            self._stores[side] = open_store(self.settings, side, placement)
+            # The new index may have been placed by `migrate start` (--into, --in-place).
+            self._stores[side] = open_store(self.settings, side, self.state.get("placement"))
         return self._stores[side]
 
     @cached_property

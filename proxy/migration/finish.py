@@ -104,4 +104,4 @@ def _where(store: Any) -> str:
         return f"qdrant collection {store.collection!r}, vector {vec}"
     if hasattr(store, "collection"):
         return f"qdrant collection {store.collection!r}"
-    return f"edge shard {store.path}"
+    return f"edge shard {store.path}, vector {store.vector!r}"

@@ -8,7 +8,9 @@ a document already seeded with the same text (and any new vector it gained) is l
 An adopted collection (indexes.old.adopt) is checked first (stored text, identity of the old
 model: proxy/migration/adoption.py); nothing is written if a check refuses. It is streamed as
 it is, no JSONL ingest needed. `--into COLLECTION` puts the new index in a collection beside
-it, `--in-place` in a new named vector of the same collection.
+it. `--in-place` (an adopted collection, or crossfade's own edge shard) puts it in a new named
+vector of the same collection or shard, beside the old vector: no point is copied, seeding
+adds the BM25 vector to each.
 """
 
 from __future__ import annotations
@@ -23,33 +25,45 @@ from proxy.migration.cutover import AUDIT, AuditLog, load_routing, routing_dict,
 from proxy.migration.worker import set_control
 from proxy.router import Routing
 from proxy.runtime import Runtime
-from proxy.store.adopted import AdoptedStore
 
 STRATEGY_MODE = {"lazy": Mode.FUSED, "shadow": Mode.SHADOW, "rebuild": Mode.OLD}
 
 
 def place_new_index(
-    rt: Runtime, into: str | None, in_place: bool, vector: str | None
+    rt: Runtime, into: str | None, in_place: bool, vector: str | None, previous: Any = None
 ) -> dict[str, Any] | None:
-    """Record where the new index of an adopted collection goes (read by every later command,
-    `serve` included); without --into/--in-place the config's indexes.new decides."""
+    """Record where the new index goes (read by every later command, `serve` included):
+    --into = a collection beside an adopted one; --in-place = a new named vector in the old
+    index's collection or edge shard; neither = the config's indexes.new. A migration under
+    way keeps its place when start is run again."""
     old = rt.settings.indexes.old
-    if old.adopt is None:
-        if into or in_place:
-            raise ValueError(
-                "--into and --in-place are for an adopted collection (indexes.old.adopt)"
-            )
-        return None
     if into and in_place:
         raise ValueError("--into and --in-place exclude each other")
+    if into and old.adopt is None:
+        raise ValueError("--into is for an adopted collection (indexes.old.adopt)")
+    if into == old.collection and old.adopt is not None:
+        raise ValueError("--into names the adopted collection itself; use --in-place")
+    if in_place and old.adopt is None and old.backend != "edge":
+        raise ValueError(
+            "--in-place adds a vector to the old index's edge shard (indexes.old.backend: edge) "
+            "or to an adopted collection (indexes.old.adopt)"
+        )
+    running = previous is not None and previous.get("state") != "finished"
+    if not (into or in_place) and (running if old.adopt is None else previous is not None):
+        return rt.state.get("placement")  # type: ignore[no-any-return]
     placement = None
     if into:
         placement = {"collection": into, "vector": old.vector}
     elif in_place:
         name = vector or rt.model("new").fingerprint.name
-        placement = {"collection": old.collection, "vector": name}
-    if into == old.collection:
-        raise ValueError("--into names the adopted collection itself; use --in-place")
+        if name in (old.vector, old.sparse_vector):
+            raise ValueError(
+                f"in place, the new vector needs another name than {name!r} (--vector NAME)"
+            )
+        if old.adopt is not None:
+            placement = {"collection": old.collection, "vector": name}
+        else:
+            placement = {"engine": "edge", "path": old.path, "vector": name}
     rt.state.set("placement", placement)
     rt.close_stores()
     return placement
@@ -77,16 +91,13 @@ def start_migration(
     in_place: bool = False,
     vector: str | None = None,
 ) -> dict[str, Any]:
-    if (into or in_place) and rt.settings.indexes.old.adopt is None:
-        raise ValueError("--into and --in-place are for an adopted collection (indexes.old.adopt)")
     previous = rt.state.get("migration")
     adoption = adopt_old(rt)  # checks first: a refusal writes nothing
     _check_old_binding(rt)
     if previous and previous.get("state") == "finished" and rt.state.get("retired"):
         # The next migration starts from what the last one left: its new index is now old.
         rt.state.set("retired", None)
-    if rt.settings.indexes.old.adopt is not None and (into or in_place or previous is None):
-        place_new_index(rt, into, in_place, vector)
+    place_new_index(rt, into, in_place, vector, previous)
     old, new = rt.store("old"), rt.store("new")
     old_info = old.info()
     assert old_info is not None
@@ -94,7 +105,7 @@ def start_migration(
     total = old.count()
     bar = Progress("seed new index", total) if progress else None
     seeded = without_text = 0
-    in_place_new = isinstance(new, AdoptedStore) and new.shared
+    in_place_new = getattr(new, "shared", False)  # seeding adds BM25 to the shared points
     for batch in old.scroll(256, ["text", "metadata", "text_sha256"]):
         ids = [p["doc_id"] for p in batch]
         if in_place_new:
@@ -125,6 +136,7 @@ def start_migration(
     }
     if adoption is not None:
         state["adopted"] = {"collection": old.collection, **adoption}  # type: ignore[attr-defined]
+    if rt.state.get("placement"):
         state["placement"] = rt.state.get("placement")
     rt.state.set("migration", state)
     record_canaries(rt)  # hosted models: the vectors a silent model change would alter

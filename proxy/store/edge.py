@@ -1,7 +1,12 @@
-"""Embedded adapter: one qdrant-edge shard per index, in this process.
+"""Embedded adapter: qdrant-edge shards, in this process.
 
-Edge has no collection metadata and no aliases, so what the index is bound to (model
-fingerprint, dimension) lives in `crossfade_index.json` beside the shard, written atomically.
+Edge has no collection metadata and no aliases, so what each dense vector of a shard is bound
+to (model fingerprint, dimension) lives in `crossfade_index.json` beside the shard, written
+atomically. A shard normally holds one index; `migrate start --in-place` adds the new model's
+named vector (and the BM25 sparse vector) to the old index's live shard, and the new index is
+a view of the same points through that vector (`shared`). The engine lets one opener hold a
+shard, so every view of it in this process shares one handle (`_Shard`).
+
 Calls block; the query path runs them in worker threads. `optimize()` (HNSW build) is never
 called here: it holds the GIL for its whole run and belongs to a scheduled job.
 """
@@ -10,7 +15,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +37,8 @@ from proxy.store import (
 )
 
 META_FILE = "crossfade_index.json"
+# Per-point bookkeeping of the vector a shard was created with (see proxy/store/__init__.py).
+BOOKKEEPING = ("model_fingerprint", "vector_sha256", "embedded_at")
 
 
 def _condition(c: Condition) -> qe.FieldCondition:
@@ -57,41 +66,118 @@ def to_edge_filter(flt: Filter | None) -> qe.Filter | None:
     )
 
 
+@dataclass
+class Bindings:
+    """What each dense vector of a shard is bound to, and which one the per-point bookkeeping
+    payload describes (`tracked`: the vector the shard was created with). A vector added in
+    place carries none: its binding says whose it is, and every write keeps it of the current
+    text, so adding one never touches a point's payload."""
+
+    vectors: dict[str, IndexInfo]
+    tracked: str | None
+
+    @classmethod
+    def read(cls, path: Path, legacy_vector: str) -> Bindings:
+        data = json.loads((path / META_FILE).read_text())
+        if "vectors" not in data:  # one index per shard, as written before in-place existed
+            return cls({legacy_vector: IndexInfo(**data)}, legacy_vector)
+        vectors = {k: IndexInfo(**v) for k, v in data["vectors"].items()}
+        return cls(vectors, data.get("tracked"))
+
+    def write(self, path: Path) -> None:
+        vectors = {k: asdict(v) for k, v in self.vectors.items()}
+        write_json_atomic(path / META_FILE, {"vectors": vectors, "tracked": self.tracked})
+
+
+class _Shard:
+    """One open shard and its bindings, shared by every view of it in this process."""
+
+    def __init__(self, path: Path, handle: qe.EdgeShard, bindings: Bindings) -> None:
+        self.path, self.handle, self.bindings, self.refs = path, handle, bindings, 1
+
+
+_OPEN: dict[Path, _Shard] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def _acquire(name: str, path: Path, legacy_vector: str) -> _Shard:
+    key = path.resolve()
+    with _OPEN_LOCK:
+        if key in _OPEN:
+            _OPEN[key].refs += 1
+            return _OPEN[key]
+        bindings = Bindings.read(path, legacy_vector)
+        try:
+            handle = qe.EdgeShard.load(str(path))
+        except Exception as e:
+            if "WouldBlock" in str(e):
+                raise RuntimeError(
+                    f"the {name} index at {path} is open in another process (a running "
+                    "`crossfade serve`?): use the proxy's HTTP API, or stop it first"
+                ) from e
+            raise
+        _OPEN[key] = _Shard(path, handle, bindings)
+        return _OPEN[key]
+
+
+def _register(path: Path, handle: qe.EdgeShard, bindings: Bindings) -> _Shard:
+    with _OPEN_LOCK:
+        _OPEN[path.resolve()] = _Shard(path, handle, bindings)
+        return _OPEN[path.resolve()]
+
+
+def _release(shard: _Shard) -> None:
+    with _OPEN_LOCK:
+        shard.refs -= 1
+        if shard.refs > 0:
+            shard.handle.flush()
+            return
+        _OPEN.pop(shard.path.resolve(), None)
+        shard.handle.flush()
+        shard.handle.close()
+
+
 class EdgeStore:
-    def __init__(self, name: str, path: Path, cfg: IndexConfig) -> None:
+    """One index: the dense vector `cfg.vector` of the shard at `path` (+ BM25 on the new
+    side). `primary`: the vector a shard's bindings file of the one-index format describes
+    (the old index's, when this view is the new one in place)."""
+
+    def __init__(self, name: str, path: Path, cfg: IndexConfig, primary: str | None = None) -> None:
         self.name = name
         self.path = path
         self.vector = cfg.vector
         self.sparse_vector = cfg.sparse_vector
-        self._info: IndexInfo | None = None
-        self._shard: qe.EdgeShard | None = None
-        meta = path / META_FILE
-        if meta.exists():
-            self._info = IndexInfo(**json.loads(meta.read_text()))
-            try:
-                self._shard = qe.EdgeShard.load(str(path))
-            except Exception as e:
-                if "WouldBlock" in str(e):
-                    raise RuntimeError(
-                        f"the {name} index at {path} is open in another process (a running "
-                        "`crossfade serve`?): use the proxy's HTTP API, or stop it first"
-                    ) from e
-                raise
+        self._ref: _Shard | None = None
+        if (path / META_FILE).exists():
+            self._ref = _acquire(name, path, primary or cfg.vector)
 
     @property
     def shard(self) -> qe.EdgeShard:
-        if self._shard is None:
+        if self._ref is None:
             raise RuntimeError(f"index {self.name!r} at {self.path} does not exist yet")
-        return self._shard
+        return self._ref.handle
 
     def info(self) -> IndexInfo | None:
-        return self._info
+        return self._ref.bindings.vectors.get(self.vector) if self._ref else None
+
+    @property
+    def tracked(self) -> bool:
+        """Whether the points' bookkeeping payload describes this index's vector."""
+        return self._ref is not None and self._ref.bindings.tracked == self.vector
+
+    @property
+    def shared(self) -> bool:
+        """Whether other indexes' vectors live in the same shard (in place)."""
+        return self._ref is not None and len(self._ref.bindings.vectors) > 1
 
     def create(self, info: IndexInfo) -> None:
-        if self._info is not None:
-            if self._info != info:
-                raise RuntimeError(f"index {self.name!r} exists, bound to {self._info}")
+        have = self.info()
+        if have is not None:
+            if have != info:
+                raise RuntimeError(f"index {self.name!r} exists, bound to {have}")
             return
+        if self._ref is not None:
+            return self._add_vector(info)
         sparse = (
             {self.sparse_vector: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}
             if info.sparse
@@ -102,38 +188,123 @@ class EdgeStore:
             sparse_vectors=sparse,
         )
         self.path.mkdir(parents=True, exist_ok=True)
-        self._shard = qe.EdgeShard.create(str(self.path), config)
+        shard = qe.EdgeShard.create(str(self.path), config)
         # Payload indexes keep counts and conditional writes cheap at scale.
         for fld in ("doc_id", "text_sha256", "model_fingerprint"):
-            self._shard.update(
-                qe.UpdateOperation.create_field_index(fld, qe.PayloadSchemaType.Keyword)
-            )
-        write_json_atomic(self.path / META_FILE, info.__dict__)
-        self._info = info
+            shard.update(qe.UpdateOperation.create_field_index(fld, qe.PayloadSchemaType.Keyword))
+        bindings = Bindings({self.vector: info}, self.vector)
+        bindings.write(self.path)
+        self._ref = _register(self.path, shard, bindings)
 
-    def _point(self, p: PointWrite) -> qe.Point:
+    def _add_vector(self, info: IndexInfo) -> None:
+        """In place: this index's vector (and BM25) join the live shard; no point is copied."""
+        assert self._ref is not None
+        if self.vector in (self.sparse_vector, ""):
+            raise ValueError(
+                f"{self.vector!r} can't name a dense vector beside {self.sparse_vector!r}"
+            )
+        ops = [qe.UpdateOperation.create_dense_vector(self.vector, info.dim, qe.Distance.Cosine)]
+        if info.sparse:
+            ops.append(qe.UpdateOperation.create_sparse_vector(self.sparse_vector, qe.Modifier.Idf))
+        for op in ops:  # both are no-ops for a name the shard already has
+            self.shard.update(op)
+        self._ref.bindings.vectors[self.vector] = info
+        self._ref.bindings.write(self.path)
+
+    # --- writes ------------------------------------------------------------------------
+    def _payload(self, p: PointWrite) -> dict[str, Any]:
+        payload = p.payload()
+        if not self.tracked:
+            for k in BOOKKEEPING:
+                payload.pop(k, None)
+        return payload
+
+    def _vectors(self, p: PointWrite) -> dict[str, Any]:
         vec: dict[str, Any] = {}
         if p.dense is not None:
             vec[self.vector] = np.asarray(p.dense, dtype=np.float32).tolist()
-        if p.sparse is not None and self._info and self._info.sparse:
+        info = self.info()
+        if p.sparse is not None and info and info.sparse:
             vec[self.sparse_vector] = qe.SparseVector(p.sparse.indices, p.sparse.values)
-        return qe.Point(point_id(p.doc_id), vec, p.payload())
+        return vec
+
+    def _point(self, p: PointWrite) -> qe.Point:
+        return qe.Point(point_id(p.doc_id), self._vectors(p), self._payload(p))
+
+    @staticmethod
+    def _same_text(sha: str, pid: str | None = None) -> qe.Filter:
+        must: list[Any] = [qe.FieldCondition("text_sha256", match=qe.MatchValue(sha))]
+        if pid is not None:
+            must.append(qe.HasIdCondition({pid}))
+        return qe.Filter(must=must)
 
     def upsert(self, points: Sequence[PointWrite]) -> None:
-        check_fingerprints(self._info, points)
+        check_fingerprints(self.info(), points)
+        if self.shared or not self.tracked:
+            return self._upsert_vectors(points)
         plain = [p for p in points if p.if_text_sha256 is None]
         if plain:
             self.shard.update(qe.UpdateOperation.upsert_points([self._point(p) for p in plain]))
         for p in points:
             if p.if_text_sha256 is not None:
-                cond = qe.Filter(
-                    must=[qe.FieldCondition("text_sha256", match=qe.MatchValue(p.if_text_sha256))]
-                )
                 self.shard.update(
                     qe.UpdateOperation.upsert_points(
-                        [self._point(p)], condition=cond, update_mode=qe.UpdateMode.UpdateOnly
+                        [self._point(p)],
+                        condition=self._same_text(p.if_text_sha256),
+                        update_mode=qe.UpdateMode.UpdateOnly,
                     )
                 )
+
+    def _upsert_vectors(self, points: Sequence[PointWrite]) -> None:
+        """In a shared shard a point holds other indexes' vectors: write this index's vectors
+        and the document's payload, never the point whole (an upsert would drop the others).
+        A seed (no dense vector, same text) adds the BM25 vector alone; a new text without a
+        vector of it removes this index's stale one."""
+        plain = [p for p in points if p.if_text_sha256 is None]
+        have = {
+            d: pl.get("text_sha256")
+            for d, pl in self._raw(self._retrieve([p.doc_id for p in plain], ["text_sha256"]))
+        }
+        ops: list[Any] = []
+        fresh = [self._point(p) for p in plain if p.doc_id not in have]
+        if fresh:
+            ops.append(qe.UpdateOperation.upsert_points(fresh))
+        vectors = []
+        for p in plain:
+            if p.doc_id not in have:
+                continue
+            pid = point_id(p.doc_id)
+            if not (p.dense is None and have[p.doc_id] == p.text_sha256):  # not a seed
+                ops.append(qe.UpdateOperation.set_payload([pid], self._payload(p)))
+                if p.dense is None:
+                    ops.append(qe.UpdateOperation.delete_vectors([pid], [self.vector]))
+            if vec := self._vectors(p):
+                vectors.append(qe.PointVectors(pid, vec))
+        if vectors:
+            ops.append(qe.UpdateOperation.update_vectors(vectors))
+        for op in ops:
+            self.shard.update(op)
+        for p in points:
+            if p.if_text_sha256 is not None:
+                self._update_if_same_text(p, p.if_text_sha256)
+
+    def _update_if_same_text(self, p: PointWrite, sha: str) -> None:
+        pid = point_id(p.doc_id)
+        try:
+            self.shard.update(
+                qe.UpdateOperation.update_vectors(
+                    [qe.PointVectors(pid, self._vectors(p))], condition=self._same_text(sha)
+                )
+            )
+        except Exception as e:
+            if "No point with id" in str(e):
+                return  # deleted while it was embedded: nothing to write
+            raise
+        if self.tracked and p.dense is not None:
+            marks = {k: v for k, v in p.payload().items() if k in BOOKKEEPING}
+            self.shard.update(
+                qe.UpdateOperation.set_payload_by_filter(self._same_text(sha, pid), marks)
+            )
 
     def delete(self, doc_ids: Sequence[str]) -> None:
         self.shard.update(qe.UpdateOperation.delete_points([point_id(d) for d in doc_ids]))
@@ -141,6 +312,7 @@ class EdgeStore:
     def flush(self) -> None:
         self.shard.flush()
 
+    # --- reads -------------------------------------------------------------------------
     def _hits(self, points: list[qe.ScoredPoint]) -> list[tuple[str, float]]:
         return [(p.payload["doc_id"], float(p.score)) for p in points if p.payload]
 
@@ -156,7 +328,10 @@ class EdgeStore:
         req = qe.QueryRequest(
             limit=limit, query=q, filter=to_edge_filter(flt), with_payload=["doc_id", *fields]
         )
-        return [(p.payload, float(p.score)) for p in self.shard.query(req) if p.payload]
+        hits = [(p.payload, float(p.score)) for p in self.shard.query(req) if p.payload]
+        if not self.tracked and set(fields) & set(BOOKKEEPING):
+            self._bookkeeping([pl for pl, _ in hits], all_hold=True)
+        return hits
 
     def search_sparse(
         self, sparse: Sparse, limit: int, flt: Filter | None = None
@@ -171,13 +346,13 @@ class EdgeStore:
         )
         return self._hits(self.shard.query(req))
 
-    def with_dense(self, doc_ids: Sequence[str]) -> set[str]:
+    def _holding(self, doc_ids: Sequence[str], vector: str) -> set[str]:
         if not doc_ids:
             return set()
         flt = qe.Filter(
             must=[
                 qe.HasIdCondition({point_id(d) for d in doc_ids}),
-                qe.HasVectorCondition(self.vector),
+                qe.HasVectorCondition(vector),
             ]
         )
         recs, _ = self.shard.scroll(
@@ -185,39 +360,79 @@ class EdgeStore:
         )
         return {r.payload["doc_id"] for r in recs if r.payload}
 
+    def with_dense(self, doc_ids: Sequence[str]) -> set[str]:
+        return self._holding(doc_ids, self.vector)
+
+    def seeded(self, doc_ids: Sequence[str]) -> set[str]:
+        """In place: the ids already seeded (holding the BM25 vector)."""
+        return self._holding(doc_ids, self.sparse_vector)
+
+    def _bookkeeping(self, payloads: list[dict[str, Any]], all_hold: bool = False) -> None:
+        """An index added in place keeps no bookkeeping in the points (the payload's belongs
+        to the shard's first vector): what it would say follows from the binding, since every
+        write keeps this vector of the current text."""
+        info = self.info()
+        hold = (
+            {pl["doc_id"] for pl in payloads}
+            if all_hold
+            else self.with_dense([pl["doc_id"] for pl in payloads])
+        )
+        for pl in payloads:
+            for k in BOOKKEEPING:
+                pl.pop(k, None)
+            if info is not None and pl["doc_id"] in hold:
+                pl["model_fingerprint"] = info.fingerprint
+                if "text_sha256" in pl:
+                    pl["vector_sha256"] = pl["text_sha256"]
+
+    def _select(self, fields: Sequence[str] | None) -> Any:
+        if fields is None:
+            return True
+        sel = [*fields, "doc_id"]
+        if not self.tracked and "vector_sha256" in fields:
+            sel.append("text_sha256")  # what an in-place vector's hash is derived from
+        return sel
+
+    def _view(self, recs: list[qe.Record], fields: Sequence[str] | None) -> list[dict[str, Any]]:
+        payloads = [r.payload for r in recs if r.payload]
+        if not self.tracked and (fields is None or set(fields) & set(BOOKKEEPING)):
+            self._bookkeeping(payloads)
+        return payloads
+
+    def _retrieve(self, doc_ids: Sequence[str], fields: Sequence[str] | None) -> list[qe.Record]:
+        if not doc_ids:
+            return []
+        return list(
+            self.shard.retrieve([point_id(d) for d in doc_ids], self._select(fields), False)
+        )
+
+    @staticmethod
+    def _raw(recs: list[qe.Record]) -> list[tuple[str, dict[str, Any]]]:
+        return [(r.payload["doc_id"], r.payload) for r in recs if r.payload]
+
     def retrieve(
         self, doc_ids: Sequence[str], fields: Sequence[str] | None = None
     ) -> dict[str, dict[str, Any]]:
-        if not doc_ids:
-            return {}
-        sel = list(fields) + ["doc_id"] if fields is not None else True
-        recs = self.shard.retrieve([point_id(d) for d in doc_ids], sel, False)
-        return {r.payload["doc_id"]: r.payload for r in recs if r.payload}
+        return {p["doc_id"]: p for p in self._view(self._retrieve(doc_ids, fields), fields)}
 
     def scroll(
         self, batch: int = 256, fields: Sequence[str] | None = None
     ) -> Iterator[list[dict[str, Any]]]:
-        sel = list(fields) + ["doc_id"] if fields is not None else True
         offset = None
         while True:
             recs, offset = self.shard.scroll(
-                qe.ScrollRequest(offset=offset, limit=batch, with_payload=sel)
+                qe.ScrollRequest(offset=offset, limit=batch, with_payload=self._select(fields))
             )
             if recs:
-                yield [r.payload for r in recs if r.payload]
+                yield self._view(recs, fields)
             if offset is None:
                 return
 
     def count(self, dense_only: bool = False) -> int:
-        if self._shard is None:
+        if self._ref is None:
             return 0
         flt = qe.Filter(must=[qe.HasVectorCondition(self.vector)]) if dense_only else None
         return int(self.shard.count(qe.CountRequest(exact=True, filter=flt)))
-
-    def drop(self) -> None:
-        self.close()
-        shutil.rmtree(self.path, ignore_errors=True)
-        self._info = None
 
     def without_dense(self, limit: int) -> list[str]:
         flt = qe.Filter(must_not=[qe.HasVectorCondition(self.vector)])
@@ -227,15 +442,19 @@ class EdgeStore:
         return [r.payload["doc_id"] for r in recs if r.payload]
 
     def has_payload_field(self, field: str) -> bool:
-        if self._shard is None:
+        if self._ref is None:
             return False
         flt = qe.Filter(must_not=[qe.IsEmptyCondition(field)])
         recs, _ = self.shard.scroll(qe.ScrollRequest(limit=1, filter=flt, with_payload=False))
         return bool(recs)
 
     def fingerprints(self) -> dict[str, int]:
-        if self._shard is None:
+        info = self.info()
+        if info is None:
             return {}
+        if not self.tracked:
+            n = self.count(dense_only=True)
+            return {info.fingerprint: n} if n else {}
         has = qe.Filter(must=[qe.HasVectorCondition(self.vector)])
         res = self.shard.facet(
             qe.FacetRequest("model_fingerprint", limit=1000, exact=True, filter=has)
@@ -243,8 +462,32 @@ class EdgeStore:
         facets = {str(h.value): int(h.count) for h in res.hits}
         return fingerprint_counts(facets, self.count(dense_only=True))
 
+    # --- lifecycle ---------------------------------------------------------------------
+    def drop(self) -> None:
+        """Delete the index: its shard, or in a shared shard its vector (`delete_vector_name`,
+        the BM25 vector too if no other index reads it) and its bookkeeping."""
+        info = self.info()
+        if self._ref is not None and info is None:
+            return  # a view not created yet: the shard holds only other indexes' vectors
+        if self._ref is None or info is None or not self.shared:
+            self.close()
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        bindings = self._ref.bindings
+        ops = [qe.UpdateOperation.delete_vector_name(self.vector)]
+        others = [v for k, v in bindings.vectors.items() if k != self.vector]
+        if info.sparse and not any(v.sparse for v in others):
+            ops.append(qe.UpdateOperation.delete_vector_name(self.sparse_vector))
+        if self.tracked:
+            ops.append(qe.UpdateOperation.delete_payload_by_filter(qe.Filter(), list(BOOKKEEPING)))
+            bindings.tracked = None
+        for op in ops:
+            self.shard.update(op)
+        self.shard.flush()
+        del bindings.vectors[self.vector]
+        bindings.write(self.path)
+
     def close(self) -> None:
-        if self._shard is not None:
-            self._shard.flush()
-            self._shard.close()
-            self._shard = None
+        if self._ref is not None:
+            _release(self._ref)
+            self._ref = None
