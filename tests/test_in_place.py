@@ -16,23 +16,35 @@ import httpx
 import numpy as np
 import pytest
 import qdrant_edge as qe
+import yaml
 
 from proxy.app import create_app
+from proxy.cli import main
 from proxy.config import Settings
 from proxy.demo import python_reference, write_eval_set
 from proxy.embedding import Embedder, load_embedder
-from proxy.ingest import ingest
+from proxy.ingest import ingest, make_point
 from proxy.migration.start import start_migration
 from proxy.migration.worker import Reembedder
 from proxy.runtime import Runtime
-from proxy.store import point_id
+from proxy.store import FingerprintMismatch, point_id
 from proxy.store.edge import META_FILE
-from tests.conftest import LiveServer, demo_settings, drain, wait_for
+from tests.conftest import (
+    ROOT,
+    LiveServer,
+    cli_config,
+    demo_settings,
+    drain,
+    free_port,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 KEY = "test-admin-key"
 ADMIN = {"Authorization": f"Bearer {KEY}"}
-JUDGED = {"for", "while", "try", "with", "if", "return", "raise", "import", "lambda", "del"}
+QUESTIONS = (ROOT / "config" / "demo-eval" / "questions.tsv").read_text()
+# The passages of the topics the demo's questions judge, but for the three largest: ~130.
+JUDGED = set(QUESTIONS.split()) - {"specialnames", "formatstrings", "string-methods"}
 DOCS = [d for d in python_reference() if d.metadata["topic"] in JUDGED]
 EDITED = ("for#0", "The for statement iterates over the items of any sequence, edited.")
 # C is B at a shorter token limit, and B (L6) is scored against A (L3) on few questions.
@@ -285,3 +297,38 @@ def test_in_place_after_a_migration_into_its_own_shard(
         "vectors": {"c": {"dim": 384, "fingerprint": fp_c, "sparse": True}},
         "tracked": None,
     }
+
+
+def test_in_place_refusals_and_the_bilingual_guard(
+    tmp_path: Path, models: dict[str, Embedder], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    with Runtime(demo_settings(data), dict(models)) as rt:
+        ingest(rt, "old", DOCS[:8], progress=False)
+    cfg = str(cli_config(tmp_path / "cfg.yaml", data, free_port()))
+    before = bindings(data / "old")
+    for name in ("dense", "bm25"):  # the old vector's name, the BM25 vector's
+        assert main(["--config", cfg, "migrate", "start", "--in-place", "--vector", name]) == 1
+        assert f"needs another name than '{name}'" in capsys.readouterr().err
+    assert main(["--config", cfg, "migrate", "start", "--into", "elsewhere"]) == 1
+    assert "--into is for an adopted collection" in capsys.readouterr().err
+    assert bindings(data / "old") == before  # nothing written
+
+    assert main(["--config", cfg, "migrate", "start", "--in-place", "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["placement"]["vector"] == B_NAME and out["seeded"] == 8
+    bound = bindings(data / "old")
+
+    # A vector name is bound to one model: another model can't take it, nor write into it.
+    other = yaml.safe_load(Path(cfg).read_text())
+    other["models"]["new"].update(name="all-MiniLM-L6-v2-128", max_length=128)
+    Path(cfg).write_text(yaml.safe_dump(other))
+    assert main(["--config", cfg, "migrate", "start", "--in-place", "--vector", B_NAME]) == 1
+    assert "refusing to mix models in one index" in capsys.readouterr().err
+    assert bindings(data / "old") == bound
+    with Runtime(demo_settings(data), dict(models)) as rt:
+        doc = DOCS[0]
+        with pytest.raises(FingerprintMismatch, match="bound to 'all-MiniLM-L6-v2@"):
+            rt.store("new").upsert(
+                [make_point(rt, "old", doc, rt.model("old").embed_documents([doc.text])[0])]
+            )
