@@ -56,7 +56,7 @@ def place_new_index(
         placement = {"collection": into, "vector": old.vector}
     elif in_place:
         name = vector or rt.model("new").fingerprint.name
-        if name in (old.vector, old.sparse_vector):
+        if name in (old.vector, old.sparse_vector, rt.settings.indexes.new.sparse_vector):
             raise ValueError(
                 f"in place, the new vector needs another name than {name!r} (--vector NAME)"
             )
