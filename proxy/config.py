@@ -167,10 +167,15 @@ class AdoptConfig(Strict):
     text_source: str | None = Field(
         None,
         description="JSONL of {id, text} for a collection without stored text; relative paths "
-        "are under data_dir.",
+        "are under data_dir. Looked up by id through an index of line offsets (built once per "
+        "version of the file, under data_dir/cache), never loaded whole.",
     )
     identity_sample: int = Field(
-        32, ge=1, le=10_000, description="Stored texts re-embedded to check the old model."
+        32,
+        ge=1,
+        le=10_000,
+        description="Stored texts re-embedded to check the old model, drawn at random from the "
+        "whole collection.",
     )
     identity_min_cosine: float = Field(
         0.98,

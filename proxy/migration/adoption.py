@@ -41,7 +41,7 @@ def check_texts(rt: Runtime, old: AdoptedStore) -> dict[str, Any]:
     points = 0
     for ids in old.ids():
         points += len(ids)
-        missing.extend(d for d in ids if d not in old.layout.texts)
+        missing.extend(old.layout.texts.missing(ids))
     if missing:
         raise AdoptionRefused(
             f"{len(missing)} of {points} points have no text in {adopt.text_source}: "

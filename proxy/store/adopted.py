@@ -22,7 +22,7 @@ import functools
 import json
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from proxy.embedding import text_sha256
 from proxy.store import IndexInfo, IndexUnavailable, PointWrite, check_fingerprints
 from proxy.store import write_json_atomic as _write_json
 from proxy.store.server import _RETRY_S, ServerStore
+from proxy.store.texts import TextSource
 
 BINDINGS = "bindings"
 
@@ -64,7 +65,7 @@ def adopted_point_id(doc_id: str) -> int | str:
 class Layout:
     text_field: str | None  # None: no stored text (then `texts` holds it, by doc id)
     metadata_field: str | None  # None: every other payload key is metadata
-    texts: Mapping[str, str] | None = None
+    texts: TextSource | None = None
 
     def view(self, doc_id: str, payload: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {"doc_id": doc_id}
@@ -320,20 +321,25 @@ class AdoptedStore(ServerStore):
         n = self.count(dense_only=True)
         return {info.fingerprint: n} if n else {}
 
-    def sample(self, n: int, seed: int = 0) -> list[tuple[str, str | None, np.ndarray]]:
-        """Up to `n` points (doc id, text or None, stored vector), drawn from the first pages
-        of the collection."""
+    def sample(self, n: int) -> list[tuple[str, str | None, np.ndarray]]:
+        """Up to `n` points holding the vector (doc id, text or None, stored vector), drawn
+        uniformly at random from the whole collection (Qdrant's random sample query): a
+        collection that became bilingual late shows it wherever its points sit."""
+        # (a collection with the unnamed vector holds it in every point)
+        has = (
+            qm.Filter(must=[qm.HasVectorCondition(has_vector=self.vector)]) if self.vector else None
+        )
         with self._guard():
-            recs, _ = self.client.scroll(
+            res = self.client.query_points(
                 self.collection,
-                limit=max(4 * n, 256),
+                query=qm.SampleQuery(sample=qm.Sample.RANDOM),
+                query_filter=has,
+                limit=n,
                 with_payload=True,
                 with_vectors=[self.vector] if self.vector else True,
             )
-        rng = np.random.default_rng(seed)
-        picked = [recs[i] for i in sorted(rng.permutation(len(recs))[:n])]
         out = []
-        for r in picked:
+        for r in res.points:
             vec = r.vector.get(self.vector) if isinstance(r.vector, dict) else r.vector
             if vec is None:
                 continue
@@ -369,20 +375,19 @@ class AdoptedStore(ServerStore):
 
 
 @functools.lru_cache(maxsize=4)
-def _texts(path: str, mtime: float) -> dict[str, str]:
-    from proxy.ingest import read_jsonl
-
-    return {d.doc_id: d.text for d in read_jsonl(path)}
+def _texts(path: str, version: tuple[int, int], index_dir: str) -> TextSource:
+    return TextSource(Path(path), Path(index_dir))
 
 
-def load_texts(settings: Settings) -> dict[str, str] | None:
+def load_texts(settings: Settings) -> TextSource | None:
     adopt = settings.indexes.old.adopt
     if adopt is None or adopt.text_source is None:
         return None
     path = settings.data_path(adopt.text_source)
     if not path.exists():
         raise FileNotFoundError(f"indexes.old.adopt.text_source: {path} does not exist")
-    return _texts(str(path), path.stat().st_mtime)
+    st = path.stat()
+    return _texts(str(path), (st.st_size, st.st_mtime_ns), str(settings.data_path("cache")))
 
 
 def new_index_config(settings: Settings, placement: dict[str, Any] | None) -> IndexConfig:
