@@ -109,6 +109,16 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):  # ty
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def wait_for_full_coverage(url: str, timeout: float = 300) -> None:
+    """Until the proxy at `url` reports the new index 100% covered (its worker backfilling)."""
+
+    def full() -> bool:
+        status = httpx.get(url + "/migration", timeout=30).json()
+        return bool(status["indexes"]["new"]["coverage"] == 1.0)
+
+    wait_for(full, timeout, "backfill to 100%", interval=1)
+
+
 class ProxyProcess:
     """`crossfade serve` in a child process on a loopback port, over one data dir."""
 

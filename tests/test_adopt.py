@@ -28,7 +28,7 @@ from proxy.embedding import Embedder
 from proxy.ingest import Doc
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
-from tests.conftest import ROOT, LiveServer, demo_settings, wait_for
+from tests.conftest import ROOT, LiveServer, demo_settings, wait_for_full_coverage
 
 pytestmark = pytest.mark.slow
 N = 120
@@ -175,15 +175,7 @@ def run_migration(
             timeout=60,
         )
         assert bad.status_code == 422 and "integers or UUIDs" in bad.json()["error"]
-        wait_for(
-            lambda: (
-                httpx.get(srv.url + "/migration", timeout=30).json()["indexes"]["new"]["coverage"]
-                == 1.0
-            ),
-            300,
-            "backfill to 100%",
-            interval=1,
-        )
+        wait_for_full_coverage(srv.url)
         cut = post(srv.url, "/admin/cutover", {})
         assert cut.status_code == 200 and cut.json()["ok"], cut.text
         assert post(srv.url, "/admin/rollback", {}).status_code == 200

@@ -36,7 +36,7 @@ from tests.conftest import (
     demo_settings,
     drain,
     free_port,
-    wait_for,
+    wait_for_full_coverage,
 )
 
 pytestmark = pytest.mark.slow
@@ -112,15 +112,7 @@ def serve_migration(rt: Runtime, drop: bool) -> dict[str, Any]:
             timeout=60,
         )
         assert put.status_code == 200 and put.json()["indexes"] == ["old", "new"], put.text
-        wait_for(
-            lambda: (
-                httpx.get(srv.url + "/migration", timeout=30).json()["indexes"]["new"]["coverage"]
-                == 1.0
-            ),
-            300,
-            "backfill to 100%",
-            interval=1,
-        )
+        wait_for_full_coverage(srv.url)
         out["coverage"] = httpx.get(srv.url + "/migration", timeout=30).json()["indexes"]
         # Before finish: the old vector and every payload as they were, but the dual write.
         out["after"] = checksum(shard, old_vector, skip=EDITED[0])
@@ -145,6 +137,19 @@ def serve_migration(rt: Runtime, drop: bool) -> dict[str, Any]:
         assert httpx.get(srv.url + "/drift", timeout=30).json()["alarm"] is False
         out["audit"] = httpx.get(srv.url + "/admin/audit", headers=ADMIN, timeout=30).json()
     return out
+
+
+def b_to_c(data: Path, models: dict[str, Embedder], old_index: dict[str, Any]) -> Runtime:
+    """The next migration, from what serves: B is the old model, C (B at a shorter token limit,
+    another fingerprint) the new one."""
+    b = settings(data).models.new.model_dump()
+    c = {**b, "name": "all-MiniLM-L6-v2-128", "max_length": 128}
+    s2 = settings(
+        data,
+        models={"old": b, "new": c},
+        indexes={"old": old_index, "new": {"backend": "edge", "path": "c"}},
+    )
+    return Runtime(s2, {"old": models["new"], "new": load_embedder(s2.models.new)})
 
 
 def test_in_place_on_edge_then_again(tmp_path: Path, models: dict[str, Embedder]) -> None:
@@ -196,17 +201,7 @@ def test_in_place_on_edge_then_again(tmp_path: Path, models: dict[str, Embedder]
         shard.close()
 
     # B -> C, in place again: the config names what serves (B, in the same shard) as old.
-    b = settings(data).models.new.model_dump()
-    c = {**b, "name": "all-MiniLM-L6-v2-128", "max_length": 128}
-    s2 = settings(
-        data,
-        models={"old": b, "new": c},
-        indexes={
-            "old": {"backend": "edge", "path": "old", "vector": B_NAME},
-            "new": {"backend": "edge", "path": "c"},
-        },
-    )
-    rt = Runtime(s2, {"old": models["new"], "new": load_embedder(s2.models.new)})
+    rt = b_to_c(data, models, {"backend": "edge", "path": "old", "vector": B_NAME})
     started = start_migration(rt, progress=False, in_place=True)
     assert started["placement"]["vector"] == "all-MiniLM-L6-v2-128"
     assert started["seeded"] == 0  # every point holds the BM25 vector already
@@ -264,17 +259,7 @@ def test_in_place_after_a_migration_into_its_own_shard(
         assert post(srv.url, "/admin/finish", {"now": True, "drop": True}).status_code == 200
     rt.close()
 
-    b = settings(data).models.new.model_dump()
-    c = {**b, "name": "all-MiniLM-L6-v2-128", "max_length": 128}
-    s2 = settings(
-        data,
-        models={"old": b, "new": c},
-        indexes={
-            "old": {"backend": "edge", "path": "new"},
-            "new": {"backend": "edge", "path": "c"},
-        },
-    )
-    rt = Runtime(s2, {"old": models["new"], "new": load_embedder(s2.models.new)})
+    rt = b_to_c(data, models, {"backend": "edge", "path": "new"})
     fp_c = rt.model("new").fingerprint.id
     try:
         start_migration(rt, progress=False, in_place=True, vector="c")
