@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,12 +14,13 @@ from proxy.config import IndexConfig
 from proxy.embedding import text_sha256
 from proxy.filters import Filter
 from proxy.sparse import Bm25Encoder
-from proxy.store import FingerprintMismatch, IndexInfo, PointWrite, VectorStore
+from proxy.store import FingerprintMismatch, IndexInfo, PointWrite, VectorStore, point_id
 from proxy.store.edge import EdgeStore
 from proxy.store.server import ServerStore
 
 DIM = 16
 FP = "model-a@000000000001"
+FP_OLD = "model-z@000000000000"
 INFO = IndexInfo(dim=DIM, fingerprint=FP, sparse=True)
 TEXTS = {
     "d0": "Qdrant stores dense vectors for semantic search",
@@ -50,10 +52,26 @@ def write(doc_id: str, text: str, dense: bool = True, **kw: object) -> PointWrit
     )
 
 
-@pytest.fixture(params=["edge", "qdrant-local"])
+def old_index(path: Path) -> EdgeStore:
+    """An edge index of another model holding every document: what `--in-place` starts from."""
+    old = EdgeStore("old", path, IndexConfig(backend="edge", path="x"))
+    old.create(IndexInfo(dim=DIM, fingerprint=FP_OLD, sparse=False))
+    points = [write(d, t) for d, t in TEXTS.items()]
+    for p in points:
+        p.fingerprint, p.dense, p.sparse = FP_OLD, vec(100 + int(p.doc_id[1:])), None
+    old.upsert(points)
+    return old
+
+
+@pytest.fixture(params=["edge", "edge-in-place", "qdrant-local"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
+    old = None
     if request.param == "edge":
         s: VectorStore = EdgeStore("t", tmp_path / "shard", IndexConfig(backend="edge", path="x"))
+    elif request.param == "edge-in-place":  # a second vector of the old index's shard
+        old = old_index(tmp_path / "shard")
+        cfg = IndexConfig(backend="edge", path="x", vector="v2")
+        s = EdgeStore("t", tmp_path / "shard", cfg, primary="dense")
     else:
         s = ServerStore("t", IndexConfig(backend="qdrant", url=":memory:", collection="t"))
     s.create(INFO)
@@ -61,6 +79,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStor
     s.upsert([write(d, t, dense=d in ("d0", "d1", "d2")) for d, t in TEXTS.items()])
     yield s
     s.close()
+    if old is not None:
+        old.close()
 
 
 def test_counts_and_dense_membership(store: VectorStore) -> None:
@@ -185,3 +205,56 @@ def test_server_backend_mirrors_the_serving_pointer_to_an_alias(
     asyncio.run(plane.rollback("test"))
     assert new.alias_target("docs_v2_serving") == "docs_v1"  # type: ignore[attr-defined]
     rt.close()
+
+
+def test_edge_in_place_writes_touch_only_their_own_vector(tmp_path: Path) -> None:
+    """The new model's vector in the old index's shard: seeds and re-embeds leave the old
+    vector and every payload as they were; a dual write updates both vectors of its point;
+    dropping the old vector leaves the new index whole."""
+    old = old_index(tmp_path / "shard")
+    view = EdgeStore("new", tmp_path / "shard", IndexConfig(backend="edge", path="x", vector="v2"))
+    ids = [point_id(d) for d in TEXTS]
+
+    def old_side() -> dict[str, Any]:
+        recs = old.shard.retrieve(ids, True, ["dense"])
+        return {str(r.id): (r.payload, (r.vector or {}).get("dense")) for r in recs}
+
+    before = old_side()
+    view.create(INFO)
+    view.upsert([write(d, t, dense=False) for d, t in TEXTS.items()])  # seeds: BM25 only
+    view.upsert([write(d, t, if_text_sha256=text_sha256(t)) for d, t in TEXTS.items()])
+    assert old_side() == before
+    assert view.count() == 5 and view.count(dense_only=True) == 5
+    assert old.fingerprints() == {FP_OLD: 5} and view.fingerprints() == {FP: 5}
+
+    # A re-embed of the old vector (it carries the per-point bookkeeping) keeps the new one.
+    redo = write("d2", TEXTS["d2"], if_text_sha256=text_sha256(TEXTS["d2"]))
+    redo.fingerprint, redo.dense, redo.sparse, redo.embedded_at = FP_OLD, vec(300), None, "t2"
+    old.upsert([redo])
+    got = old.shard.retrieve([point_id("d2")], True, True)[0]
+    assert got.payload["embedded_at"] == "t2" and set(got.vector) == {"dense", "v2", "bm25"}
+
+    # A dual write, old side then new side: both vectors of the new text, and its payload.
+    edited = write("d1", "an edited text about fusion")
+    edited.fingerprint, edited.dense, edited.sparse = FP_OLD, vec(201), None
+    old.upsert([edited])
+    view.upsert([write("d1", "an edited text about fusion")])
+    got = old.shard.retrieve([point_id("d1")], True, True)[0]
+    assert got.payload["text"] == "an edited text about fusion" and set(got.vector) == {
+        "dense",
+        "v2",
+        "bm25",
+    }
+    assert got.payload["model_fingerprint"] == FP_OLD  # the bookkeeping stays the old vector's
+    assert view.retrieve(["d1"])["d1"]["model_fingerprint"] == FP
+
+    old.drop()  # finish --drop: the old vector and its bookkeeping leave the shard
+    assert old.info() is None and view.count(dense_only=True) == 5
+    recs = view.shard.retrieve(ids, True, True)
+    assert all("model_fingerprint" not in r.payload and "dense" not in r.vector for r in recs)
+    assert view.search_dense(vec(0), 1)[0][0] == "d0"
+    old.close()
+    view.close()
+    again = EdgeStore("new", tmp_path / "shard", IndexConfig(backend="edge", path="x", vector="v2"))
+    assert again.info() == INFO and again.count() == 5 and not again.shared
+    again.close()

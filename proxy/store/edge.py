@@ -429,7 +429,7 @@ class EdgeStore:
                 return
 
     def count(self, dense_only: bool = False) -> int:
-        if self._ref is None:
+        if self.info() is None:
             return 0
         flt = qe.Filter(must=[qe.HasVectorCondition(self.vector)]) if dense_only else None
         return int(self.shard.count(qe.CountRequest(exact=True, filter=flt)))
