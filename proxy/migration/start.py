@@ -64,8 +64,9 @@ def place_new_index(
             placement = {"collection": old.collection, "vector": name}
         else:
             placement = {"engine": "edge", "path": old.path, "vector": name}
-    rt.state.set("placement", placement)
-    rt.close_stores()
+    if placement != rt.state.get("placement"):
+        rt.state.set("placement", placement)
+        rt.close_stores()  # reopened at the new place
     return placement
 
 
