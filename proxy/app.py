@@ -7,7 +7,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
-from proxy.api import admin, documents, migration, operations, search
+from proxy.api import admin, documents, migration, operations, qdrant, search
 from proxy.api.documents import DocumentIn, DocumentsIn
 from proxy.api.errors import install_handlers
 from proxy.api.lifecycle import lifespan
@@ -30,7 +30,7 @@ def create_app(rt: Runtime) -> FastAPI:
     install_handlers(app)
     # The routers' routes themselves, not include_router's lazy wrappers: the admin guard
     # and the request counter look routes up by path.
-    for module in (operations, search, documents, migration, admin):
+    for module in (operations, search, documents, migration, admin, qdrant):
         app.router.routes.extend(module.router.routes)
     app.add_middleware(JsonBodies)
     app.add_middleware(BodyLimit, limit=rt.settings.server.max_body_bytes)
