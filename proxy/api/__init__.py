@@ -9,5 +9,5 @@ documents   PUT /documents, DELETE /documents/{doc_id}
 migration   the migration's status, history, drift and backfill control
 admin       the operator's switches (mode, split, cutover, rollback, finish, canary, plan)
 operations  health, readiness, Prometheus metrics, the dashboard
-qdrant      Qdrant's REST query API, taking text (for unmodified qdrant-client apps)
+    qdrant      Qdrant's REST query API, taking text (for unmodified qdrant-client apps)
 """
