@@ -12,10 +12,12 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Body, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from qdrant_client.http import models as qm
+from starlette.exceptions import HTTPException
 
 from proxy.api.documents import WriteRefused, write_documents
 from proxy.api.search import SearchRefused, query_problem, serve_search
@@ -52,6 +54,8 @@ class QdrantRoute(APIRoute):
                 first = e.errors()[0] if e.errors() else {"msg": "invalid", "loc": ()}
                 where = ".".join(str(p) for p in first["loc"] if p != "body")
                 return failed(400, f"Format error in JSON body: {where}: {first['msg']}", t0)
+            except HTTPException as e:  # FastAPI's: a body that is not JSON
+                return failed(e.status_code, f"Format error in JSON body: {e.detail}", t0)
             except Unsupported as e:
                 return failed(400, f"Bad request: {e}", t0)
             except NotFound as e:
@@ -66,6 +70,23 @@ class QdrantRoute(APIRoute):
 
 
 router = APIRouter(route_class=QdrantRoute, tags=["qdrant"])
+# Bodies are documented as JSON objects and parsed by qdrant-client's own models (its schema
+# is Qdrant's API reference): their full schema would make the OpenAPI document ten times
+# larger and schema-driven fuzzing crawl; the Qdrant-aware fuzzing is in tests/test_fuzz.py.
+QdrantBody = Body(description="As in Qdrant's REST API (qdrant_client.http.models).")
+OptionalBody = Body(None, description="As in Qdrant's REST API (qdrant_client.http.models).")
+
+
+def parse(model: Any, body: Any) -> Any:
+    """`body` as the qdrant-client model; a mismatch is Qdrant's 400 'Format error'."""
+    try:
+        return TypeAdapter(model).validate_python(body)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise Unsupported(f"Format error in JSON body: {where}: {first['msg']}") from None
+
+
 OK = {200: {"model": QdrantOk}}
 
 
@@ -120,8 +141,14 @@ def points(
 # --- service and collection ---------------------------------------------------------------
 
 
-@router.get("/", responses=OK)
+class VersionInfo(BaseModel):
+    title: str
+    version: str
+
+
+@router.get("/", response_model=VersionInfo)
 async def root() -> Any:
+    """Qdrant's version call (qdrant-client asks it at start to check compatibility)."""
     return {"title": "crossfade (Qdrant REST API, search and document writes)",
             "version": API_VERSION}  # fmt: skip
 
@@ -216,10 +243,11 @@ def raw_vector_index(
 
 @router.post("/collections/{collection_name}/points/query", responses={**OK, **ERRORS})
 async def query_points(
-    sv: Svc, request: Request, collection_name: str, body: qm.QueryRequest
+    sv: Svc, request: Request, collection_name: str, raw: dict[str, Any] = QdrantBody
 ) -> Any:
     t0 = time.perf_counter()
     layout = check(sv, collection_name)
+    body = parse(qm.QueryRequest, raw)
     q = parse_query(body, layout, sv.settings.qdrant_api.max_limit)
     found, hdrs = await run_query(sv, request, layout, q)
     return answer({"points": found}, t0, hdrs)
@@ -227,10 +255,11 @@ async def query_points(
 
 @router.post("/collections/{collection_name}/points/query/batch", responses={**OK, **ERRORS})
 async def query_batch(
-    sv: Svc, request: Request, collection_name: str, body: qm.QueryRequestBatch
+    sv: Svc, request: Request, collection_name: str, raw: dict[str, Any] = QdrantBody
 ) -> Any:
     t0 = time.perf_counter()
     layout = check(sv, collection_name)
+    body = parse(qm.QueryRequestBatch, raw)
     if len(body.searches) > 64:
         raise Unsupported("a batch holds at most 64 searches")
     qs = [parse_query(s, layout, sv.settings.qdrant_api.max_limit) for s in body.searches]
@@ -243,10 +272,10 @@ async def query_batch(
 
 
 @router.post("/collections/{collection_name}/points/scroll", responses={**OK, **ERRORS})
-async def scroll(sv: Svc, collection_name: str, body: qm.ScrollRequest | None = None) -> Any:
+async def scroll(sv: Svc, collection_name: str, raw: dict[str, Any] | None = OptionalBody) -> Any:
     t0 = time.perf_counter()
     layout = check(sv, collection_name)
-    body = body or qm.ScrollRequest()
+    body = parse(qm.ScrollRequest, raw or {})
     if body.order_by is not None:
         raise Unsupported("'order_by' is not supported")
     if body.shard_key is not None:
@@ -266,20 +295,22 @@ async def scroll(sv: Svc, collection_name: str, body: qm.ScrollRequest | None = 
 
 
 @router.post("/collections/{collection_name}/points/count", responses={**OK, **ERRORS})
-async def count(sv: Svc, collection_name: str, body: qm.CountRequest | None = None) -> Any:
+async def count(sv: Svc, collection_name: str, raw: dict[str, Any] | None = OptionalBody) -> Any:
     t0 = time.perf_counter()
     layout = check(sv, collection_name)
-    if body is not None and body.shard_key is not None:
+    body = parse(qm.CountRequest, raw or {})
+    if body.shard_key is not None:
         raise Unsupported("'shard_key' is not supported")
-    flt = to_filter(body.filter if body else None, layout)
+    flt = to_filter(body.filter, layout)
     n = await asyncio.to_thread(read_store(sv).count_matching, flt)
     return answer({"count": n}, t0, headers(sv))
 
 
 @router.post("/collections/{collection_name}/points", responses={**OK, **ERRORS})
-async def retrieve(sv: Svc, collection_name: str, body: qm.PointRequest) -> Any:
+async def retrieve(sv: Svc, collection_name: str, raw: dict[str, Any] = QdrantBody) -> Any:
     t0 = time.perf_counter()
     layout = check(sv, collection_name)
+    body = parse(qm.PointRequest, raw)
     if body.shard_key is not None:
         raise Unsupported("'shard_key' is not supported")
     refuse_vectors(body.with_vector)
@@ -308,10 +339,10 @@ def document_text(vector: Any, where: str) -> str:
 
 
 @router.put("/collections/{collection_name}/points", responses={**OK, **WRITE_ERRORS})
-async def upsert(sv: Svc, collection_name: str, body: qm.PointInsertOperations) -> Any:
+async def upsert(sv: Svc, collection_name: str, raw: dict[str, Any] = QdrantBody) -> Any:
     t0 = time.perf_counter()
     layout = check(sv, collection_name)
-    op = body
+    op = parse(qm.PointInsertOperations, raw)
     if op.shard_key is not None or op.update_filter is not None or op.update_mode is not None:
         raise Unsupported("'shard_key', 'update_filter' and 'update_mode' are not supported")
     if isinstance(op, qm.PointsList):
@@ -336,9 +367,10 @@ async def upsert(sv: Svc, collection_name: str, body: qm.PointInsertOperations) 
 
 
 @router.post("/collections/{collection_name}/points/delete", responses={**OK, **WRITE_ERRORS})
-async def delete(sv: Svc, collection_name: str, body: qm.PointsSelector) -> Any:
+async def delete(sv: Svc, collection_name: str, raw: dict[str, Any] = QdrantBody) -> Any:
     t0 = time.perf_counter()
     layout = check(sv, collection_name)
+    body = parse(qm.PointsSelector, raw)
     if body.shard_key is not None:
         raise Unsupported("'shard_key' is not supported")
     if isinstance(body, qm.PointIdsList):
