@@ -538,7 +538,54 @@ points_in = st.lists(
     ),
     max_size=3,
 )  # fmt: skip
+# Requests a working app sends (the strategies above are mostly refused): the answers
+# to valid queries and writes are checked too.
+valid_conditions = st.fixed_dictionaries(
+    {"key": st.sampled_from(["metadata.topic", "metadata.part"])},
+    optional={"match": st.fixed_dictionaries({"value": st.integers(0, 3) | st.text(max_size=6)})},
+).filter(lambda c: "match" in c) | st.fixed_dictionaries(
+    {"key": st.just("metadata.part"), "range": st.fixed_dictionaries({"gte": st.integers(0, 3)})}
+)
+valid_filters = st.fixed_dictionaries(
+    {}, optional={c: st.lists(valid_conditions, max_size=2) for c in ("must", "should", "must_not")}
+)
+valid_queries = st.fixed_dictionaries(
+    {"query": st.fixed_dictionaries({"text": good_text, "model": st.just("m")})},
+    optional={
+        "filter": valid_filters,
+        "limit": st.integers(1, 20),
+        "offset": st.integers(0, 5),
+        "with_payload": st.booleans(),
+        "score_threshold": st.floats(0, 0.05),
+    },
+)
+valid_points = st.lists(
+    st.fixed_dictionaries(
+        {
+            "id": st.text(st.characters(codec="ascii"), min_size=1, max_size=8).map("fz-".__add__),
+            "vector": st.fixed_dictionaries({"text": good_text, "model": st.just("m")}),
+        },
+        optional={
+            "payload": st.fixed_dictionaries(
+                {
+                    "metadata": st.dictionaries(
+                        st.sampled_from(["topic", "n"]), st.integers(0, 9), max_size=2
+                    )
+                }
+            )
+        },
+    ),
+    min_size=1,
+    max_size=3,
+    unique_by=lambda p: p["id"],
+)
 QDRANT_CALLS = [
+    ("POST", "/points/query", valid_queries),
+    ("POST", "/points/query/batch", st.fixed_dictionaries({"searches": st.lists(valid_queries,
+                                                                                 max_size=3)})),
+    ("POST", "/points/scroll", st.fixed_dictionaries({}, optional={"filter": valid_filters,
+                                                                   "limit": st.integers(1, 30)})),
+    ("PUT", "/points", st.fixed_dictionaries({"points": valid_points})),
     ("POST", "/points/query", query_bodies | json_values),
     ("POST", "/points/query/batch", st.fixed_dictionaries({"searches": st.lists(query_bodies,
                                                                                  max_size=2)})),
