@@ -241,16 +241,26 @@ def raw_vector_index(
     )
 
 
+async def queries(
+    sv: Services, request: Request, name: str, searches: list[qm.QueryRequest]
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Each search's answer (`{"points": [...]}`) and the headers of the first."""
+    layout = check(sv, name)
+    if len(searches) > 64:
+        raise Unsupported("a batch holds at most 64 searches")
+    qs = [parse_query(s, layout, sv.settings.qdrant_api.max_limit) for s in searches]
+    done = await asyncio.gather(*(run_query(sv, request, layout, q) for q in qs))
+    return [{"points": found} for found, _ in done], done[0][1] if done else headers(sv)
+
+
 @router.post("/collections/{collection_name}/points/query", responses={**OK, **ERRORS})
 async def query_points(
     sv: Svc, request: Request, collection_name: str, raw: dict[str, Any] = QdrantBody
 ) -> Any:
     t0 = time.perf_counter()
-    layout = check(sv, collection_name)
-    body = parse(qm.QueryRequest, raw)
-    q = parse_query(body, layout, sv.settings.qdrant_api.max_limit)
-    found, hdrs = await run_query(sv, request, layout, q)
-    return answer({"points": found}, t0, hdrs)
+    check(sv, collection_name)  # an unknown collection is a 404 before the body's 400
+    (found,), hdrs = await queries(sv, request, collection_name, [parse(qm.QueryRequest, raw)])
+    return answer(found, t0, hdrs)
 
 
 @router.post("/collections/{collection_name}/points/query/batch", responses={**OK, **ERRORS})
@@ -258,14 +268,10 @@ async def query_batch(
     sv: Svc, request: Request, collection_name: str, raw: dict[str, Any] = QdrantBody
 ) -> Any:
     t0 = time.perf_counter()
-    layout = check(sv, collection_name)
-    body = parse(qm.QueryRequestBatch, raw)
-    if len(body.searches) > 64:
-        raise Unsupported("a batch holds at most 64 searches")
-    qs = [parse_query(s, layout, sv.settings.qdrant_api.max_limit) for s in body.searches]
-    done = await asyncio.gather(*(run_query(sv, request, layout, q) for q in qs))
-    hdrs = done[0][1] if done else headers(sv)
-    return answer([{"points": found} for found, _ in done], t0, hdrs)
+    check(sv, collection_name)
+    searches = parse(qm.QueryRequestBatch, raw).searches
+    found, hdrs = await queries(sv, request, collection_name, searches)
+    return answer(found, t0, hdrs)
 
 
 # --- reads by filter and id ----------------------------------------------------------------
