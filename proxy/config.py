@@ -422,6 +422,26 @@ class ServerConfig(Strict):
     )
 
 
+class QdrantApiConfig(Strict):
+    """Qdrant's REST query API on the proxy, for apps written against qdrant-client
+    (`QdrantClient(url=<proxy>, cloud_inference=True)`): they send text, crossfade embeds it."""
+
+    collection: str | None = Field(
+        None,
+        description="Collection name the apps use; it maps to the migration. Default: the "
+        "old index's collection (an adopted collection's own name).",
+    )
+    raw_vectors: Literal["refuse", "pass"] = Field(
+        "refuse",
+        description="A query with a vector instead of a Document: 'refuse' = 400 asking for a "
+        "Document (a vector can't be migrated); 'pass' = search the index whose vector name "
+        "and dimension it fits (the old one if both do), unfused.",
+    )
+    max_limit: int = Field(
+        1000, ge=1, le=10_000, description="Largest offset + limit a query may ask for."
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CROSSFADE_", env_nested_delimiter="__", extra="forbid"
@@ -438,6 +458,7 @@ class Settings(BaseSettings):
     cutover: CutoverConfig = Field(default_factory=CutoverConfig)
     plan: PlanConfig = Field(default_factory=PlanConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    qdrant_api: QdrantApiConfig = Field(default_factory=QdrantApiConfig)
     bm25_avg_len: float = Field(
         256.0, gt=0, description="Expected document length in tokens for BM25 normalisation."
     )

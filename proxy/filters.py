@@ -10,11 +10,13 @@ fields are refused and JSON values are taken as the types they are sent as.
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*(\.[A-Za-z_][A-Za-z0-9_\-]*)*$")
+# Dotted identifiers; `[]` after a segment walks every element of an array (Qdrant's paths).
+KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*(\[\])?(\.[A-Za-z_][A-Za-z0-9_\-]*(\[\])?)*$")
 # Qdrant matches 64-bit integers: a larger one is refused here (422), not by the index (500).
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 
@@ -104,3 +106,35 @@ class Filter(StrictBody):
         if not (self.must or self.should or self.must_not):
             raise ValueError("filter needs at least one of must, should, must_not")
         return self
+
+
+# --- the richer filter Qdrant's REST API maps to (proxy/qdrant_api/filters.py) ------------
+# Not part of /search's language: nested boolean clauses, emptiness and point ids too. The
+# stores translate a `FilterTree` as they translate a `Filter` (whose clauses are all
+# Conditions), each mapping keys and ids to its own layout.
+
+
+@dataclass(frozen=True)
+class IsEmpty:
+    """The metadata key is missing, null or an empty array."""
+
+    key: str
+
+    @property
+    def field(self) -> str:
+        return f"metadata.{self.key}"
+
+
+@dataclass(frozen=True)
+class HasId:
+    doc_ids: tuple[str, ...]
+
+
+Clause = Union[Condition, IsEmpty, HasId, "FilterTree"]
+
+
+@dataclass(frozen=True)
+class FilterTree:
+    must: tuple[Clause, ...] = ()
+    should: tuple[Clause, ...] = ()
+    must_not: tuple[Clause, ...] = ()

@@ -488,3 +488,160 @@ def test_schemathesis_against_the_openapi_schema(tmp_path: Path, models: dict) -
                 failures.append(f"{op.label}: {e}")
         assert not failures, "\n\n".join(failures)
         assert len(ran) == len(proxy.documented) and all(n > 0 for n in ran.values()), ran
+
+
+# --- Qdrant's REST API (proxy/api/qdrant.py) ------------------------------------------------
+
+COLLECTION = "/collections/crossfade"  # the demo's old index: what a Qdrant app names
+q_keys = filter_keys.map("metadata.".__add__) | filter_keys | st.sampled_from(["text", "doc_id"])
+q_conditions = (
+    st.fixed_dictionaries({"key": q_keys}, optional={"match": matches, "range": ranges})
+    | st.fixed_dictionaries({"is_empty": st.fixed_dictionaries({"key": q_keys})})
+    | st.fixed_dictionaries({"has_id": st.lists(scalars, max_size=3)})
+    | st.fixed_dictionaries({"nested": st.fixed_dictionaries({"key": q_keys})})
+    | st.fixed_dictionaries({"key": q_keys, "geo_radius": json_values})
+    | json_values
+)
+q_filters = st.recursive(
+    st.fixed_dictionaries(
+        {}, optional={c: st.lists(q_conditions, max_size=3) for c in ("must", "should", "must_not")}
+    ),
+    lambda inner: st.fixed_dictionaries({"must": st.lists(inner | q_conditions, max_size=2)}),
+    max_leaves=4,
+)
+documents = st.fixed_dictionaries(
+    {"text": st.text(max_size=20) | st.text(any_char, max_size=4) | scalars, "model": st.just("m")}
+)
+q_queries = (
+    documents
+    | st.fixed_dictionaries({"nearest": documents | st.lists(st.floats(), max_size=4)})
+    | st.lists(st.floats(-1, 1), min_size=384, max_size=384)
+    | st.fixed_dictionaries({"fusion": st.sampled_from(["rrf", "dbsf", "x"])})
+    | json_values
+)
+q_optional = {
+    "filter": q_filters | json_values,
+    "limit": st.integers(-2, 2000) | scalars,
+    "offset": st.integers(-2, 50) | scalars,
+    "with_payload": st.booleans() | st.lists(q_keys, max_size=2) | scalars,
+    "with_vector": st.booleans(),
+    "score_threshold": scalars,
+    "prefetch": st.lists(st.fixed_dictionaries({"query": q_queries}), max_size=2),
+    "extra": scalars,
+}
+query_bodies = st.fixed_dictionaries({"query": q_queries}, optional=q_optional)
+points_in = st.lists(
+    st.fixed_dictionaries(
+        {"id": st.text(min_size=1, max_size=8).map("fz-".__add__) | scalars, "vector": q_queries},
+        optional={"payload": st.fixed_dictionaries({}, optional={"text": scalars,
+                                                                  "metadata": json_values})},
+    ),
+    max_size=3,
+)  # fmt: skip
+# Requests a working app sends (the strategies above are mostly refused): the answers
+# to valid queries and writes are checked too.
+valid_conditions = st.fixed_dictionaries(
+    {"key": st.sampled_from(["metadata.topic", "metadata.part"])},
+    optional={"match": st.fixed_dictionaries({"value": st.integers(0, 3) | st.text(max_size=6)})},
+).filter(lambda c: "match" in c) | st.fixed_dictionaries(
+    {"key": st.just("metadata.part"), "range": st.fixed_dictionaries({"gte": st.integers(0, 3)})}
+)
+valid_filters = st.fixed_dictionaries(
+    {}, optional={c: st.lists(valid_conditions, max_size=2) for c in ("must", "should", "must_not")}
+)
+valid_queries = st.fixed_dictionaries(
+    {"query": st.fixed_dictionaries({"text": good_text, "model": st.just("m")})},
+    optional={
+        "filter": valid_filters,
+        "limit": st.integers(1, 20),
+        "offset": st.integers(0, 5),
+        "with_payload": st.booleans(),
+        "score_threshold": st.floats(0, 0.05),
+    },
+)
+valid_points = st.lists(
+    st.fixed_dictionaries(
+        {
+            "id": st.text(st.characters(codec="ascii"), min_size=1, max_size=8).map("fz-".__add__),
+            "vector": st.fixed_dictionaries({"text": good_text, "model": st.just("m")}),
+        },
+        optional={
+            "payload": st.fixed_dictionaries(
+                {
+                    "metadata": st.dictionaries(
+                        st.sampled_from(["topic", "n"]), st.integers(0, 9), max_size=2
+                    )
+                }
+            )
+        },
+    ),
+    min_size=1,
+    max_size=3,
+    unique_by=lambda p: p["id"],
+)
+QDRANT_CALLS = [
+    ("POST", "/points/query", valid_queries),
+    ("POST", "/points/query/batch", st.fixed_dictionaries({"searches": st.lists(valid_queries,
+                                                                                 max_size=3)})),
+    ("POST", "/points/scroll", st.fixed_dictionaries({}, optional={"filter": valid_filters,
+                                                                   "limit": st.integers(1, 30)})),
+    ("PUT", "/points", st.fixed_dictionaries({"points": valid_points})),
+    ("POST", "/points/query", query_bodies | json_values),
+    ("POST", "/points/query/batch", st.fixed_dictionaries({"searches": st.lists(query_bodies,
+                                                                                 max_size=2)})),
+    ("POST", "/points/scroll", st.fixed_dictionaries({}, optional={**q_optional,
+                                                                   "offset": scalars})),
+    ("POST", "/points/count", st.fixed_dictionaries({}, optional={"filter": q_filters})),
+    ("POST", "/points", st.fixed_dictionaries({"ids": st.lists(scalars, max_size=3)})),
+    ("PUT", "/points", st.fixed_dictionaries({"points": points_in}) | json_values),
+    ("POST", "/points/delete", st.fixed_dictionaries({"points": st.lists(scalars, max_size=3)})
+     | st.fixed_dictionaries({"filter": q_filters}) | json_values),
+]  # fmt: skip
+WRITES = {"PUT /points", "POST /points/delete"}
+
+
+@settings(FUZZ, max_examples=150)
+@given(call=st.sampled_from(range(len(QDRANT_CALLS))), data=st.data())
+def test_qdrant_routes_answer_documented_statuses(
+    proxy: Proxy, call: int, data: st.DataObject
+) -> None:
+    """Never a 500, every status documented, every error Qdrant-shaped (qdrant-client raises
+    UnexpectedResponse on it), and a refused write changes nothing."""
+    method, path, bodies = QDRANT_CALLS[call]
+    body = data.draw(bodies)
+    write = f"{method} {path}" in WRITES
+    before = proxy.snapshot() if write else None
+    r = proxy.client.request(method, COLLECTION + path, content=encode(body))
+    allowed = proxy.documented[(method, "/collections/{collection_name}" + path)]
+    assert r.status_code in allowed, (method, path, body, r.status_code, r.text[:300])
+    out = r.json()
+    if r.status_code == 200:
+        assert out["status"] == "ok" and "result" in out
+    elif r.status_code != 413:  # the body limit answers before any route, in crossfade's shape
+        assert set(out) == {"status", "time"} and isinstance(out["status"]["error"], str), out
+        if write:
+            assert proxy.snapshot() == before
+
+
+def test_qdrant_refused_and_served_writes(proxy: Proxy) -> None:
+    before = proxy.snapshot()
+    doc = {"text": "a note about loops", "model": "m"}
+    bad = [
+        {"points": [{"id": "fz-q1", "vector": [0.1] * 384}]},  # a raw vector: no text
+        {"points": [{"id": "fz-q1", "vector": doc, "payload": {"other": 1}}]},  # not the layout
+        {"points": [{"id": "fz-q1", "vector": doc, "payload": {"metadata": {"n": 2**64}}}]},
+        {"points": [{"id": "fz-q1", "vector": {"text": " ", "model": "m"}}]},
+    ]
+    for body in bad:
+        r = proxy.client.put(COLLECTION + "/points", json=body)
+        assert r.status_code in (400, 422), (body, r.text)
+        assert "error" in r.json()["status"]
+    assert proxy.snapshot() == before
+    ok = {"points": [{"id": "fz-q1", "vector": doc, "payload": {"metadata": {"topic": "q"}}}]}
+    assert proxy.client.put(COLLECTION + "/points", json=ok).status_code == 200
+    got = proxy.client.post(COLLECTION + "/points", json={"ids": ["fz-q1"]}).json()["result"]
+    assert got == [{"id": "fz-q1", "payload": {"doc_id": "fz-q1", "text": doc["text"],
+                                               "metadata": {"topic": "q"}}}]  # fmt: skip
+    r = proxy.client.post(COLLECTION + "/points/delete", json={"points": ["fz-q1"]})
+    assert r.status_code == 200
+    assert proxy.snapshot() == before

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from proxy.config import IndexConfig, Settings
-from proxy.filters import Filter
+from proxy.filters import Filter, FilterTree
 
 NAMESPACE = uuid.UUID("6f0c6c39-3f1a-4a57-9f39-1bd0a7e0c0de")
 PAYLOAD_FIELDS = ("doc_id", "text", "metadata", "text_sha256")
@@ -127,6 +127,15 @@ class VectorStore(Protocol):
     ) -> Iterator[list[dict[str, Any]]]: ...
 
     def count(self, dense_only: bool = False) -> int: ...
+
+    def page(
+        self, flt: Filter | FilterTree | None, limit: int, start: str | None, fields: Sequence[str]
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Up to `limit` points matching `flt` in the index's point order, from doc id `start`
+        on; and the doc id that starts the next page (None: no more)."""
+        ...
+
+    def count_matching(self, flt: Filter | FilterTree | None) -> int: ...
 
     def without_dense(self, limit: int) -> list[str]:
         """Up to `limit` doc ids that hold no dense vector, in scroll order."""

@@ -25,7 +25,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from proxy.config import IndexConfig
-from proxy.filters import Condition, Filter
+from proxy.filters import Clause, Condition, Filter, FilterTree, HasId, IsEmpty
 from proxy.store import (
     IndexInfo,
     PointWrite,
@@ -56,13 +56,23 @@ def _condition(c: Condition) -> qe.FieldCondition:
     return qe.FieldCondition(c.field, match=qe.MatchValue(m.value))
 
 
-def to_edge_filter(flt: Filter | None) -> qe.Filter | None:
+def to_edge_filter(flt: Filter | FilterTree | None) -> qe.Filter | None:
     if flt is None:
         return None
+
+    def clause(c: Clause) -> Any:
+        if isinstance(c, Condition):
+            return _condition(c)
+        if isinstance(c, IsEmpty):
+            return qe.IsEmptyCondition(c.field)
+        if isinstance(c, HasId):
+            return qe.HasIdCondition({point_id(d) for d in c.doc_ids})
+        return to_edge_filter(c)
+
     return qe.Filter(
-        must=[_condition(c) for c in flt.must] or None,
-        should=[_condition(c) for c in flt.should] or None,
-        must_not=[_condition(c) for c in flt.must_not] or None,
+        must=[clause(c) for c in flt.must] or None,
+        should=[clause(c) for c in flt.should] or None,
+        must_not=[clause(c) for c in flt.must_not] or None,
     )
 
 
@@ -486,6 +496,28 @@ class EdgeStore:
         self.shard.flush()
         del bindings.vectors[self.vector]
         bindings.write(self.path)
+
+    def page(
+        self, flt: Filter | FilterTree | None, limit: int, start: str | None, fields: Sequence[str]
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        if self._ref is None:
+            return [], None
+        offset = point_id(start) if start is not None else None
+        recs, _ = self.shard.scroll(
+            qe.ScrollRequest(
+                offset=offset,
+                limit=limit + 1,
+                filter=to_edge_filter(flt),
+                with_payload=["doc_id", *fields],
+            )
+        )
+        views = [r.payload for r in recs if r.payload]
+        return views[:limit], views[limit]["doc_id"] if len(views) > limit else None
+
+    def count_matching(self, flt: Filter | FilterTree | None) -> int:
+        if self._ref is None:
+            return 0
+        return int(self.shard.count(qe.CountRequest(exact=True, filter=to_edge_filter(flt))))
 
     def close(self) -> None:
         if self._ref is not None:

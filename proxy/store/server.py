@@ -22,7 +22,7 @@ from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from proxy.config import IndexConfig
-from proxy.filters import Condition, Filter
+from proxy.filters import Clause, Condition, Filter, FilterTree, HasId, IsEmpty
 from proxy.store import (
     IndexInfo,
     IndexUnavailable,
@@ -55,17 +55,28 @@ def _condition(c: Condition) -> qm.FieldCondition:
 
 
 def to_qdrant_filter(
-    flt: Filter | None, key: Callable[[str], str] = lambda f: f
+    flt: Filter | FilterTree | None,
+    key: Callable[[str], str] = lambda f: f,
+    pid: Callable[[str], int | str] = point_id,
 ) -> qm.Filter | None:
-    """`key` maps a payload path of crossfade's layout (`metadata.topic`) to the index's own."""
+    """`key` maps a payload path of crossfade's layout (`metadata.topic`) to the index's own,
+    `pid` a doc id to the index's point id."""
     if flt is None:
         return None
 
-    def conds(cs: list[Condition]) -> list[qm.FieldCondition] | None:
-        out = [_condition(c) for c in cs]
-        for c in out:
-            c.key = key(c.key)
-        return out or None
+    def clause(c: Clause) -> Any:
+        if isinstance(c, Condition):
+            out = _condition(c)
+            out.key = key(out.key)
+            return out
+        if isinstance(c, IsEmpty):
+            return qm.IsEmptyCondition(is_empty=qm.PayloadField(key=key(c.field)))
+        if isinstance(c, HasId):
+            return qm.HasIdCondition(has_id=[pid(d) for d in c.doc_ids])
+        return to_qdrant_filter(c, key, pid)
+
+    def conds(cs: Sequence[Clause]) -> list[Any] | None:
+        return [clause(c) for c in cs] or None
 
     return qm.Filter(must=conds(flt.must), should=conds(flt.should), must_not=conds(flt.must_not))
 
@@ -292,7 +303,7 @@ class ServerStore:
                 query=query,
                 using=using,
                 limit=limit,
-                query_filter=to_qdrant_filter(flt, self._key),
+                query_filter=to_qdrant_filter(flt, self._key, self._pid),
                 with_payload=self._select(fields),
             )
         views = [(self._view(p), float(p.score)) for p in res.points]
@@ -373,6 +384,29 @@ class ServerStore:
         )
         with self._guard():
             return int(self.client.count(self.collection, count_filter=flt, exact=True).count)
+
+    def page(
+        self, flt: Filter | FilterTree | None, limit: int, start: str | None, fields: Sequence[str]
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        if self.info() is None:
+            return [], None
+        with self._guard():
+            recs, _ = self.client.scroll(
+                self.collection,
+                scroll_filter=to_qdrant_filter(flt, self._key, self._pid),
+                limit=limit + 1,
+                offset=self._pid(start) if start is not None else None,
+                with_payload=self._select(fields),
+            )
+        views = [v for v in map(self._view, recs) if v]
+        return views[:limit], views[limit]["doc_id"] if len(views) > limit else None
+
+    def count_matching(self, flt: Filter | FilterTree | None) -> int:
+        if self.info() is None:
+            return 0
+        qf = to_qdrant_filter(flt, self._key, self._pid)
+        with self._guard():
+            return int(self.client.count(self.collection, count_filter=qf, exact=True).count)
 
     def without_dense(self, limit: int) -> list[str]:
         flt = qm.Filter(must_not=[qm.HasVectorCondition(has_vector=self.vector)])

@@ -1,0 +1,89 @@
+"""Start-up (models loaded, crashed writes re-applied) and the background loops that run for
+the server's life: the re-embedding worker, coverage samples for the dashboard, canaries."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+from fastapi import FastAPI
+
+from proxy.api.services import Services
+from proxy.documents import replay_journal
+from proxy.migration.canary import check_canaries
+from proxy.migration.fitted import load_fit
+from proxy.security import redact_access_log
+
+log = logging.getLogger("crossfade")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    sv: Services = app.state.services
+    rt = sv.rt
+    redact_access_log()  # after uvicorn has configured its loggers
+    # Models load before the first request is accepted (uvicorn waits for startup).
+    sv.start(await asyncio.to_thread(rt.searcher))
+    await sv.searcher.coverage.refresh()
+    await sv.health.check()  # logs any index it cannot reach; serving starts regardless
+    await asyncio.to_thread(recover_writes, sv)
+    tasks = [
+        asyncio.create_task(sv.worker.run()),
+        asyncio.create_task(sample_history(sv)),
+        asyncio.create_task(watch_canaries(sv)),
+    ]
+    yield
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, *sv.background, return_exceptions=True)
+    sv.health.close()
+    await asyncio.to_thread(rt.close)
+
+
+def recover_writes(sv: Services) -> None:
+    """Finish document writes a crash cut short, before serving (see proxy/journal.py).
+    If an index is unreachable now, the next write retries them first."""
+    try:
+        with sv.rt.write_lock:
+            n = replay_journal(sv.rt)
+        if n:
+            log.warning("re-applied %d document write batch(es) left by a crash", n)
+    except Exception as e:
+        log.error("could not re-apply unfinished document writes yet: %s", e)
+
+
+async def sample_history(sv: Services) -> None:
+    """Coverage points for the dashboard's chart even when nobody is looking: the searcher's
+    coverage counts (recounted only if stale), the queue depth and the rate."""
+    rt = sv.rt
+    while True:
+        # A failed sample is a gap in a chart, never a crash.
+        with suppress(Exception):
+            cov = sv.searcher.coverage
+            await cov.get()
+            depth = await asyncio.to_thread(rt.state.depth)
+            rate = round(sv.worker.stats.rate(), 2)
+            sv.history.record(round(cov.value, 4), cov.migrated, cov.total, depth["total"], rate)
+        with suppress(Exception):  # a fit stored by `crossfade tune` serves from here on
+            sv.searcher.fitted = await asyncio.to_thread(load_fit, rt.state, rt.fingerprints())
+        await asyncio.sleep(sv.settings.server.history_interval_s)
+
+
+async def watch_canaries(sv: Services) -> None:
+    """Re-embed each hosted model's canary at start-up and every `canary_interval_s` (the
+    shortest of the hosted models'; 0 = at start-up only)."""
+    models = sv.settings.models
+    hosted = [m for m in (models.old, models.new) if m.kind == "openai"]
+    if not hosted:
+        return
+    intervals = [m.canary_interval_s for m in hosted if m.canary_interval_s > 0]
+    while True:
+        try:
+            sv.canary = await asyncio.to_thread(check_canaries, sv.rt)
+        except Exception as e:  # a failed check is reported, never a crash
+            sv.canary = {"error": str(e)}
+        if not intervals:
+            return
+        await asyncio.sleep(min(intervals))

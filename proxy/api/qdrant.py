@@ -1,0 +1,399 @@
+"""Qdrant's REST API for search and document writes, taking text: an app written against
+qdrant-client points `QdrantClient(url=..., cloud_inference=True)` at the proxy and keeps
+working through the migration. Its collection name maps to the migration; answers carry its
+own point ids and payload layout, in Qdrant's shapes, with crossfade's migration headers.
+The translation is in proxy/qdrant_api; REST only (gRPC is not served)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Body, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from qdrant_client.http import models as qm
+from starlette.exceptions import HTTPException
+
+from proxy.api.documents import WriteRefused, write_documents
+from proxy.api.search import SearchRefused, query_problem, serve_search
+from proxy.api.services import Services, Svc
+from proxy.documents import delete_documents
+from proxy.qdrant_api import Unsupported
+from proxy.qdrant_api.answers import API_VERSION, ERRORS, WRITE_ERRORS, QdrantOk, failed, not_found
+from proxy.qdrant_api.answers import ok as answer
+from proxy.qdrant_api.filters import to_filter
+from proxy.qdrant_api.layout import AppLayout
+from proxy.qdrant_api.queries import SEND_A_DOCUMENT, Query, parse_query, refuse_vectors
+from proxy.qdrant_api.queries import select_payload as select
+from proxy.store import IndexUnavailable, VectorStore
+
+FIELDS = ("text", "metadata")
+MAX_POINTS = 1024  # per upsert, retrieve or delete request
+
+
+class NotFound(Exception):
+    pass
+
+
+class QdrantRoute(APIRoute):
+    """Errors of these routes in Qdrant's shape and status codes, body parsing errors too."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            t0 = time.perf_counter()
+            try:
+                return await handler(request)
+            except RequestValidationError as e:
+                first = e.errors()[0] if e.errors() else {"msg": "invalid", "loc": ()}
+                where = ".".join(str(p) for p in first["loc"] if p != "body")
+                return failed(400, f"Format error in JSON body: {where}: {first['msg']}", t0)
+            except HTTPException as e:  # FastAPI's: a body that is not JSON
+                return failed(e.status_code, f"Format error in JSON body: {e.detail}", t0)
+            except Unsupported as e:
+                return failed(400, f"Bad request: {e}", t0)
+            except NotFound as e:
+                return failed(404, not_found(str(e)), t0)
+            except (SearchRefused, WriteRefused) as e:
+                return failed(e.status, e.message, t0)
+            except IndexUnavailable as e:
+                request.app.state.services.health.mark_down(e)
+                return failed(503, f"Service unavailable: {e}", t0)
+
+        return route
+
+
+router = APIRouter(route_class=QdrantRoute, tags=["qdrant"])
+# Bodies are documented as JSON objects and parsed by qdrant-client's own models (its schema
+# is Qdrant's API reference): their full schema would make the OpenAPI document ten times
+# larger and schema-driven fuzzing crawl; the Qdrant-aware fuzzing is in tests/test_fuzz.py.
+QdrantBody = Body(description="As in Qdrant's REST API (qdrant_client.http.models).")
+OptionalBody = Body(None, description="As in Qdrant's REST API (qdrant_client.http.models).")
+
+
+def parse(model: Any, body: Any) -> Any:
+    """`body` as the qdrant-client model; a mismatch is Qdrant's 400 'Format error'."""
+    try:
+        return TypeAdapter(model).validate_python(body)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise Unsupported(f"Format error in JSON body: {where}: {first['msg']}") from None
+
+
+OK = {200: {"model": QdrantOk}}
+
+
+def collection_of(sv: Services) -> str:
+    return sv.settings.qdrant_api.collection or sv.settings.indexes.old.collection
+
+
+def check(sv: Services, name: str) -> AppLayout:
+    if name != collection_of(sv):
+        raise NotFound(name)
+    return AppLayout.of(sv.settings)
+
+
+def read_store(sv: Services) -> VectorStore:
+    """The index the app's reads come from: its own (old) collection while it is live (every
+    write through the proxy reaches it), the new one after `migrate finish`."""
+    from proxy.migration.finish import retired
+
+    if retired(sv.rt) or sv.rt.store("old").info() is None:
+        return sv.rt.store("new")
+    return sv.rt.store("old")
+
+
+def headers(sv: Services) -> dict[str, str]:
+    """crossfade's migration headers for answers that are not a routed search."""
+    return {
+        "X-Crossfade-Mode": sv.control.routing.mode.value,
+        "X-Crossfade-Generation": str(sv.control.routing.generation),
+        "X-Crossfade-Coverage": f"{sv.searcher.coverage.value:.4f}",
+    }
+
+
+def points(
+    layout: AppLayout,
+    rows: list[tuple[str, float | None]],
+    payloads: dict[str, dict[str, Any]],
+    with_payload: Any,
+) -> list[dict[str, Any]]:
+    out = []
+    for doc_id, score in rows:
+        p: dict[str, Any] = {"id": layout.point_id(doc_id)}
+        if score is not None:
+            p["version"], p["score"] = 0, score
+        view = payloads.get(doc_id)
+        chosen = select(layout.payload(view), with_payload) if view is not None else None
+        if chosen is not None:
+            p["payload"] = chosen
+        out.append(p)
+    return out
+
+
+# --- service and collection ---------------------------------------------------------------
+
+
+class VersionInfo(BaseModel):
+    title: str
+    version: str
+
+
+@router.get("/", response_model=VersionInfo)
+async def root() -> Any:
+    """Qdrant's version call (qdrant-client asks it at start to check compatibility)."""
+    return {"title": "crossfade (Qdrant REST API, search and document writes)",
+            "version": API_VERSION}  # fmt: skip
+
+
+@router.get("/collections", responses=OK)
+async def collections(sv: Svc) -> Any:
+    return answer({"collections": [{"name": collection_of(sv)}]}, time.perf_counter())
+
+
+@router.get("/collections/{collection_name}/exists", responses=OK)
+async def exists(sv: Svc, collection_name: str) -> Any:
+    return answer({"exists": collection_name == collection_of(sv)}, time.perf_counter())
+
+
+@router.get("/collections/{collection_name}", responses={**OK, **ERRORS})
+async def collection_info(sv: Svc, collection_name: str) -> Any:
+    t0 = time.perf_counter()
+    check(sv, collection_name)
+    store = read_store(sv)
+    info = await asyncio.to_thread(store.info)
+    count = await asyncio.to_thread(store.count)
+    old = sv.settings.indexes.old
+    dense = {"size": info.dim if info else 0, "distance": "Cosine"}
+    result = {
+        "status": "green",
+        "optimizer_status": "ok",
+        "points_count": count,
+        "segments_count": 1,
+        "config": {
+            "params": {"vectors": dense if old.vector == "" else {old.vector: dense}},
+            "hnsw_config": {"m": 16, "ef_construct": 100, "full_scan_threshold": 10000},
+            "optimizer_config": {"default_segment_number": 0, "flush_interval_sec": 5},
+        },
+        "payload_schema": {},
+    }
+    return answer(result, t0, headers(sv))
+
+
+# --- queries --------------------------------------------------------------------------------
+
+
+async def run_query(
+    sv: Services, request: Request, layout: AppLayout, q: Query
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    k = q.limit + q.offset
+    if q.text is not None:
+        problem = query_problem(sv, q.text)
+        if problem:
+            raise Unsupported(problem)
+        served = await serve_search(sv, request, q.text, k, q.filter, FIELDS)
+        rows = [(h.doc_id, h.score) for h in served.result.hits]
+        payloads, hdrs = served.result.payloads, served.headers()
+    else:
+        assert q.raw is not None
+        side, store = raw_vector_index(sv, q.raw.vector, q.raw.using)
+        vec = np.asarray(q.raw.vector, dtype=np.float32)
+        found = await asyncio.to_thread(store.query_dense, vec, k, q.filter, FIELDS)
+        rows = [(p["doc_id"], s) for p, s in found]
+        payloads = {p["doc_id"]: p for p, _ in found}
+        hdrs = {**headers(sv), "X-Crossfade-Raw-Vector": side}
+    rows = rows[q.offset :]
+    if q.score_threshold is not None:
+        rows = [(d, s) for d, s in rows if s >= q.score_threshold]
+    return points(layout, rows, payloads, q.with_payload), hdrs
+
+
+def raw_vector_index(
+    sv: Services, vector: list[float], using: str | None
+) -> tuple[str, VectorStore]:
+    """The index a raw vector is searched in (qdrant_api.raw_vectors: pass): the one whose
+    vector name and dimension it fits; the old one (the app's own model) if both do. A
+    vector that fits neither is refused: it is never searched in another model's space."""
+    if sv.settings.qdrant_api.raw_vectors == "refuse":
+        raise Unsupported(f"a raw vector can't be migrated (there is no text): {SEND_A_DOCUMENT}")
+    from proxy.migration.finish import retired
+
+    sides = ["new"] if retired(sv.rt) else ["old", "new"]
+    seen = []
+    for side in sides:
+        store = sv.rt.store(side)
+        info = store.info()
+        if info is None:
+            continue
+        seen.append(f"{side} index: vector {store.vector!r}, {info.dim} dimensions")
+        if (using or "") == store.vector and len(vector) == info.dim:
+            return side, store
+    raise Unsupported(
+        f"a vector of {len(vector)} dimensions for vector name {using or ''!r} fits no index "
+        f"({'; '.join(seen) or 'none exists'}); {SEND_A_DOCUMENT}"
+    )
+
+
+async def queries(
+    sv: Services, request: Request, name: str, searches: list[qm.QueryRequest]
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Each search's answer (`{"points": [...]}`) and the headers of the first."""
+    layout = check(sv, name)
+    if len(searches) > 64:
+        raise Unsupported("a batch holds at most 64 searches")
+    qs = [parse_query(s, layout, sv.settings.qdrant_api.max_limit) for s in searches]
+    done = await asyncio.gather(*(run_query(sv, request, layout, q) for q in qs))
+    return [{"points": found} for found, _ in done], done[0][1] if done else headers(sv)
+
+
+@router.post("/collections/{collection_name}/points/query", responses={**OK, **ERRORS})
+async def query_points(
+    sv: Svc, request: Request, collection_name: str, raw: dict[str, Any] = QdrantBody
+) -> Any:
+    t0 = time.perf_counter()
+    check(sv, collection_name)  # an unknown collection is a 404 before the body's 400
+    (found,), hdrs = await queries(sv, request, collection_name, [parse(qm.QueryRequest, raw)])
+    return answer(found, t0, hdrs)
+
+
+@router.post("/collections/{collection_name}/points/query/batch", responses={**OK, **ERRORS})
+async def query_batch(
+    sv: Svc, request: Request, collection_name: str, raw: dict[str, Any] = QdrantBody
+) -> Any:
+    t0 = time.perf_counter()
+    check(sv, collection_name)
+    searches = parse(qm.QueryRequestBatch, raw).searches
+    found, hdrs = await queries(sv, request, collection_name, searches)
+    return answer(found, t0, hdrs)
+
+
+# --- reads by filter and id ----------------------------------------------------------------
+
+
+@router.post("/collections/{collection_name}/points/scroll", responses={**OK, **ERRORS})
+async def scroll(sv: Svc, collection_name: str, raw: dict[str, Any] | None = OptionalBody) -> Any:
+    t0 = time.perf_counter()
+    layout = check(sv, collection_name)
+    body = parse(qm.ScrollRequest, raw or {})
+    if body.order_by is not None:
+        raise Unsupported("'order_by' is not supported")
+    if body.shard_key is not None:
+        raise Unsupported("'shard_key' is not supported")
+    refuse_vectors(body.with_vector)
+    limit = 10 if body.limit is None else body.limit
+    if not 1 <= limit <= sv.settings.qdrant_api.max_limit:
+        raise Unsupported(f"'limit' must be 1 to {sv.settings.qdrant_api.max_limit}")
+    start = layout.doc_id(body.offset) if body.offset is not None else None
+    flt = to_filter(body.filter, layout)
+    views, nxt = await asyncio.to_thread(read_store(sv).page, flt, limit, start, FIELDS)
+    with_payload = True if body.with_payload is None else body.with_payload
+    found = points(layout, [(v["doc_id"], None) for v in views],
+                   {v["doc_id"]: v for v in views}, with_payload)  # fmt: skip
+    result = {"points": found, "next_page_offset": layout.point_id(nxt) if nxt else None}
+    return answer(result, t0, headers(sv))
+
+
+@router.post("/collections/{collection_name}/points/count", responses={**OK, **ERRORS})
+async def count(sv: Svc, collection_name: str, raw: dict[str, Any] | None = OptionalBody) -> Any:
+    t0 = time.perf_counter()
+    layout = check(sv, collection_name)
+    body = parse(qm.CountRequest, raw or {})
+    if body.shard_key is not None:
+        raise Unsupported("'shard_key' is not supported")
+    flt = to_filter(body.filter, layout)
+    n = await asyncio.to_thread(read_store(sv).count_matching, flt)
+    return answer({"count": n}, t0, headers(sv))
+
+
+@router.post("/collections/{collection_name}/points", responses={**OK, **ERRORS})
+async def retrieve(sv: Svc, collection_name: str, raw: dict[str, Any] = QdrantBody) -> Any:
+    t0 = time.perf_counter()
+    layout = check(sv, collection_name)
+    body = parse(qm.PointRequest, raw)
+    if body.shard_key is not None:
+        raise Unsupported("'shard_key' is not supported")
+    refuse_vectors(body.with_vector)
+    if len(body.ids) > MAX_POINTS:
+        raise Unsupported(f"at most {MAX_POINTS} ids per request")
+    ids = list(dict.fromkeys(layout.doc_id(i) for i in body.ids))
+    views = await asyncio.to_thread(read_store(sv).retrieve, ids, FIELDS)
+    with_payload = True if body.with_payload is None else body.with_payload
+    found = points(layout, [(d, None) for d in ids if d in views], views, with_payload)
+    return answer(found, t0, headers(sv))
+
+
+# --- writes ---------------------------------------------------------------------------------
+
+
+def document_text(vector: Any, where: str) -> str:
+    """The text of a point's Document (alone, or under one or more vector names)."""
+    docs = list(vector.values()) if isinstance(vector, dict) else [vector]
+    texts = {d.text for d in docs if isinstance(d, qm.Document)}
+    if len(texts) != 1 or len(docs) != sum(isinstance(d, qm.Document) for d in docs):
+        raise Unsupported(
+            f"{where}: the vector must be a Document ({{'text': ..., 'model': ...}}), one "
+            "text: crossfade embeds it with each index's own model"
+        )
+    return texts.pop()
+
+
+@router.put("/collections/{collection_name}/points", responses={**OK, **WRITE_ERRORS})
+async def upsert(sv: Svc, collection_name: str, raw: dict[str, Any] = QdrantBody) -> Any:
+    t0 = time.perf_counter()
+    layout = check(sv, collection_name)
+    op = parse(qm.PointInsertOperations, raw)
+    if op.shard_key is not None or op.update_filter is not None or op.update_mode is not None:
+        raise Unsupported("'shard_key', 'update_filter' and 'update_mode' are not supported")
+    if isinstance(op, qm.PointsList):
+        items = [(p.id, p.vector, p.payload) for p in op.points]
+    else:
+        b = op.batch
+        vectors = b.vectors if isinstance(b.vectors, list) else None
+        if vectors is None:
+            raise Unsupported("batch vectors must be a list of Documents")
+        payloads = b.payloads or [None] * len(b.ids)
+        if not len(b.ids) == len(vectors) == len(payloads):
+            raise Unsupported("batch ids, vectors and payloads differ in length")
+        items = list(zip(b.ids, vectors, payloads, strict=True))
+    if not 1 <= len(items) <= MAX_POINTS:
+        raise Unsupported(f"1 to {MAX_POINTS} points per request")
+    docs = [
+        layout.document(pid, document_text(vec, f"points[{i}]"), payload, f"points[{i}]")
+        for i, (pid, vec, payload) in enumerate(items)
+    ]
+    await write_documents(sv.rt, docs)
+    return answer({"operation_id": 0, "status": "completed"}, t0, headers(sv))
+
+
+@router.post("/collections/{collection_name}/points/delete", responses={**OK, **WRITE_ERRORS})
+async def delete(sv: Svc, collection_name: str, raw: dict[str, Any] = QdrantBody) -> Any:
+    t0 = time.perf_counter()
+    layout = check(sv, collection_name)
+    body = parse(qm.PointsSelector, raw)
+    if body.shard_key is not None:
+        raise Unsupported("'shard_key' is not supported")
+    if isinstance(body, qm.PointIdsList):
+        ids = [layout.doc_id(i) for i in body.points]
+    else:  # every point the filter matches, in pages
+        flt, ids, start = to_filter(body.filter, layout), [], None
+        store = read_store(sv)
+        while True:
+            views, start = await asyncio.to_thread(store.page, flt, 256, start, ())
+            ids += [v["doc_id"] for v in views]
+            if start is None:
+                break
+    if len(ids) > 100 * MAX_POINTS:
+        raise Unsupported(f"at most {100 * MAX_POINTS} points per delete")
+    if ids:
+        try:
+            await asyncio.to_thread(delete_documents, sv.rt, list(dict.fromkeys(ids)))
+        except RuntimeError as e:
+            raise WriteRefused(503, str(e)) from e
+    return answer({"operation_id": 0, "status": "completed"}, t0, headers(sv))

@@ -1,0 +1,226 @@
+"""POST /search, and `serve_search`: the routed, degraded-aware search every query route runs
+(this one and Qdrant's query API) with its side effects (lazy re-embedding, shadow samples)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+
+from proxy.api.errors import OrjsonResponse, error, refuse_new
+from proxy.api.services import Services, Svc
+from proxy.availability import DEGRADED_HEADER, search_available
+from proxy.config import Mode
+from proxy.embedding import ModelUnavailable
+from proxy.filters import Filter, StrictBody
+from proxy.migration.cutover import new_too_early
+from proxy.migration.state import HIT
+from proxy.search import SearchResult
+from proxy.store import IndexUnavailable
+
+router = APIRouter()
+
+FORCE_NEW = (
+    "Serve mode `new` even though the new index is below `cutover.min_coverage` (documents "
+    "without a new vector are missing from its results); such answers are marked degraded."
+)
+
+
+class SearchRequest(StrictBody):
+    query: str = Field(min_length=1, description="Free-text query.")
+    k: int = Field(10, ge=1, le=100, description="Number of results.")
+    filter: Filter | None = Field(None, description="Conditions on document metadata.")
+    with_text: bool = Field(True, description="Return each document's text.")
+    mode: Mode | None = Field(
+        None, strict=False, description="Override the serving mode for this request."
+    )
+    force: bool = Field(False, description=FORCE_NEW)
+    reembed: bool = Field(
+        True,
+        description="Enqueue returned documents that have no new vector (lazy migration). "
+        "Monitoring and evaluation traffic may turn this off.",
+    )
+
+
+class Hit(BaseModel):
+    doc_id: str
+    score: float
+    text: str | None = None
+    metadata: dict[str, Any] = {}
+    ranks: dict[str, int | None]
+    migrated: bool
+
+
+class SearchResponse(BaseModel):
+    mode: Mode
+    coverage: float
+    took_ms: float
+    results: list[Hit]
+    degraded: str | None = Field(
+        None,
+        description="Present when served without an index the mode wants, e.g. 'old index "
+        "unreachable', or by `new` below the cutover's coverage (also in the "
+        "X-Crossfade-Degraded header).",
+    )
+    warnings: list[str] | None = Field(
+        None,
+        description="Present when the request may not mean what it says, e.g. a filter "
+        "on a metadata key that no document has.",
+    )
+
+
+class SearchRefused(Exception):
+    """A search that cannot be served as asked: 409 (`new` too early) or 503 (no index)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass
+class Served:
+    mode: Mode
+    generation: int
+    result: SearchResult
+    lists: tuple[str, ...]
+    took: float
+    degraded: str
+
+    def headers(self) -> dict[str, str]:
+        """crossfade's migration headers, on every answer of a search."""
+        out = {
+            "X-Crossfade-Mode": self.mode.value,
+            "X-Crossfade-Generation": str(self.generation),
+            "X-Crossfade-Coverage": f"{self.result.coverage:.4f}",
+        }
+        if self.degraded:
+            out[DEGRADED_HEADER] = self.degraded
+        return out
+
+
+async def serve_search(
+    sv: Services,
+    request: Request,
+    query: str,
+    k: int,
+    flt: Any,
+    fields: tuple[str, ...],
+    mode: Mode | None = None,
+    force: bool = False,
+    reembed: bool = True,
+) -> Served:
+    """Route the request to a mode, search what answers, enqueue unmigrated hits, sample the
+    shadow comparison. `flt`: crossfade's filter (or the tree Qdrant's filter maps to)."""
+    s, settings, control = sv.searcher, sv.settings, sv.control
+    client = request.headers.get(settings.routing.client_key_header)
+    served_mode, generation = control.route(client, mode)
+    early = (
+        new_too_early(await s.coverage.get(), settings.cutover) if served_mode is Mode.NEW else None
+    )
+    if early and mode is Mode.NEW and not force:
+        raise SearchRefused(409, refuse_new(early))
+    t0 = time.perf_counter()
+    res, plan = await search_available(
+        s,
+        sv.health,
+        served_mode,
+        query,
+        k,
+        flt,
+        fields,
+        bm25_alone=settings.server.bm25_when_model_down,
+    )
+    if res is None:
+        raise SearchRefused(503, plan.error or "no index to search")
+    took = time.perf_counter() - t0
+    sv.metrics.search_latency.labels(served_mode.value).observe(took)
+    if reembed and served_mode is Mode.FUSED and "new" in plan.lists and sv.lazy_enabled():
+        unmigrated = [h.doc_id for h in res.hits if not h.migrated]
+        if unmigrated:
+            sv.in_background(asyncio.to_thread(sv.rt.state.enqueue, unmigrated, HIT))
+    if (
+        served_mode is Mode.SHADOW
+        and not plan.degraded
+        and s.ready_for(Mode.NEW) is None
+        and random.random() < settings.shadow.sample_rate
+    ):
+        sv.in_background(shadow_compare(sv, query, [h.doc_id for h in res.hits], flt))
+    # New below the cutover's coverage (forced, by a switch or per request) is degraded.
+    degraded = "; ".join(x for x in (plan.degraded, early and f"new index {early}") if x)
+    return Served(served_mode, generation, res, plan.lists, took, degraded)
+
+
+async def shadow_compare(sv: Services, query: str, served: list[str], flt: Any) -> None:
+    try:
+        # Compared at the depth the client asked for (capped at 10): a k=5 request against
+        # a new top-10 would cap the overlap at 0.5.
+        k = max(1, min(10, len(served)))
+        res = await sv.searcher.search(query, k, Mode.NEW, flt, fields=())
+    except IndexUnavailable as e:  # off the response path: a lost sample, nothing more
+        sv.health.mark_down(e)
+        return
+    except ModelUnavailable as e:
+        sv.health.mark_model_down(e)
+        return
+    o, r = sv.control.shadow.record(served, [h.doc_id for h in res.hits], k)
+    sv.metrics.shadow_overlap.observe(o)
+    sv.metrics.shadow_rbo.observe(r)
+
+
+def query_problem(sv: Services, query: str) -> str | None:
+    """Why a query text is refused (422), or None."""
+    if not query.strip():
+        return "query is blank"
+    if len(query) > sv.settings.server.max_query_chars:
+        return f"query longer than {sv.settings.server.max_query_chars} characters"
+    return None
+
+
+@router.post(
+    "/search",
+    response_model=SearchResponse,
+    responses={400: {}, 409: {}, 413: {}, 422: {}, 503: {}},
+)
+async def search(sv: Svc, req: SearchRequest, request: Request) -> Any:
+    problem = query_problem(sv, req.query)
+    if problem:
+        return error(422, problem, problems=[{"field": "body.query"}])
+    fields = ("text", "metadata") if req.with_text else ("metadata",)
+    try:
+        out = await serve_search(
+            sv, request, req.query, req.k, req.filter, fields, req.mode, req.force, req.reembed
+        )
+    except SearchRefused as e:
+        extra = {"problems": [{"field": "body.mode"}]} if e.status == 409 else {}
+        return error(e.status, e.message, **extra)
+    warnings = await sv.searcher.filter_warnings(req.filter, out.lists)
+    res = out.result
+    payloads = res.payloads
+    body: dict[str, Any] = {
+        "mode": out.mode.value,
+        "coverage": round(res.coverage, 4),
+        "took_ms": round(out.took * 1000, 2),
+        "results": [
+            {
+                "doc_id": h.doc_id,
+                "score": round(h.score, 6),
+                "text": payloads.get(h.doc_id, {}).get("text") if req.with_text else None,
+                "metadata": payloads.get(h.doc_id, {}).get("metadata") or {},
+                "ranks": h.ranks,
+                "migrated": h.migrated,
+            }
+            for h in res.hits
+        ],
+    }
+    if out.degraded:
+        body["degraded"] = out.degraded
+    if warnings:
+        body["warnings"] = warnings
+    # Built by hand and serialised by orjson: the shape is SearchResponse (documented
+    # above), without FastAPI validating it a second time on the hot path.
+    return OrjsonResponse(body, headers=out.headers())

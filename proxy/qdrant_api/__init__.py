@@ -1,0 +1,14 @@
+"""Qdrant's REST query API, taking text, as an unmodified qdrant-client app speaks it
+(`QdrantClient(url=<proxy>, cloud_inference=True)`). Pure translation, no I/O:
+
+    layout   the app's point ids and payload layout <-> crossfade's doc ids, text, metadata
+    filters  Qdrant's filter language -> crossfade's filter (refusing what it can't map)
+    queries  a query request -> the text to search (or the raw vector), limit, offset, ...
+    answers  Qdrant's response and error shapes
+
+The routes are in proxy/api/qdrant.py.
+"""
+
+
+class Unsupported(ValueError):
+    """A request crossfade can't serve as Qdrant would: answered 400, naming what."""
