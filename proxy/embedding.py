@@ -354,6 +354,12 @@ def count_tokens(model: object, texts: Sequence[str]) -> list[int]:
     if tok is None:
         return [max(1, len(t) // 4) for t in texts]
     if hasattr(tok, "encode_batch"):  # tokenizers.Tokenizer (ONNX loader, hosted models)
+        if tok.truncation or tok.padding:  # a model's own truncates and pads: count on a copy
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_str(tok.to_str())
+            tok.no_truncation()
+            tok.no_padding()
         return [len(e.ids) for e in tok.encode_batch(list(texts))]
     # Counted untruncated, on purpose: verbose=False keeps the tokenizer from warning about
     # it ("longer than the specified maximum"); the plan states the truncation instead.
