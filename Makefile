@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install infinity run test lint bench eval replay cutover-load soak hosted docs clean
+.PHONY: install infinity run test lint bench eval eval-runtimes replay cutover-load soak hosted docs clean
 
 install: $(STAMP)
 
@@ -57,6 +57,11 @@ eval: install
 	  $(VENV)/bin/crossfade eval --beir $$d --simulate-coverage 0,25,50,75,100 || exit 1; \
 	  $(VENV)/bin/crossfade eval --beir $$d --simulate-coverage 0,25,50,75,100 --tune || exit 1; \
 	done
+
+# nDCG@10 of each runtime of the new model (torch, onnx, int8 queries) on every development
+# set, and the default runtime's distance from torch's; the ONNX runs embed the corpora (minutes).
+eval-runtimes: install
+	$(PY) loadtest/runtimes_eval.py
 
 # crossfade against the direct single-model pipeline on SciFact; prints ratios from one run.
 bench: install
