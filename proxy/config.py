@@ -326,11 +326,13 @@ class MigrationConfig(Strict):
     )
     batch_size: int = Field(32, ge=1, le=1024, description="Documents per re-embed batch.")
     sort_window: int = Field(
-        128,
-        ge=1,
+        0,
+        ge=0,
         le=8192,
-        description="A local model's worker claims this many documents a step and embeds them "
-        "sorted by length in the model's batches, so each batch pads to its own longest text.",
+        description="A local model's worker claims this many documents a step (0 = "
+        "`batch_size`) and embeds them sorted by length in the model's batches, so each batch "
+        "pads to its own longest text (larger: less padding, but `until` and a pause act only "
+        "between steps).",
     )
     max_docs_per_s: float = Field(
         0.0, ge=0, description="Re-embed rate cap in documents/s; 0 = no cap."

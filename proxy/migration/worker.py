@@ -181,7 +181,9 @@ class Reembedder:
             return 0
         model = self.rt.model("new")
         # A local model embeds the whole window in one call (sorted by length inside it).
-        per_request = model.request_batch if model.hosted else self.cfg.sort_window
+        per_request = (
+            model.request_batch if model.hosted else self.cfg.sort_window or self.cfg.batch_size
+        )
         size = max(self.cfg.batch_size, per_request * model.max_in_flight)
         ids = self.state.claim(size, self.cfg.lease_s)
         if not ids and self.refill():
