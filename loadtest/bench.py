@@ -3,18 +3,23 @@ same machine, same engine, same SciFact data; ratios are what carry on a shared 
 
 Scenarios (loopback only, bounded):
   direct@16, fused@16,  16 clients each, run as interleaved blocks (`--rounds` rounds, the
-  migrating@16          order rotated every round) and pooled, so the machine's drift hits all
-                        three alike. direct and fused run with the re-embed worker paused and
-                        idle; migrating is fused with lazy re-embedding and backfill active at
-                        the default budget.
-  new+bm25@1            a single client, `new` mode as configured by default (hybrid),
-                        alternating with direct
+  fused@16 [torch],     order rotated every round) and pooled, so the machine's drift hits all
+  fused@16 [int8 q],    alike. direct is sentence-transformers on torch (as teams write it);
+  migrating@16          fused runs the new model on the default runtime (ONNX Runtime fp32),
+                        [torch] on torch as before runtimes, [int8 q] with int8 ONNX as the
+                        query encoder of the fp32 index: one proxy process each. direct and
+                        fused run with the re-embed worker paused and idle; migrating is fused
+                        with lazy re-embedding and backfill active at the default budget.
+  fused@1, new+bm25@1   a single client each, fused, and `new` mode as configured by default
+                        (hybrid), alternating with direct
   direct@1, new@1       a single client alternating between the two with the same query; the
                         proxy's `new` mode without BM25 does exactly the direct pipeline's
                         work (one embedding, one search)
 
 Every request carries a distinct SciFact query (the proxy's query cache cannot help), and
-`with_text` is true on both sides.
+`with_text` is true on both sides. Then the backfill benchmark (loadtest/backfill.py): the
+re-embed worker's docs/s at the default budget, torch as before against the default runtime.
+The must-show ratios are printed last, each with its target and PASS or FAIL.
 """
 
 from __future__ import annotations
@@ -37,12 +42,31 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from loadtest.backfill import measure as measure_backfill  # noqa: E402
 from loadtest.harness import LoadReport, free_port, run_load, wait_ready  # noqa: E402
 from proxy.beir import load_beir  # noqa: E402
 from proxy.config import load_settings  # noqa: E402
-from proxy.experiment import simulate  # noqa: E402
+from proxy.embedding import load_embedder  # noqa: E402
+from proxy.experiment import scratch_settings, simulate  # noqa: E402
 
 KEY = "bench-admin-key"
+CONFIG = ROOT / "config" / "scifact.yaml"
+# The proxies compared at 16 clients: the runtime of the new model in each (env overrides).
+RUNTIMES = {
+    "fused@16": {},  # the default: ONNX Runtime fp32
+    "fused@16 [torch]": {
+        "CROSSFADE_MODELS__NEW__RUNTIME": "torch",
+        "CROSSFADE_MODELS__NEW__THREADS": "0",
+    },
+    "fused@16 [int8 q]": {"CROSSFADE_MODELS__NEW__QUERY_RUNTIME": "onnx-int8"},
+}
+# (name, ratio key, comparison, target): what the issue asks of this benchmark.
+CHECKS = (
+    ("fused QPS / direct QPS, 16 clients", "fused_qps_over_direct_qps@16", ">=", 2.0),
+    ("fused p99 / direct p99, 16 clients", "fused_p99_over_direct_p99@16", "<=", 1.0),
+    ("fused p50 / direct p50, 1 client", "fused_p50_over_direct_p50@1", "<=", 0.6),
+    ("backfill docs/s, default / torch before", "backfill_default_over_torch", ">=", 2.0),
+)
 
 
 def build(beir: Path, data: Path, coverage: int) -> Path:
@@ -95,6 +119,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=4, help="interleaved blocks per scenario")
     ap.add_argument("--single", type=int, default=600, help="requests per 1-client scenario")
     ap.add_argument("--out", default=str(ROOT / ".crossfade" / "bench.json"))
+    ap.add_argument("--backfill-seconds", type=float, default=30.0, help="per arm per round")
+    ap.add_argument("--backfill-rounds", type=int, default=3)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     beir, work = Path(args.beir), Path(args.work)
@@ -102,7 +128,8 @@ def main() -> int:
 
     print("bench: building indexes (cached embeddings after the first run)", file=sys.stderr)
     shutil.rmtree(work, ignore_errors=True)
-    cache = ROOT / ".crossfade" / "scifact" / "cache"  # `make eval`'s embeddings, if any
+    # `make eval`'s embeddings, if any (keyed by model fingerprint and text).
+    cache = scratch_settings(load_settings(CONFIG), beir).data_path("cache")
     for d in ("full", "proxy"):
         if cache.exists():
             shutil.copytree(cache, work / d / "cache")
@@ -110,9 +137,17 @@ def main() -> int:
     if not cache.exists():
         shutil.copytree(full / "cache", work / "proxy" / "cache")
     proxy_data = build(beir, work / "proxy", 50)  # the proxy mid-migration: half migrated
+    # The ONNX export made once, before any proxy starts; each proxy gets a copy of it all.
+    load_embedder(load_settings(CONFIG).models.new, proxy_data / "models")
+    data_dirs = {"fused@16": proxy_data}
+    for name in list(RUNTIMES)[1:]:
+        data_dirs[name] = work / name.split()[-1].strip("[]")
+        shutil.copytree(proxy_data, data_dirs[name])
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    dport, pport = free_port(), free_port()
+    dport = free_port()
+    ports = {name: free_port() for name in RUNTIMES}
+    pport = ports["fused@16"]
     direct = subprocess.Popen(
         [
             sys.executable,
@@ -138,6 +173,7 @@ def main() -> int:
     }
 
     def start_proxy(extra: dict[str, str]) -> subprocess.Popen[bytes]:
+        # `extra` (a runtime, a port, a data dir) wins over everything in `penv`.
         return subprocess.Popen(
             [
                 sys.executable,
@@ -152,8 +188,19 @@ def main() -> int:
             stderr=subprocess.DEVNULL,
         )
 
+    others = {
+        name: start_proxy(
+            {
+                **RUNTIMES[name],
+                "CROSSFADE_DATA_DIR": str(data_dirs[name]),
+                "CROSSFADE_SERVER__PORT": str(ports[name]),
+            }
+        )
+        for name in list(RUNTIMES)[1:]
+    }
     proxy = start_proxy({})
     durl, purl = f"http://127.0.0.1:{dport}", f"http://127.0.0.1:{pport}"
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     admin = {"Authorization": f"Bearer {KEY}"}
     results: dict[str, Any] = {}
     offset = 0
@@ -170,7 +217,7 @@ def main() -> int:
                 requests=n,
                 max_seconds=600,
                 payload=payload,
-                check_modes=url == purl,
+                check_modes=url in urls.values(),
             )
         )
 
@@ -200,13 +247,18 @@ def main() -> int:
     try:
         wait_ready(durl, direct)
         wait_ready(purl, proxy)
+        for name, p in others.items():
+            wait_ready(urls[name], p)
+            httpx.post(urls[name] + "/migration/backfill", json={"action": "pause"}, headers=admin)
         worker(False)
         warm = {"with_text": True}
         load(durl, 4, 50, warm)
-        load(purl, 4, 50, warm)
+        for url in urls.values():
+            load(url, 4, 50, warm)
+        fused = {"with_text": True, "reembed": False}
         scenarios = {
             "direct@16": (durl, {}, False),
-            "fused@16": (purl, {"with_text": True, "reembed": False}, False),
+            **{name: (urls[name], fused, False) for name in RUNTIMES},
             "migrating@16": (purl, {"with_text": True}, True),
         }
         pooled = {name: LoadReport() for name in scenarios}
@@ -214,7 +266,8 @@ def main() -> int:
         per_block = max(args.requests // args.rounds, 16)
         for r in range(args.rounds):
             names = list(scenarios)
-            for name in names[r % 3 :] + names[: r % 3]:
+            shift = r % len(names)
+            for name in names[shift:] + names[:shift]:
                 url, payload, migrating = scenarios[name]
                 before = worker(migrating)
                 pooled[name].add(load(url, 16, per_block, payload))
@@ -227,20 +280,30 @@ def main() -> int:
             # Documents re-embedded per second of migrating load (its blocks only).
             "rate_docs_per_s": round(reembedded / pooled["migrating@16"].wall_s, 2),
             "coverage": status["indexes"]["new"]["coverage"],
-            "budget": load_settings(ROOT / "config" / "scifact.yaml").migration.model_dump(
+            "budget": load_settings(CONFIG).migration.model_dump(
                 include={"cpu_share", "max_docs_per_s", "threads", "nice", "batch_size"}
             ),
         }
         # `new` mode fuses BM25 by default (fusion.bm25_after_cutover): more work than the
         # direct pipeline does. Measured as is here; the same-work comparison is below.
+        for p in others.values():  # the 1-client rows compare the default runtime only
+            p.send_signal(signal.SIGTERM)
+            p.wait(60)
         hybrid = interleaved(
             {
-                "direct@1 (vs hybrid)": (durl, {}),
+                "direct@1 (vs fused, hybrid)": (durl, {}),
+                "fused@1": (purl, fused),
                 "new+bm25@1": (purl, {"mode": "new", "force": True, "reembed": False}),
             },
             [qs[(offset + i) % len(qs)] for i in range(args.single)],
         )
         results.update(hybrid)
+        for name, s in hybrid.items():
+            print(
+                f"{name:>14}: {s['requests']} req, {s['errors']} err, p50 {s['p50_ms']} "
+                f"p95 {s['p95_ms']} p99 {s['p99_ms']} ms (interleaved)",
+                file=sys.stderr,
+            )
         proxy.send_signal(signal.SIGTERM)
         proxy.wait(60)
         # Same work as direct: `new` mode as one dense search (bm25_after_cutover off).
@@ -265,10 +328,21 @@ def main() -> int:
                 file=sys.stderr,
             )
     finally:
-        for p in (direct, proxy):
+        for p in (direct, proxy, *others.values()):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
                 p.wait(60)
+    print("bench: backfill, torch before against the default runtime", file=sys.stderr)
+    results["backfill"] = measure_backfill(
+        beir, work / "backfill", args.backfill_seconds, args.backfill_rounds
+    )
+    for name in ("torch (before)", "default"):
+        b = results["backfill"][name]
+        print(
+            f"backfill {name:>14}: {b['docs']} docs in {b['seconds']} s = {b['docs_per_s']} "
+            f"docs/s ({b['runtime']})",
+            file=sys.stderr,
+        )
     r = results
     ratios = {
         "fused_qps_over_direct_qps@16": round(r["fused@16"]["qps"] / r["direct@16"]["qps"], 3),
@@ -276,9 +350,19 @@ def main() -> int:
             r["fused@16"]["p99_ms"] / r["direct@16"]["p99_ms"], 3
         ),
         "new_p50_over_direct_p50@1": round(r["new@1"]["p50_ms"] / r["direct@1"]["p50_ms"], 3),
-        "new_bm25_p50_over_direct_p50@1": round(
-            r["new+bm25@1"]["p50_ms"] / r["direct@1 (vs hybrid)"]["p50_ms"], 3
+        "fused_p50_over_direct_p50@1": round(
+            r["fused@1"]["p50_ms"] / r["direct@1 (vs fused, hybrid)"]["p50_ms"], 3
         ),
+        "new_bm25_p50_over_direct_p50@1": round(
+            r["new+bm25@1"]["p50_ms"] / r["direct@1 (vs fused, hybrid)"]["p50_ms"], 3
+        ),
+        "fused_torch_qps_over_direct_qps@16": round(
+            r["fused@16 [torch]"]["qps"] / r["direct@16"]["qps"], 3
+        ),
+        "fused_int8q_qps_over_direct_qps@16": round(
+            r["fused@16 [int8 q]"]["qps"] / r["direct@16"]["qps"], 3
+        ),
+        "backfill_default_over_torch": r["backfill"]["ratio"],
         "migrating_p99_over_fused_p99@16": round(
             r["migrating@16"]["p99_ms"] / r["fused@16"]["p99_ms"], 3
         ),
@@ -287,7 +371,12 @@ def main() -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(json.dumps(ratios, indent=2))
-    return 0
+    failed = 0
+    for label, key, op, target in CHECKS:
+        ok = ratios[key] >= target if op == ">=" else ratios[key] <= target
+        failed += not ok
+        print(f"{'PASS' if ok else 'FAIL'}  {label}: {ratios[key]} (target {op} {target})")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

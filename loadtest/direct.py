@@ -34,7 +34,9 @@ class Query(BaseModel):
 
 def create(shard_dir: str, config: str) -> FastAPI:
     settings = load_settings(config)
-    model = load_embedder(settings.models.new)
+    # The pipeline as teams write it: sentence-transformers on torch at its default threads,
+    # whatever runtime the proxy's config chooses.
+    model = load_embedder(settings.models.new.model_copy(update={"threads": 0}), runtime="torch")
     shard = qe.EdgeShard.load(shard_dir)
     vector = settings.indexes.new.vector
     app = FastAPI()

@@ -29,6 +29,9 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+InferenceRuntime = Literal["torch", "onnx", "onnx-int8"]
+
+
 class ModelConfig(Strict):
     """One embedding model. `path` may start with `site:` (relative to site-packages), which is
     how packaged weights are found without network access. `kind: openai` is a hosted model
@@ -63,6 +66,31 @@ class ModelConfig(Strict):
         32, ge=1, le=2048, description="Texts per encode call (kind=openai: per API request)."
     )
     threads: int = Field(0, ge=0, description="Intra-op threads; 0 = library default.")
+    runtime: InferenceRuntime = Field(
+        "torch",
+        description="kind=sentence-transformers: what runs the model. `torch`; `onnx` = an "
+        "fp32 ONNX Runtime graph exported once from the directory (cached by weights hash "
+        "under the data dir, checked at export to give torch's vectors within cosine "
+        "0.9999: the same fingerprint); `onnx-int8` = `int8_path`, a different fingerprint.",
+    )
+    int8_path: str | None = Field(
+        None,
+        description="kind=sentence-transformers: an int8 ONNX export of the same weights "
+        "(pooled output, or last_hidden_state that is mean-pooled), for runtime `onnx-int8`.",
+    )
+    query_runtime: InferenceRuntime | None = Field(
+        None,
+        description="Runtime of the query encoder if not `runtime`. One with another "
+        "fingerprint (onnx-int8 for an fp32 index) is allowed only within `query_tolerance`.",
+    )
+    query_tolerance: float = Field(
+        0.005,
+        ge=0,
+        le=1,
+        description="Quality loss allowed to a query encoder of another fingerprint, measured "
+        "at load as 1 - the lowest cosine between its vectors and the document runtime's on "
+        "fixed probe texts; above it the proxy refuses to start.",
+    )
     # -- kind: openai ------------------------------------------------------------------------
     base_url: str = Field(
         "https://api.openai.com/v1",
@@ -146,6 +174,11 @@ class ModelConfig(Strict):
             raise ValueError("kind 'openai' needs 'model' (the API's model name)")
         if self.kind != "openai" and not self.path:
             raise ValueError(f"kind {self.kind!r} needs 'path'")
+        runtimes = {self.runtime, self.query_runtime or self.runtime}
+        if runtimes != {"torch"} and self.kind != "sentence-transformers":
+            raise ValueError("'runtime' and 'query_runtime' apply to kind sentence-transformers")
+        if "onnx-int8" in runtimes and not self.int8_path:
+            raise ValueError("runtime 'onnx-int8' needs 'int8_path' (an int8 .onnx file)")
         return self
 
 
@@ -297,6 +330,15 @@ class MigrationConfig(Strict):
         100.0, ge=0, le=100, description="Backfill stops at this coverage (%); lazy hits go on."
     )
     batch_size: int = Field(32, ge=1, le=1024, description="Documents per re-embed batch.")
+    sort_window: int = Field(
+        0,
+        ge=0,
+        le=8192,
+        description="A local model's worker claims this many documents a step (0 = "
+        "`batch_size`) and embeds them sorted by length in the model's batches, so each batch "
+        "pads to its own longest text (larger: less padding, but `until` and a pause act only "
+        "between steps).",
+    )
     max_docs_per_s: float = Field(
         0.0, ge=0, description="Re-embed rate cap in documents/s; 0 = no cap."
     )

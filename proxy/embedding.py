@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
+import os
 import sqlite3
 import threading
 from collections import OrderedDict
@@ -21,6 +23,8 @@ from typing import Protocol
 import numpy as np
 
 from proxy.config import ModelConfig, resolve_path
+
+log = logging.getLogger("crossfade")
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".pt")
 
@@ -139,13 +143,15 @@ class _BaseEmbedder:
         raise NotImplementedError
 
     def _run(self, texts: Sequence[str], prefix: str) -> np.ndarray:
-        out = []
-        for i in range(0, len(texts), self.cfg.batch_size):
-            batch = [prefix + t for t in texts[i : i + self.cfg.batch_size]]
-            out.append(np.asarray(self._encode(batch), dtype=np.float32))
-        if not out:
+        if not texts:
             return np.zeros((0, self.fingerprint.dim), dtype=np.float32)
-        vecs = np.concatenate(out)
+        # Length-bucketed: batches of similar lengths pad only to their own longest text,
+        # not every batch to the longest of a random draw (max_length for long passages).
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        vecs = np.zeros((len(texts), self.fingerprint.dim), dtype=np.float32)
+        for i in range(0, len(texts), self.cfg.batch_size):
+            idx = order[i : i + self.cfg.batch_size]
+            vecs[idx] = self._encode([prefix + texts[j] for j in idx])
         if self.cfg.normalize:
             vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
         return vecs
@@ -160,6 +166,15 @@ class _BaseEmbedder:
         return make_fingerprint(self.cfg, weights, dim, default_name)
 
 
+def _st_identity(cfg: ModelConfig) -> tuple[Path, str, str]:
+    """A sentence-transformers model's directory, weights digest and default name: the same
+    for every runtime that serves its weights unchanged (torch, the fp32 ONNX export)."""
+    location = resolve_path(cfg.path or "")
+    path = Path(location)
+    weights = _hash_weights(path) if path.exists() else f"name:{cfg.path}"
+    return path, weights, path.name if path.name != "model" else path.parent.name
+
+
 class SentenceTransformerEmbedder(_BaseEmbedder):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
@@ -167,13 +182,10 @@ class SentenceTransformerEmbedder(_BaseEmbedder):
 
         self.threads: int | None = None
         self.configure_thread()
-        location = resolve_path(cfg.path or "")
-        self.model = SentenceTransformer(location, device="cpu")
+        path, weights, default_name = _st_identity(cfg)
+        self.model = SentenceTransformer(str(path) if path.exists() else cfg.path, device="cpu")
         self.model.max_seq_length = cfg.max_length
-        path = Path(location)
-        weights = _hash_weights(path) if path.exists() else f"name:{cfg.path}"
         dim = int(self.model.get_embedding_dimension())
-        default_name = path.name if path.name != "model" else path.parent.name
         self.fingerprint = self._make_fingerprint(weights, dim, default_name)
 
     def configure_thread(self) -> None:
@@ -194,45 +206,96 @@ class SentenceTransformerEmbedder(_BaseEmbedder):
 
 
 class OnnxEmbedder(_BaseEmbedder):
-    """An ONNX graph that pools inside (one output is the sentence embedding) + tokenizer.json."""
+    """An ONNX graph + tokenizer.json. Its output is the sentence embedding, or per-token
+    states (batch, sequence, dim) that are mean-pooled over the real tokens here.
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    Intra-op threads: `threads` (0 = ONNX Runtime's default, one per core). With 1 the graph
+    runs on the calling thread itself, so the re-embed worker's low CPU priority applies to
+    it and two models beside each other take one core each."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        graph: str | Path | None = None,
+        tokenizer: str | None = None,
+        identity: tuple[str, str] | None = None,
+    ) -> None:
         super().__init__(cfg)
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        path = Path(resolve_path(cfg.path or ""))
+        path = Path(graph or resolve_path(cfg.path or ""))
         opts = ort.SessionOptions()
         if cfg.threads:
             opts.intra_op_num_threads = cfg.threads
+            opts.inter_op_num_threads = 1
+        # Threads that spin between runs take the core a query or the other model needs.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.tokenizer = Tokenizer.from_file(resolve_path(cfg.tokenizer or ""))
+        self.tokenizer = Tokenizer.from_file(tokenizer or resolve_path(cfg.tokenizer or ""))
         self.tokenizer.enable_truncation(max_length=cfg.max_length)
         self.tokenizer.enable_padding()
         self.input_names = {i.name for i in self.session.get_inputs()}
-        outputs = [o for o in self.session.get_outputs()]
-        names = [o.name for o in outputs]
-        if cfg.output is None:
+        names = [o.name for o in self.session.get_outputs()]
+        output = cfg.output if graph is None else None
+        if output is None and graph is None:
             raise ValueError(f"ONNX model {path}: set 'output' to one of {names}")
-        if cfg.output not in names:
-            raise ValueError(f"ONNX model {path} has no output {cfg.output!r}; outputs: {names}")
-        self.output = cfg.output
+        if output is not None and output not in names:
+            raise ValueError(f"ONNX model {path} has no output {output!r}; outputs: {names}")
+        self.output = output or names[0]
         dim = self._encode(["dimension probe"]).shape[1]
-        self.fingerprint = self._make_fingerprint(_hash_weights(path), int(dim), path.stem)
+        weights, default_name = identity or (_hash_weights(path), path.stem)
+        self.fingerprint = self._make_fingerprint(weights, int(dim), default_name)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         enc = self.tokenizer.encode_batch(texts)
+        mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
         feeds = {
             "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
+            "attention_mask": mask,
             "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64),
         }
         feeds = {k: v for k, v in feeds.items() if k in self.input_names}
         (out,) = self.session.run([self.output], feeds)
-        return out
+        if out.ndim == 3:  # token states: mean over real tokens (sentence-transformers' pooling)
+            m = mask[..., None].astype(out.dtype)
+            out = (out * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+        return out  # type: ignore[no-any-return]
 
 
-def load_embedder(cfg: ModelConfig) -> Embedder:
+def _onnx_runtime(cfg: ModelConfig, runtime: str, cache_dir: Path) -> OnnxEmbedder:
+    """A sentence-transformers model served by ONNX Runtime: `onnx` the checked fp32 export
+    (the same fingerprint as torch), `onnx-int8` the configured int8 file (its own)."""
+    from proxy.onnx_export import cosines, exported_graph
+
+    path, weights, default_name = _st_identity(cfg)
+    tokenizer = str(path / "tokenizer.json")
+    if runtime == "onnx-int8":
+        int8 = Path(resolve_path(cfg.int8_path or ""))
+        # Its own name too, so the fingerprint says what it is wherever it is shown.
+        named = cfg.model_copy(update={"name": f"{cfg.name or default_name}-int8"})
+        return OnnxEmbedder(named, int8, tokenizer, identity=(_hash_weights(int8), default_name))
+
+    def check(graph: Path, texts: Sequence[str]) -> np.ndarray:
+        probe = OnnxEmbedder(cfg, graph, tokenizer, identity=(weights, default_name))
+        torch_model = SentenceTransformerEmbedder(cfg)
+        return cosines(probe.embed_documents(texts), torch_model.embed_documents(texts))
+
+    graph, _ = exported_graph(path, weights, cache_dir / "onnx", check)
+    return OnnxEmbedder(cfg, graph, tokenizer, identity=(weights, default_name))
+
+
+def default_model_cache() -> Path:
+    """Where exported graphs go when no data dir is given (tools, tests)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "crossfade"
+
+
+def load_embedder(
+    cfg: ModelConfig, cache_dir: Path | None = None, runtime: str | None = None
+) -> Embedder:
+    """The model of `cfg`, run by `runtime` (default: its configured one); an ONNX export is
+    cached under `cache_dir` (a deployment passes its data dir)."""
+    runtime = runtime or cfg.runtime
     try:
         if cfg.kind == "openai":
             from proxy.hosted import OpenAIEmbedder
@@ -240,10 +303,47 @@ def load_embedder(cfg: ModelConfig) -> Embedder:
             return OpenAIEmbedder(cfg)
         if cfg.kind == "onnx":
             return OnnxEmbedder(cfg)
+        if runtime != "torch":
+            return _onnx_runtime(cfg, runtime, cache_dir or default_model_cache())
         return SentenceTransformerEmbedder(cfg)
     except Exception as e:  # a model that cannot load must stop start-up with its path named
         where = f"{cfg.model!r} at {cfg.base_url}" if cfg.kind == "openai" else repr(cfg.path)
-        raise RuntimeError(f"cannot load {cfg.kind} model {where}: {e}") from e
+        raise RuntimeError(f"cannot load {cfg.kind} model {where} ({runtime}): {e}") from e
+
+
+def query_loss(documents: Embedder, queries: Embedder) -> float:
+    """Quality loss of encoding queries with `queries` for an index of `documents`' vectors:
+    1 - the lowest cosine between the two on the probe texts (0 for the same model)."""
+    from proxy.onnx_export import PROBE_TEXTS, cosines
+
+    texts = list(PROBE_TEXTS)
+    return float(1.0 - cosines(queries.embed_queries(texts), documents.embed_queries(texts)).min())
+
+
+def load_query_embedder(cfg: ModelConfig, documents: Embedder, cache_dir: Path) -> Embedder:
+    """The query encoder of the index `documents` writes: that model itself, or
+    `query_runtime` if set; one of another fingerprint (int8 for an fp32-bound index) only
+    within `query_tolerance`, measured now, else start-up stops."""
+    if cfg.query_runtime is None or cfg.query_runtime == cfg.runtime:
+        return documents
+    queries = load_embedder(cfg, cache_dir, cfg.query_runtime)
+    if queries.fingerprint.id == documents.fingerprint.id:
+        return queries
+    loss = query_loss(documents, queries)
+    if loss > cfg.query_tolerance:
+        raise RuntimeError(
+            f"query_runtime {cfg.query_runtime!r} ({queries.fingerprint.id}) loses {loss:.5f} "
+            f"against the index's model {documents.fingerprint.id} (1 - lowest cosine on the "
+            f"probe texts), over query_tolerance {cfg.query_tolerance}"
+        )
+    log.info(
+        "queries encoded by %s for %s: loss %.5f within %s",
+        queries.fingerprint.id,
+        documents.fingerprint.id,
+        loss,
+        cfg.query_tolerance,
+    )
+    return queries
 
 
 def count_tokens(model: object, texts: Sequence[str]) -> list[int]:
@@ -254,6 +354,12 @@ def count_tokens(model: object, texts: Sequence[str]) -> list[int]:
     if tok is None:
         return [max(1, len(t) // 4) for t in texts]
     if hasattr(tok, "encode_batch"):  # tokenizers.Tokenizer (ONNX loader, hosted models)
+        if tok.truncation or tok.padding:  # a model's own truncates and pads: count on a copy
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_str(tok.to_str())
+            tok.no_truncation()
+            tok.no_padding()
         return [len(e.ids) for e in tok.encode_batch(list(texts))]
     # Counted untruncated, on purpose: verbose=False keeps the tokenizer from warning about
     # it ("longer than the specified maximum"); the plan states the truncation instead.

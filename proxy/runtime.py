@@ -11,7 +11,13 @@ from functools import cached_property
 from typing import Any
 
 from proxy.config import Settings
-from proxy.embedding import Embedder, EmbeddingCache, QueryEmbedder, load_embedder
+from proxy.embedding import (
+    Embedder,
+    EmbeddingCache,
+    QueryEmbedder,
+    load_embedder,
+    load_query_embedder,
+)
 from proxy.journal import WriteJournal
 from proxy.migration.fitted import load_fit
 from proxy.migration.state import SqliteState
@@ -46,8 +52,21 @@ class Runtime:
 
     def model(self, side: str) -> Embedder:
         if side not in self._models:
-            self._models[side] = load_embedder(getattr(self.settings.models, side))
+            self._models[side] = load_embedder(
+                getattr(self.settings.models, side), self.settings.data_path("models")
+            )
         return self._models[side]
+
+    def query_model(self, side: str) -> Embedder:
+        """The encoder of `side`'s queries: its model, or its `query_runtime` (checked)."""
+        key = f"{side}:queries"
+        if key not in self._models:
+            self._models[key] = load_query_embedder(
+                getattr(self.settings.models, side),
+                self.model(side),
+                self.settings.data_path("models"),
+            )
+        return self._models[key]
 
     def fingerprints(self) -> dict[str, str]:
         return {side: self.model(side).fingerprint.id for side in SIDES}
@@ -83,8 +102,8 @@ class Runtime:
     def searcher(self) -> Searcher:
         size = self.settings.server.query_cache_size
         return Searcher(
-            old_model=QueryEmbedder(self.model("old"), size),
-            new_model=QueryEmbedder(self.model("new"), size),
+            old_model=QueryEmbedder(self.query_model("old"), size),
+            new_model=QueryEmbedder(self.query_model("new"), size),
             old_store=self.store("old"),
             new_store=self.store("new"),
             bm25=self.bm25,

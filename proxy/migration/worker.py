@@ -154,7 +154,8 @@ class Reembedder:
             if total == 0 or 100.0 * new.count(dense_only=True) / total >= until:
                 return 0
         # At 100% the sweep finds nothing: an idle worker pays one small scroll, not counts.
-        return self.state.enqueue(new.without_dense(self.cfg.batch_size * 4), BACKFILL)
+        sweep = max(self.cfg.batch_size * 4, self.cfg.sort_window)
+        return self.state.enqueue(new.without_dense(sweep), BACKFILL)
 
     def blocked(self) -> str | None:
         """Why the worker may not re-embed now (spend cap, drifted model), or None."""
@@ -179,7 +180,10 @@ class Reembedder:
         if self.blocked():
             return 0
         model = self.rt.model("new")
-        per_request = model.request_batch if model.hosted else self.cfg.batch_size
+        # A local model embeds the whole window in one call (sorted by length inside it).
+        per_request = (
+            model.request_batch if model.hosted else self.cfg.sort_window or self.cfg.batch_size
+        )
         size = max(self.cfg.batch_size, per_request * model.max_in_flight)
         ids = self.state.claim(size, self.cfg.lease_s)
         if not ids and self.refill():

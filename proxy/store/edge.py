@@ -147,6 +147,11 @@ def _release(shard: _Shard) -> None:
         shard.handle.close()
 
 
+# Point id -> doc id, shared by every index (the same doc id gives the same point id).
+DOC_OF: dict[str, str] = {}
+DOC_OF_MAX = 1 << 21
+
+
 class EdgeStore:
     """One index: the dense vector `cfg.vector` of the shard at `path` (+ BM25 on the new
     side). `primary`: the vector a shard's bindings file of the one-index format describes
@@ -322,14 +327,28 @@ class EdgeStore:
     def flush(self) -> None:
         self.shard.flush()
 
-    # --- reads -------------------------------------------------------------------------
-    def _hits(self, points: list[qe.ScoredPoint]) -> list[tuple[str, float]]:
-        return [(p.payload["doc_id"], float(p.score)) for p in points if p.payload]
+    def _named(self, points: list[qe.ScoredPoint]) -> list[tuple[str, float]]:
+        """(doc id, score) per hit. A point id is uuid5 of its doc id, a mapping that never
+        changes: ids not seen yet are read once, and no hit pays for a payload read (which
+        costs more than a search over a few thousand vectors)."""
+        ids = [str(p.id) for p in points]
+        unknown = [i for i in ids if i not in DOC_OF]
+        if unknown:
+            if len(DOC_OF) > DOC_OF_MAX:
+                DOC_OF.clear()
+            for r in self.shard.retrieve(unknown, ["doc_id"], False):
+                if r.payload:
+                    DOC_OF[str(r.id)] = r.payload["doc_id"]
+        return [
+            (DOC_OF[i], float(p.score)) for i, p in zip(ids, points, strict=True) if i in DOC_OF
+        ]
 
     def search_dense(
         self, vector: np.ndarray, limit: int, flt: Filter | None = None
     ) -> list[tuple[str, float]]:
-        return [(p["doc_id"], s) for p, s in self.query_dense(vector, limit, flt, ())]
+        q = qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist(), using=self.vector)
+        req = qe.QueryRequest(limit=limit, query=q, filter=to_edge_filter(flt), with_payload=False)
+        return self._named(self.shard.query(req))
 
     def query_dense(
         self, vector: np.ndarray, limit: int, flt: Filter | None, fields: Sequence[str]
@@ -351,10 +370,8 @@ class EdgeStore:
         q = qe.Query.Nearest(
             qe.SparseVector(sparse.indices, sparse.values), using=self.sparse_vector
         )
-        req = qe.QueryRequest(
-            limit=limit, query=q, filter=to_edge_filter(flt), with_payload=["doc_id"]
-        )
-        return self._hits(self.shard.query(req))
+        req = qe.QueryRequest(limit=limit, query=q, filter=to_edge_filter(flt), with_payload=False)
+        return self._named(self.shard.query(req))
 
     def _holding(self, doc_ids: Sequence[str], vector: str) -> set[str]:
         if not doc_ids:
