@@ -163,10 +163,16 @@ class Searcher:
         flt: Filter | None,
     ) -> list[str]:
         try:
-            vec = await model.aembed(query)  # micro-batched with concurrent requests
+            if model.idle:
+                # Nothing to batch with: embed and search in one hop, on the model's thread.
+                hits = await asyncio.get_running_loop().run_in_executor(
+                    model.executor, lambda: store.search_dense(model.embed(query), depth, flt)
+                )
+            else:
+                vec = await model.aembed(query)  # micro-batched with concurrent requests
+                hits = await asyncio.to_thread(store.search_dense, vec, depth, flt)
         except ModelUnavailable as e:  # say which model: the caller serves around it
             raise ModelUnavailable(e.model, e.reason, side) from e
-        hits = await asyncio.to_thread(store.search_dense, vec, depth, flt)
         return [d for d, _ in hits]
 
     def _sparse(self, store: VectorStore, query: str, depth: int, flt: Filter | None) -> list[str]:
@@ -189,26 +195,41 @@ class Searcher:
     async def candidates(
         self, query: str, lists: tuple[str, ...], depth: int, flt: Filter | None = None
     ) -> Candidates:
-        jobs: dict[str, Any] = {}
+        jobs: dict[str, asyncio.Future[list[str]]] = {}
         if "old" in lists:
             assert self.old_model and self.old_store
-            jobs["old"] = self._dense("old", self.old_model, self.old_store, query, depth, flt)
+            jobs["old"] = asyncio.ensure_future(
+                self._dense("old", self.old_model, self.old_store, query, depth, flt)
+            )
         if "new" in lists:
             assert self.new_model and self.new_store
-            jobs["new"] = self._dense("new", self.new_model, self.new_store, query, depth, flt)
+            jobs["new"] = asyncio.ensure_future(
+                self._dense("new", self.new_model, self.new_store, query, depth, flt)
+            )
         if "bm25" in lists:
             assert self.new_store
-            jobs["bm25"] = asyncio.to_thread(self._sparse, self.new_store, query, depth, flt)
-        results = await asyncio.gather(*jobs.values())
-        ranked = dict(zip(jobs, results, strict=True))
+            jobs["bm25"] = asyncio.ensure_future(
+                asyncio.to_thread(self._sparse, self.new_store, query, depth, flt)
+            )
+        check = None
+        if "new" in jobs and self.new_store is not None and self.coverage.value < 1.0:
+            # Candidates outside the new top-N may still hold a new vector (at 100% all do):
+            # checked as soon as the other lists are in, while the new model still embeds.
+            others = [jobs[n] for n in ("old", "bm25") if n in jobs]
+            check = self._holding_new(self.new_store, others)
+        results = await asyncio.gather(*jobs.values(), *([check] if check else []))
+        ranked = dict(zip(jobs, results, strict=False))
         if "new" in ranked and self.coverage.value >= 1.0:
             return Candidates(ranked, {d for r in ranked.values() for d in r})
         migrated: set[str] = set(ranked.get("new", ()))
-        if "new" in ranked and self.new_store is not None and self.coverage.value < 1.0:
-            # Candidates outside the new top-N may still hold a new vector (at 100% all do).
-            unknown = {d for name in ("old", "bm25") for d in ranked.get(name, ())} - migrated
-            migrated |= await asyncio.to_thread(self.new_store.with_dense, sorted(unknown))
+        if check is not None:
+            migrated |= results[-1]
         return Candidates(ranked, migrated)
+
+    @staticmethod
+    async def _holding_new(store: VectorStore, lists: list[asyncio.Future[list[str]]]) -> set[str]:
+        ids = {d for ranked in await asyncio.gather(*lists) for d in ranked}
+        return await asyncio.to_thread(store.with_dense, sorted(ids))
 
     def params(
         self, mode: Mode, coverage: float, lists: tuple[str, ...] | None = None
