@@ -335,9 +335,9 @@ class MigrationConfig(Strict):
         ge=0,
         le=8192,
         description="A local model's worker claims this many documents a step (0 = "
-        "`batch_size`) and embeds them sorted by length in the model's batches, so each batch "
-        "pads to its own longest text (larger: less padding, but `until` and a pause act only "
-        "between steps).",
+        "`batch_size`), sorts them by length and embeds them `batch_size` at a time, so each "
+        "batch pads only to its own longest text (larger: less padding; a pause acts between "
+        "batches, `until` between steps).",
     )
     max_docs_per_s: float = Field(
         0.0, ge=0, description="Re-embed rate cap in documents/s; 0 = no cap."

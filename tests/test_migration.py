@@ -96,6 +96,27 @@ def test_backfill_limit_and_switch(migrating: Runtime) -> None:
     assert rt.store("new").count(dense_only=True) == N
 
 
+def test_sorted_window_batches_by_length_and_a_pause_acts_between_batches(
+    migrating: Runtime,
+) -> None:
+    """A step claims `sort_window` documents and embeds them shortest first, `batch_size` at a
+    time; a pause stops it after the batch in flight and puts the rest back in the queue."""
+    rt = migrating
+    rt.settings.migration.sort_window = 24  # three batches of 8
+    worker = Reembedder(rt)
+    set_control(rt.state, action="pause")  # seen after the first batch is written
+    assert worker.step() == 8
+    new = rt.store("new")
+    texts = {d.doc_id: d.text for d in python_reference()[:N]}
+    migrated = new.with_dense(list(texts))
+    assert len(migrated) == 8
+    assert rt.state.depth()["total"] >= 16  # the unembedded rest of the window is queued again
+    # Shortest first: the batch written is the 8 shortest of the window it was sorted from.
+    window = migrated | set(rt.state.claim(16, lease_s=60))
+    shortest = sorted(window, key=lambda d: len(texts[d]))[:8]
+    assert {len(texts[d]) for d in migrated} == {len(texts[d]) for d in shortest}
+
+
 def test_budget_sleeps_to_honour_cpu_share_and_rate(migrating: Runtime) -> None:
     worker = Reembedder(migrating)
     worker.cfg = worker.cfg.model_copy(update={"cpu_share": 0.25, "max_docs_per_s": 0})

@@ -26,12 +26,13 @@ import sys
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.config import MigrationConfig
-from proxy.embedding import Embedded, ModelUnavailable
+from proxy.embedding import Embedded, Embedder, ModelUnavailable
 from proxy.ingest import Doc, doc_of, make_point, now_iso
 from proxy.migration.canary import drift_message
 from proxy.migration.spend import add_spend, spend_status
@@ -180,11 +181,12 @@ class Reembedder:
         if self.blocked():
             return 0
         model = self.rt.model("new")
-        # A local model embeds the whole window in one call (sorted by length inside it).
-        per_request = (
-            model.request_batch if model.hosted else self.cfg.sort_window or self.cfg.batch_size
-        )
-        size = max(self.cfg.batch_size, per_request * model.max_in_flight)
+        if model.hosted:  # requests of the API's batch size, several in flight
+            per_request = model.request_batch
+            size = max(self.cfg.batch_size, per_request * model.max_in_flight)
+        else:  # a window sorted by length, embedded `batch_size` at a time, in order
+            per_request = self.cfg.batch_size
+            size = max(self.cfg.batch_size, self.cfg.sort_window)
         ids = self.state.claim(size, self.cfg.lease_s)
         if not ids and self.refill():
             ids = self.state.claim(size, self.cfg.lease_s)
@@ -194,14 +196,13 @@ class Reembedder:
         have = new.with_dense(list(payloads))
         # Deleted since enqueued, or already migrated (by a write or another worker): done.
         todo = [doc_of(payloads[d]) for d in ids if d in payloads and d not in have]
+        if not model.hosted:
+            # Each batch pads to its own longest text: similar lengths together waste little.
+            todo.sort(key=lambda d: len(d.text))
         chunks = [todo[i : i + per_request] for i in range(0, len(todo), per_request)]
-        pool = self.requests if model.hosted else self.inference
-        jobs: dict[Future[Embedded], list[Doc]] = {
-            pool.submit(model.embed_billed, [d.text for d in c]): c for c in chunks
-        }
-        written, failed, errors = 0, set(), []
-        for job in as_completed(jobs):
-            chunk = jobs[job]
+        written, failed, errors, handled = 0, set(), [], set()
+        for chunk, job in self._embedding(model, chunks):
+            handled.update(d.doc_id for d in chunk)
             try:
                 out = job.result()
             except ModelUnavailable as e:  # its documents stay queued, tried again later
@@ -222,7 +223,13 @@ class Reembedder:
             if model.hosted:
                 add_spend(self.state, out.tokens)
             written += len(chunk)
-        self.state.done([d for d in ids if d not in failed])
+            # A pause acts between a local model's batches, not after a whole window.
+            if not model.hosted and control_state(self.state, self.cfg)["paused"]:
+                break
+        put_back = {d.doc_id for d in todo} - handled  # not embedded: back to the queue
+        self.state.done([d for d in ids if d not in failed and d not in put_back])
+        if put_back:
+            self.state.release(sorted(put_back))
         if failed:
             self.state.release(sorted(failed))
             self.stats.failed_requests += len(errors)
@@ -231,9 +238,27 @@ class Reembedder:
             if not written:
                 raise errors[0]
         self.stats.processed += written
-        self.stats.skipped += len(ids) - written - len(failed)
+        self.stats.skipped += len(ids) - written - len(failed) - len(put_back)
         self.stats.batches += 1
         return written
+
+    def _embedding(
+        self, model: Embedder, chunks: list[list[Doc]]
+    ) -> Iterator[tuple[list[Doc], Future[Embedded]]]:
+        """Each chunk with its finished embedding: a hosted model's requests all in flight at
+        once, a local model's batches one after another (the next submitted only when the
+        caller comes back for it, so it can stop between batches)."""
+        if model.hosted:
+            jobs = {
+                self.requests.submit(model.embed_billed, [d.text for d in c]): c for c in chunks
+            }
+            for job in as_completed(jobs):
+                yield jobs[job], job
+            return
+        for c in chunks:
+            job = self.inference.submit(model.embed_billed, [d.text for d in c])
+            wait([job])
+            yield c, job
 
     def sleep_after(self, written: int, busy_s: float) -> float:
         """Seconds to rest after a batch that took `busy_s`, to honour the budget (the CPU
