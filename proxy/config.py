@@ -324,7 +324,11 @@ class FusionConfig(Strict):
 class MigrationConfig(Strict):
     """Lazy re-embedding and background backfill, and their budget."""
 
-    lazy: bool = Field(True, description="Enqueue every returned document that has no new vector.")
+    lazy: bool = Field(
+        True,
+        description="Enqueue every document a fused search returns that has no new vector. "
+        "`migrate start` (strategy lazy) follows it; shadow and rebuild switch it off.",
+    )
     backfill: bool = Field(True, description="Sweep the rest of the corpus in the background.")
     until: float = Field(
         100.0, ge=0, le=100, description="Backfill stops at this coverage (%); lazy hits go on."
