@@ -494,6 +494,11 @@ class Settings(BaseSettings):
     )
 
     data_dir: str = Field(".crossfade", description="Where shards, caches and state live.")
+    model_cache: str = Field(
+        "models",
+        description="Where the models' ONNX exports are cached (keyed by weights hash, so "
+        "deployments on one host may share one); relative paths are under data_dir.",
+    )
     mode: Mode = Field(Mode.FUSED, description="Serving mode: old | shadow | fused | new.")
     models: ModelsConfig
     indexes: IndexesConfig
