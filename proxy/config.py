@@ -70,7 +70,7 @@ class ModelConfig(Strict):
         "torch",
         description="kind=sentence-transformers: what runs the model. `torch`; `onnx` = an "
         "fp32 ONNX Runtime graph exported once from the directory (cached by weights hash "
-        "under the data dir, checked at export to give torch's vectors within cosine "
+        "under `model_cache`, checked at export to give torch's vectors within cosine "
         "0.9999: the same fingerprint); `onnx-int8` = `int8_path`, a different fingerprint.",
     )
     int8_path: str | None = Field(
