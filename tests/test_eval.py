@@ -75,7 +75,7 @@ def eval_config(tmp_path: Path) -> Path:
 def test_eval_json_over_simulated_coverage(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    beir = make_subset(tmp_path / "beir")
+    beir = make_subset(tmp_path / "beir", n_extra=100)
     cfg = eval_config(tmp_path)
     argv = [
         "--config",
@@ -151,7 +151,7 @@ def test_tune_stores_the_fit_and_status_shows_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg = eval_config(tmp_path)
-    beir = make_subset(tmp_path / "beir", n_queries=16, n_extra=120)
+    beir = make_subset(tmp_path / "beir", n_queries=16, n_extra=40)
     # 8 fitting queries: refused (a fit on so few follows noise), nothing stored
     with pytest.raises(SystemExit, match="nothing stored: .*fewer than 50"):
         main(["--config", str(cfg), "tune", "--beir", str(beir)])
