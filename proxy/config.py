@@ -70,7 +70,7 @@ class ModelConfig(Strict):
         "torch",
         description="kind=sentence-transformers: what runs the model. `torch`; `onnx` = an "
         "fp32 ONNX Runtime graph exported once from the directory (cached by weights hash "
-        "under the data dir, checked at export to give torch's vectors within cosine "
+        "under `model_cache`, checked at export to give torch's vectors within cosine "
         "0.9999: the same fingerprint); `onnx-int8` = `int8_path`, a different fingerprint.",
     )
     int8_path: str | None = Field(
@@ -324,7 +324,11 @@ class FusionConfig(Strict):
 class MigrationConfig(Strict):
     """Lazy re-embedding and background backfill, and their budget."""
 
-    lazy: bool = Field(True, description="Enqueue every returned document that has no new vector.")
+    lazy: bool = Field(
+        True,
+        description="Enqueue every document a fused search returns that has no new vector. "
+        "`migrate start` (strategy lazy) follows it; shadow and rebuild switch it off.",
+    )
     backfill: bool = Field(True, description="Sweep the rest of the corpus in the background.")
     until: float = Field(
         100.0, ge=0, le=100, description="Backfill stops at this coverage (%); lazy hits go on."
@@ -490,6 +494,11 @@ class Settings(BaseSettings):
     )
 
     data_dir: str = Field(".crossfade", description="Where shards, caches and state live.")
+    model_cache: str = Field(
+        "models",
+        description="Where the models' ONNX exports are cached (keyed by weights hash, so "
+        "deployments on one host may share one); relative paths are under data_dir.",
+    )
     mode: Mode = Field(Mode.FUSED, description="Serving mode: old | shadow | fused | new.")
     models: ModelsConfig
     indexes: IndexesConfig

@@ -53,7 +53,8 @@ class Runtime:
     def model(self, side: str) -> Embedder:
         if side not in self._models:
             self._models[side] = load_embedder(
-                getattr(self.settings.models, side), self.settings.data_path("models")
+                getattr(self.settings.models, side),
+                self.settings.data_path(self.settings.model_cache),
             )
         return self._models[side]
 
@@ -64,7 +65,7 @@ class Runtime:
             self._models[key] = load_query_embedder(
                 getattr(self.settings.models, side),
                 self.model(side),
-                self.settings.data_path("models"),
+                self.settings.data_path(self.settings.model_cache),
             )
         return self._models[key]
 

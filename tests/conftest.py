@@ -22,8 +22,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from proxy.config import Settings, load_settings  # noqa: E402
-from proxy.embedding import Embedder, load_embedder  # noqa: E402
+from proxy.embedding import Embedder, default_model_cache, load_embedder  # noqa: E402
 from proxy.runtime import Runtime  # noqa: E402
+
+# One ONNX export of the new model for the whole suite (the session's `models` use this
+# cache), not one per data dir: each costs ~10 s of CPU. The setting reaches every Settings
+# built here and every `crossfade` child process. A test of a fresh deployment's first start
+# unsets it.
+os.environ.setdefault("CROSSFADE_MODEL_CACHE", str(default_model_cache()))
 
 ROOT = Path(__file__).resolve().parents[1]
 SCIFACT = ROOT.parent / "shared" / "data" / "scifact"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -75,6 +76,8 @@ def settings_for(tmp: Path, old_index: dict[str, Any], new_index: dict[str, Any]
         fusion={"bm25_after_cutover": False},
         # the new model (L3) is the weaker one here: the gate allows for it, and says so
         cutover={"eval_set": "eval", "max_ndcg_drop": 0.5, "max_recall_drop": 0.5},
+        # the backfill is waited for with no queries to leave CPU for: no idle share
+        migration={"cpu_share": 1.0},
         **kw,
     )
 
@@ -98,6 +101,19 @@ def checksum(client: QdrantClient, collection: str, vector: str = "") -> tuple[i
             n += 1
         if offset is None:
             return n, h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def langchain_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """The application's collection of `corpus()`, written by LangChain once per module
+    (loading its model and embedding with it take ~13 s); each test migrates a copy."""
+    path = tmp_path_factory.mktemp("langchain") / "qdrant"
+    return path, langchain_collection(path, corpus())
+
+
+def copy_of(langchain_db: tuple[Path, list[str]], dst: Path) -> list[str]:
+    shutil.copytree(langchain_db[0], dst)
+    return langchain_db[1]
 
 
 def langchain_collection(path: Path, docs: Sequence[Doc]) -> list[str]:
@@ -208,13 +224,13 @@ def questions(n: int = 20) -> list[str]:
 
 @pytest.mark.parametrize("shape", ["into", "in-place"])
 def test_langchain_collection_migrates_end_to_end(
-    tmp_path: Path, models: dict[str, Embedder], shape: str
+    tmp_path: Path, models: dict[str, Embedder], shape: str, langchain_db: tuple[Path, list[str]]
 ) -> None:
     from langchain_qdrant import QdrantVectorStore
 
     docs = corpus()
     db = tmp_path / "qdrant"
-    ids = langchain_collection(db, docs)
+    ids = copy_of(langchain_db, db)
     by_id = dict(zip(ids, docs, strict=True))
     url = f"local:{db}"
     settings = settings_for(
@@ -312,14 +328,24 @@ def cli_yaml(tmp: Path, old_index: dict[str, Any], models_old: dict[str, Any]) -
 
 
 L3_CFG = demo_settings(Path("/x")).models.old.model_dump()
-L6_CFG = {"kind": "sentence-transformers", "name": "all-MiniLM-L6-v2", "path": L6}
+# The ONNX runtime (the same fingerprint as torch): its graph is the suite's shared export,
+# loaded in a fraction of torch's time by each CLI command here.
+L6_CFG = {
+    "kind": "sentence-transformers",
+    "name": "all-MiniLM-L6-v2",
+    "path": L6,
+    "runtime": "onnx",
+}
 
 
 def test_wrong_old_model_refused_naming_the_similarity(
-    tmp_path: Path, models: dict[str, Embedder], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    models: dict[str, Embedder],
+    capsys: pytest.CaptureFixture[str],
+    langchain_db: tuple[Path, list[str]],
 ) -> None:
     db = tmp_path / "qdrant"
-    langchain_collection(db, corpus(40))
+    copy_of(langchain_db, db)
     old = {"backend": "qdrant", "url": f"local:{db}", "collection": "docs", "vector": "",
            "adopt": {}}  # fmt: skip
     client = QdrantClient(path=str(db))

@@ -11,7 +11,6 @@ from proxy.app import create_app
 from proxy.demo import python_reference
 from proxy.ingest import ingest
 from proxy.migration.start import start_migration
-from proxy.migration.worker import set_control
 from proxy.runtime import Runtime
 from tests.conftest import LiveServer, demo_settings, wait_for
 
@@ -27,10 +26,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, models: dict) -> Iterator[t
     )
     rt = Runtime(settings, models)
     ingest(rt, "old", docs, progress=False)
-    start_migration(rt, progress=False)
-    # `migrate start` (strategy lazy) persists lazy on: switched off again, or hits would be
-    # re-embedded in the background while a test compares counts.
-    set_control(rt.state, lazy=False)
+    start_migration(rt, progress=False)  # lazy: as the config says (off)
     ingest(rt, "new", docs[::3], progress=False)  # a third already migrated
     with LiveServer(create_app(rt)) as live:
         yield live.url, rt

@@ -97,10 +97,13 @@ def test_refusals_read_as_sentences(
     assert httpx.get(url + "/admin/routing", headers=ADMIN).json() == before
 
 
-def test_demo_log_is_json_and_quiet_and_names_the_serving_pointer(tmp_path: Path) -> None:
+def test_demo_log_is_json_and_quiet_and_names_the_serving_pointer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`crossfade demo`, then a restart after a switch: the log holds JSON (not Python dicts)
     for results, no progress bars or tokenizer warnings, and each start-up line names the
     pointer that was served."""
+    monkeypatch.delenv("CROSSFADE_MODEL_CACHE")  # a fresh deployment: its first start exports
     proxy = ProxyProcess(tmp_path, admin_key=KEY)
     proxy.start(command="demo")
     try:

@@ -75,7 +75,7 @@ def eval_config(tmp_path: Path) -> Path:
 def test_eval_json_over_simulated_coverage(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    beir = make_subset(tmp_path / "beir")
+    beir = make_subset(tmp_path / "beir", n_extra=100)
     cfg = eval_config(tmp_path)
     argv = [
         "--config",
@@ -119,7 +119,8 @@ def test_tune_never_scores_the_queries_it_fits(tmp_path: Path, models: dict) -> 
     sees one half, every reported figure (all systems, `crossfade-tuned` too) the other. With a
     train split, the fit sees only the train queries."""
     settings = load_settings(eval_config(tmp_path))
-    beir = make_subset(tmp_path / "beir", n_queries=24, n_extra=150)
+    # Which queries are fitted and which scored does not depend on the corpus: a small one.
+    beir = make_subset(tmp_path / "beir", n_queries=24, n_extra=40)
     qrels = parse_qrels((beir / "qrels.tsv").read_text().splitlines())
     ev = evaluate(settings, beir, "test", [0, 100], progress=False, tune=True)
     assert ev.tuned is not None and ev.tuned.source == "default rule"  # too few to fit
@@ -139,7 +140,7 @@ def test_tune_never_scores_the_queries_it_fits(tmp_path: Path, models: dict) -> 
     )
     assert {p: {s: m for s, m in r.items() if s != TUNED} for p, r in ev.result.items()} == plain
 
-    trained = make_subset(tmp_path / "trained", n_queries=10, n_extra=150, n_train=12)
+    trained = make_subset(tmp_path / "trained", n_queries=10, n_extra=40, n_train=12)
     train = parse_qrels((trained / "qrels-train.tsv").read_text().splitlines())
     ev = evaluate(settings, trained, "test", [0, 100], progress=False, tune=True, min_fit_queries=1)
     assert set(ev.fitted_on) == set(train) and not set(ev.scored) & set(train)
@@ -150,7 +151,7 @@ def test_tune_stores_the_fit_and_status_shows_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg = eval_config(tmp_path)
-    beir = make_subset(tmp_path / "beir", n_queries=16, n_extra=120)
+    beir = make_subset(tmp_path / "beir", n_queries=16, n_extra=40)
     # 8 fitting queries: refused (a fit on so few follows noise), nothing stored
     with pytest.raises(SystemExit, match="nothing stored: .*fewer than 50"):
         main(["--config", str(cfg), "tune", "--beir", str(beir)])

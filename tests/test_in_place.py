@@ -89,8 +89,13 @@ def cos(a: Any, b: Any) -> float:
 
 
 def settings(data: Path, **kw: Any) -> Settings:
+    # The backfill is waited for with no queries to leave CPU for: no idle share.
     return demo_settings(
-        data, server={"admin_key": KEY}, cutover={**GATE, "eval_set": "eval"}, **kw
+        data,
+        server={"admin_key": KEY},
+        cutover={**GATE, "eval_set": "eval"},
+        migration={"cpu_share": 1.0},
+        **kw,
     )
 
 

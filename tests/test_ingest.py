@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from proxy.cli import main
 from proxy.ingest import CorpusError, ingest, read_jsonl
@@ -119,3 +120,26 @@ def test_cli_ingest_and_status(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["--config", str(cfg), "backfill", "pause"]) == 0
     assert json.loads(capsys.readouterr().out)["paused"] is True
     assert main(["--config", str(tmp_path / "missing.yaml"), "status"]) == 2
+
+
+def test_migrate_start_respects_the_configs_lazy_switch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`migrate start` (strategy lazy) re-embeds search hits only if `migration.lazy` says so;
+    shadow and rebuild never do; a lazy start after them follows the config again."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", DOCS)
+    cfg = cli_config(tmp_path / "c.yaml", tmp_path / "data", free_port())
+
+    def lazy_after(*args: str, lazy: bool) -> bool:
+        data = yaml.safe_load(cfg.read_text())
+        cfg.write_text(yaml.safe_dump({**data, "migration": {"lazy": lazy}}))
+        assert main(["--config", str(cfg), *args]) == 0
+        capsys.readouterr()
+        assert main(["--config", str(cfg), "status", "--json"]) == 0
+        return bool(json.loads(capsys.readouterr().out)["control"]["lazy"])
+
+    assert main(["--config", str(cfg), "ingest", "--index", "old", "--quiet", str(corpus)]) == 0
+    assert lazy_after("migrate", "start", "--quiet", lazy=False) is False
+    assert lazy_after("migrate", "start", "--quiet", "--strategy", "rebuild", lazy=True) is False
+    assert lazy_after("migrate", "start", "--quiet", lazy=True) is True
+    assert lazy_after("status", lazy=False) is False  # the config decides, not the last start

@@ -41,14 +41,13 @@ def corpus() -> list[Doc]:
     return docs[:N]
 
 
-def write_collection(path: Path, docs: list[Doc], model: Embedder) -> list[str]:
+def write_collection(path: Path, docs: list[Doc], vecs: Any) -> list[str]:
     """The app's collection as LangChain writes it (UUID ids, unnamed vector)."""
     client = QdrantClient(path=str(path))
     client.create_collection(
         "docs", vectors_config=qm.VectorParams(size=384, distance=qm.Distance.COSINE)
     )
     ids = [str(uuid.uuid5(uuid.NAMESPACE_URL, d.doc_id)) for d in docs]
-    vecs = model.embed_documents([d.text for d in docs])
     client.upsert(
         "docs",
         [
@@ -72,8 +71,9 @@ class Setup:
     def __init__(self, tmp: Path, models_: dict[str, Embedder]) -> None:
         self.docs = corpus()
         self.l6 = models_["new"]  # the app's model: the old one of this migration
-        self.ids = write_collection(tmp / "proxied", self.docs, self.l6)
-        write_collection(tmp / "local", self.docs, self.l6)
+        vecs = self.l6.embed_documents([d.text for d in self.docs])  # once for both copies
+        self.ids = write_collection(tmp / "proxied", self.docs, vecs)
+        write_collection(tmp / "local", self.docs, vecs)
         self.local_path = tmp / "local"
         url = f"local:{tmp / 'proxied'}"
         self.settings = settings_for(

@@ -29,10 +29,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await sv.searcher.coverage.refresh()
     await sv.health.check()  # logs any index it cannot reach; serving starts regardless
     await asyncio.to_thread(recover_writes, sv)
+    checked = asyncio.Event()  # the first canary check is done (or there is none to do)
     tasks = [
-        asyncio.create_task(sv.worker.run()),
+        asyncio.create_task(reembed_after(checked, sv)),
         asyncio.create_task(sample_history(sv)),
-        asyncio.create_task(watch_canaries(sv)),
+        asyncio.create_task(watch_canaries(sv, checked)),
     ]
     yield
     for task in tasks:
@@ -71,12 +72,21 @@ async def sample_history(sv: Services) -> None:
         await asyncio.sleep(sv.settings.server.history_interval_s)
 
 
-async def watch_canaries(sv: Services) -> None:
+async def reembed_after(checked: asyncio.Event, sv: Services) -> None:
+    """The re-embed worker, once the start-up canary check is done: a model that changed
+    while the proxy was down must be caught before the backfill writes its vectors (searches
+    queue their hits meanwhile)."""
+    await checked.wait()
+    await sv.worker.run()
+
+
+async def watch_canaries(sv: Services, checked: asyncio.Event) -> None:
     """Re-embed each hosted model's canary at start-up and every `canary_interval_s` (the
-    shortest of the hosted models'; 0 = at start-up only)."""
+    shortest of the hosted models'; 0 = at start-up only); `checked` is set after the first."""
     models = sv.settings.models
     hosted = [m for m in (models.old, models.new) if m.kind == "openai"]
     if not hosted:
+        checked.set()
         return
     intervals = [m.canary_interval_s for m in hosted if m.canary_interval_s > 0]
     while True:
@@ -84,6 +94,7 @@ async def watch_canaries(sv: Services) -> None:
             sv.canary = await asyncio.to_thread(check_canaries, sv.rt)
         except Exception as e:  # a failed check is reported, never a crash
             sv.canary = {"error": str(e)}
+        checked.set()
         if not intervals:
             return
         await asyncio.sleep(min(intervals))

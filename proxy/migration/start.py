@@ -141,10 +141,14 @@ def start_migration(
         state["placement"] = rt.state.get("placement")
     rt.state.set("migration", state)
     record_canaries(rt)  # hosted models: the vectors a silent model change would alter
-    # The strategy decides what serves while the new index fills, and whether hits re-embed:
-    # lazy = fused + lazy + backfill; shadow = old served, new compared + backfill;
-    # rebuild = old served + backfill only, then a gated swap.
-    set_control(rt.state, lazy=strategy == "lazy")
+    # The strategy decides what serves while the new index fills: lazy = fused + backfill,
+    # hits re-embedded as the config's `migration.lazy` says (not persisted, so the config
+    # stays the one place that decides); shadow = old served, new compared + backfill;
+    # rebuild = old served + backfill only, then a gated swap: these two re-embed no hits.
+    if strategy == "lazy":
+        rt.state.delete("lazy")  # what an earlier shadow or rebuild start switched off
+    else:
+        set_control(rt.state, lazy=False)
     before, rollback_to = load_routing(rt.settings)
     if previous and previous.get("state") == "finished":
         rollback_to = None  # nothing of the last migration is left to roll back to

@@ -39,6 +39,8 @@ class MigrationState(Protocol):
 
     def set(self, key: str, value: Any) -> None: ...
 
+    def delete(self, key: str) -> None: ...
+
 
 def durable_sqlite(path: str | Path, *schema: str) -> sqlite3.Connection:
     """SQLite in WAL mode with fsync on every commit (a `kill -9` loses nothing committed),
@@ -133,6 +135,11 @@ class SqliteState:
                 " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (key, json.dumps(value)),
             )
+
+    def delete(self, key: str) -> None:
+        """Forget `key`: `get` answers its default (for a switch, the config's value) again."""
+        with self._lock:
+            self._db.execute("DELETE FROM kv WHERE key = ?", (key,))
 
     def close(self) -> None:
         with self._lock:
