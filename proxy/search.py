@@ -217,7 +217,7 @@ class Searcher:
             others = [jobs[n] for n in ("old", "bm25") if n in jobs]
             check = self._holding_new(self.new_store, others)
         results = await asyncio.gather(*jobs.values(), *([check] if check else []))
-        ranked = dict(zip(jobs, results, strict=False))
+        ranked = dict(zip(jobs, results[: len(jobs)], strict=True))
         if "new" in ranked and self.coverage.value >= 1.0:
             return Candidates(ranked, {d for r in ranked.values() for d in r})
         migrated: set[str] = set(ranked.get("new", ()))

@@ -27,7 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -245,9 +245,9 @@ class Reembedder:
     def _embedding(
         self, model: Embedder, chunks: list[list[Doc]]
     ) -> Iterator[tuple[list[Doc], Future[Embedded]]]:
-        """Each chunk with its finished embedding: a hosted model's requests all in flight at
-        once, a local model's batches one after another (the next submitted only when the
-        caller comes back for it, so it can stop between batches)."""
+        """Each chunk with its embedding job: a hosted model's requests all in flight at once
+        (yielded as they finish), a local model's batches one after another (the next
+        submitted only when the caller comes back for it, so it can stop between batches)."""
         if model.hosted:
             jobs = {
                 self.requests.submit(model.embed_billed, [d.text for d in c]): c for c in chunks
@@ -256,9 +256,7 @@ class Reembedder:
                 yield jobs[job], job
             return
         for c in chunks:
-            job = self.inference.submit(model.embed_billed, [d.text for d in c])
-            wait([job])
-            yield c, job
+            yield c, self.inference.submit(model.embed_billed, [d.text for d in c])
 
     def sleep_after(self, written: int, busy_s: float) -> float:
         """Seconds to rest after a batch that took `busy_s`, to honour the budget (the CPU
