@@ -6,44 +6,85 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
+from starlette.routing import BaseRoute
 
 from proxy.api import admin, documents, migration, operations, qdrant, search
 from proxy.api.documents import DocumentIn, DocumentsIn
 from proxy.api.errors import install_handlers
 from proxy.api.lifecycle import lifespan
-from proxy.api.middleware import AdminGuard, BodyLimit, JsonBodies, route_of
+from proxy.api.middleware import STATE_CHANGING, BodyLimit, Gate, route_of
+from proxy.api.qdrant import QdrantRoute
 from proxy.api.search import SearchRequest, SearchResponse
 from proxy.api.services import Services
 from proxy.api.services import admin as admin_dependency
 from proxy.metrics import RequestCounter
 from proxy.runtime import Runtime
+from proxy.security import Access, allowed_hosts, reads_need_key
 
 __all__ = ["DocumentIn", "DocumentsIn", "SearchRequest", "SearchResponse", "create_app"]
 
 
+def need_of(route: BaseRoute) -> Access:
+    """What one of crossfade's routes needs: the admin dependency, an `access` mark on its
+    endpoint, or by method (GET reads; anything else writes: a new POST route is closed
+    until it is marked)."""
+    if not isinstance(route, APIRoute):
+        return Access.WRITE
+    if any(d.dependency is admin_dependency for d in route.dependencies):
+        return Access.ADMIN
+    marked = getattr(route.endpoint, "access", None)
+    if marked is not None:
+        return Access(marked)
+    return Access.WRITE if route.methods & STATE_CHANGING else Access.READ
+
+
+def document_refusals(route: APIRoute, need: Access) -> None:
+    """The gate's answers in the route's OpenAPI responses (clients and the schema fuzzing
+    see every status a route can give)."""
+    extra: dict[int, str] = {400: "Host not allowed (server.allowed_hosts)"}
+    if need is not Access.OPEN:
+        extra |= {401: "No key, or an unknown one", 403: "A key of too little access"}
+    if route.methods & STATE_CHANGING:
+        extra[415] = "A body that is not declared application/json"
+    for status, description in extra.items():
+        route.responses.setdefault(status, {"description": description})
+
+
 def create_app(rt: Runtime) -> FastAPI:
     sv = Services(rt)
+    server = rt.settings.server
     # Swagger UI's assets come from the package, not a CDN: /docs works offline.
     app = FastAPIOffline(title="crossfade", version="0.1.0", lifespan=lifespan)
     app.state.services = sv
     app.state.control = sv.control  # the serving pointer, for the start-up line
     install_handlers(app)
-    # The routers' routes themselves, not include_router's lazy wrappers: the admin guard
-    # and the request counter look routes up by path.
+    docs = list(app.routes)  # the framework's: /openapi.json, /docs, /redoc and their assets
+    # The routers' routes themselves, not include_router's lazy wrappers: the gate and the
+    # request counter look routes up by path.
     for module in (operations, search, documents, migration, admin, qdrant):
         app.router.routes.extend(module.router.routes)
-    app.add_middleware(JsonBodies)
-    app.add_middleware(BodyLimit, limit=rt.settings.server.max_body_bytes)
-    if rt.settings.server.cors_origins:
+    table = []
+    for r in app.routes:
+        need = Access.OPEN if any(r is d for d in docs) else need_of(r)
+        if isinstance(r, APIRoute):
+            document_refusals(r, need)
+        table.append((r, need, isinstance(r, QdrantRoute)))
+    app.add_middleware(BodyLimit, limit=server.max_body_bytes)
+    app.add_middleware(
+        Gate,
+        routes=table,
+        keys=sv.keys,
+        reads_need_key=reads_need_key(server),
+        hosts=allowed_hosts(server),
+    )
+    # CORS stays off unless origins are configured; a configured origin may send keys.
+    if server.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=rt.settings.server.cors_origins, allow_methods=["*"]
+            CORSMiddleware,
+            allow_origins=server.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["api-key", "authorization", rt.settings.routing.client_key_header],
         )
-    admin_paths = {
-        r.path
-        for r in app.routes
-        if isinstance(r, APIRoute) and any(d.dependency is admin_dependency for d in r.dependencies)
-    }
-    app.add_middleware(AdminGuard, paths=admin_paths, key=sv.key)
-    # Outermost of all: counts the 401s and 413s the guards answer too.
+    # Outermost of all: counts the 400s, 401s, 403s, 413s and 415s the guards answer too.
     app.add_middleware(RequestCounter, metrics=sv.metrics, route_of=lambda sc: route_of(app, sc))
     return app

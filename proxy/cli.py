@@ -54,12 +54,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from proxy.app import create_app
+    from proxy.config import ConfigError
     from proxy.migration.cutover import describe
     from proxy.runtime import Runtime
+    from proxy.security import exposure_problem, reads_need_key
 
     settings = _settings(args)
-    host = args.host or settings.server.host
+    if args.host:  # the address served decides who may read (and the Host allow-list)
+        settings.server.host = args.host
+    host = settings.server.host
     port = args.port or settings.server.port
+    problem = exposure_problem(settings.server)
+    if problem:  # before any model loads: a refusal costs nothing
+        raise ConfigError(problem)
     rt = Runtime(settings)
     # Load both models before listening: a model that cannot load stops start-up here, with
     # one line naming the side, its path and why (uvicorn is never started).
@@ -72,6 +79,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # The serving pointer the app just loaded (not the config's `mode`, which only seeds it).
     routing = app.state.control.routing
     print(f"crossfade: serving {describe(routing)} on http://{host}:{port}", file=sys.stderr)
+    server = settings.server
+    print(  # how many keys of each kind, never the keys
+        f"crossfade: reads {'need a key' if reads_need_key(server) else 'open (loopback)'}; "
+        f"writes need a read-write key ({len(server.api_keys)} configured) or the admin key; "
+        f"{len(server.read_only_api_keys)} read-only key(s)",
+        file=sys.stderr,
+    )
     level = settings.server.log_level
     logging.basicConfig(level=level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     uvicorn.run(app, host=host, port=port, log_level=level)

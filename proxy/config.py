@@ -7,15 +7,24 @@ dotted name of the offending field (see `ConfigError`).
 
 from __future__ import annotations
 
+import json
 import os
 import sysconfig
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 
 class Mode(StrEnum):
@@ -440,7 +449,24 @@ class PlanConfig(Strict):
     sample: int = Field(128, ge=8, le=10_000, description="Documents embedded to measure speed.")
 
 
+def _key_list(value: Any) -> Any:
+    """Keys from the environment: a JSON list or comma-separated (from a file: a list)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",")]
+    return value
+
+
+# A list of secrets; NoDecode: an environment value is split by `_key_list`, not JSON-decoded.
+Keys = Annotated[list[SecretStr], NoDecode]
+
+
 class ServerConfig(Strict):
+    # A refused key is never echoed (pydantic would print its input value in the error).
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
     host: str = Field("127.0.0.1", description="Bind address (loopback unless set otherwise).")
     port: int = Field(8000, ge=1, le=65535, description="Listen port.")
     max_query_chars: int = Field(2048, ge=1, description="Longer queries are refused (422).")
@@ -452,8 +478,34 @@ class ServerConfig(Strict):
     )
     admin_key: SecretStr | None = Field(
         None,
-        description="Bearer key for admin endpoints; unset = a random one is written to "
-        "<data_dir>/admin.key (mode 0600) at start.",
+        description="The admin key: authorises everything, and is the only key for the "
+        "admin endpoints (`Authorization: Bearer` or the `api-key` header); unset = a random "
+        "one is written to <data_dir>/admin.key (mode 0600) at start. Never printed or logged.",
+    )
+    api_keys: Keys = Field(
+        default_factory=list,
+        description="Read-write keys (Qdrant's `service.api_key`): search and write documents "
+        "on crossfade's API and the Qdrant surface, sent as the `api-key` header or "
+        "`Authorization: Bearer <key>`. Set them in the environment "
+        "(CROSSFADE_SERVER__API_KEYS, comma-separated or a JSON list). Never printed or logged.",
+    )
+    read_only_api_keys: Keys = Field(
+        default_factory=list,
+        description="Read-only keys (Qdrant's `service.read_only_api_key`): search, scroll, "
+        "count and retrieve; every write is refused with 403 "
+        "(CROSSFADE_SERVER__READ_ONLY_API_KEYS).",
+    )
+    reads_require_key: bool | None = Field(
+        None,
+        description="Whether searches and other reads need a key (any kind); null = only when "
+        "`host` is not loopback (reads are open on 127.0.0.1, ::1, localhost). Writes always "
+        "need a read-write or the admin key.",
+    )
+    allowed_hosts: list[str] | None = Field(
+        None,
+        description="Host header values served (DNS-rebinding guard; `*.example.com` matches "
+        "subdomains, `*` = any); others get 400. null = localhost, 127.0.0.1, ::1 and `host` "
+        "unless it is a wildcard address (0.0.0.0, ::).",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "warning", description="Log level; 'info' adds one access line per request."
@@ -466,6 +518,53 @@ class ServerConfig(Strict):
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed by CORS; empty = CORS off."
     )
+    metrics_cache_s: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="`/metrics` recomputes the migration figures (counts per fingerprint, "
+        "queue, coverage) at most once per this many seconds; scrapes in between get the last "
+        "figures (request counters are always live).",
+    )
+
+    @field_validator("admin_key")
+    @classmethod
+    def _admin_key_usable(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            _check_key(v, "the admin key")
+        return v
+
+    @field_validator("api_keys", "read_only_api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: Any) -> Any:
+        return _key_list(v)
+
+    @field_validator("api_keys", "read_only_api_keys")
+    @classmethod
+    def _keys_usable(cls, v: list[SecretStr]) -> list[SecretStr]:
+        for i, key in enumerate(v):
+            _check_key(key, f"key {i + 1} of the list")
+        return v
+
+    @model_validator(mode="after")
+    def _keys_of_one_kind(self) -> ServerConfig:
+        rw = {k.get_secret_value() for k in self.api_keys}
+        ro = {k.get_secret_value() for k in self.read_only_api_keys}
+        if rw & ro:
+            raise ValueError("a key is in both api_keys and read_only_api_keys: one kind each")
+        if self.admin_key is not None and self.admin_key.get_secret_value() in rw | ro:
+            raise ValueError("the admin key is also in api_keys or read_only_api_keys")
+        return self
+
+
+def _check_key(key: SecretStr, what: str) -> None:
+    """A key a client can send in a header: not empty, no surrounding or inner whitespace
+    (servers strip it), printable ASCII. The message never holds the key."""
+    value = key.get_secret_value()
+    if not value.strip():
+        raise ValueError(f"{what} is empty: set a long random value (or leave it unset)")
+    if not all(33 <= ord(c) <= 126 for c in value):
+        raise ValueError(f"{what} holds whitespace or characters a header can't carry")
 
 
 class QdrantApiConfig(Strict):
@@ -485,6 +584,23 @@ class QdrantApiConfig(Strict):
     )
     max_limit: int = Field(
         1000, ge=1, le=10_000, description="Largest offset + limit a query may ask for."
+    )
+    max_batch_searches: int = Field(
+        64, ge=1, le=1024, description="Most searches in one `points/query/batch` request."
+    )
+    max_batch_limit: int = Field(
+        2000,
+        ge=1,
+        le=100_000,
+        description="Largest sum of offset + limit over the searches of one batch request "
+        "(the results it may ask for); more is refused with 422.",
+    )
+    max_delete_points: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="Most points one `points/delete` may remove (by ids or by filter); a "
+        "filter matching more is refused with 422 before anything is deleted: narrow it.",
     )
 
 

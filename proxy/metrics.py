@@ -17,10 +17,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 ERROR_KINDS = {
     400: "bad_request",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     409: "refused",
     413: "too_large",
+    415: "not_json",
     422: "invalid",
     503: "unavailable",
 }

@@ -141,6 +141,7 @@ async def rollback(sv: Svc, body: ActorIn | None = None) -> Any:
 async def finish(sv: Svc, body: FinishIn | None = None) -> Any:
     body = body or FinishIn()
     ok, result = await sv.control.finish(body.actor or "admin", body.now, body.drop)
+    sv.retired.clear()  # searches see the retirement from now on, not a second later
     return result if ok else error(409, result["error"])
 
 

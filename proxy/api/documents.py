@@ -1,4 +1,5 @@
-"""Document writes: PUT /documents (dual-written upserts), DELETE /documents/{doc_id}."""
+"""Document writes: PUT /documents (dual-written upserts), DELETE /documents/{doc_id} (an id
+may hold `/`). Both need a read-write key or the admin key (proxy.api.middleware.Gate)."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ async def put_documents(sv: Svc, body: DocumentsIn) -> Any:
     return {"upserted": len(docs), "indexes": sides}
 
 
-@router.delete("/documents/{doc_id}", responses={503: {}})
+@router.delete("/documents/{doc_id:path}", responses={503: {}})
 async def delete_document(sv: Svc, doc_id: str) -> Any:
     try:
         existed = await asyncio.to_thread(delete_documents, sv.rt, [doc_id])

@@ -1,15 +1,17 @@
-"""ASGI middleware in front of every route: body size limit, admin guard, JSON bodies; and the
-route template of a request (the label of the request counter)."""
+"""ASGI middleware in front of every route: body size limit and the gate (Host allow-list,
+keys, JSON bodies); and the route template of a request (the label of the request counter)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import FastAPI
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy.api.errors import error
-from proxy.api.services import ADMIN_REFUSED
-from proxy.security import check_bearer
+from proxy.api.errors import OrjsonResponse, error
+from proxy.qdrant_api.answers import failed
+from proxy.security import KIND, Access, Keyring, host_allowed, presented_key
 
 
 class BodyLimit:
@@ -57,33 +59,107 @@ class _TooLarge(Exception):
     pass
 
 
-class AdminGuard:
-    """401 for admin paths without the right bearer key, before anything else runs: the body
-    is neither read nor parsed for a caller without the key."""
+# Qdrant's own words first (src/common/auth: missing, invalid, read-only writing), then ours.
+SEND_A_KEY = "send it as the 'api-key' header or as 'Authorization: Bearer <key>'"
+NEEDS = {
+    Access.READ: f"reads on this proxy need a key (any kind): {SEND_A_KEY}",
+    Access.WRITE: f"this route changes data: it needs a read-write key or the admin key; "
+    f"{SEND_A_KEY}",
+    Access.ADMIN: f"admin endpoints need the admin key; {SEND_A_KEY}",
+}
+MISSING = "Must provide an API key or an Authorization bearer token"
+UNKNOWN = "Invalid API key (not one of this proxy's keys)"
+DENIED = {Access.WRITE: "Write access denied", Access.ADMIN: "Admin access denied"}
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+SEND_JSON = (
+    "request bodies must be JSON: send 'Content-Type: application/json' "
+    "(curl: -H 'Content-Type: application/json')"
+)
 
-    def __init__(self, app: ASGIApp, paths: set[str], key: str) -> None:
-        self.app, self.paths, self.key = app, paths, key
+
+class Gate:
+    """Every request, before routing and before its body is read:
+
+    1. its Host header must be allowed (server.allowed_hosts), else 400: a page that got
+       a browser to resolve its own name to this address (DNS rebinding) is refused;
+    2. the key its route needs (`access` marks: a read-write key or the admin key for
+       writes, the admin key for admin routes, any key for reads when reads need one):
+       401 without a key or with an unknown one, 403 with one of too little access;
+    3. a state-changing request (POST, PUT, PATCH, DELETE) must declare `application/json`
+       if it has a body, else 415: a cross-site form or `text/plain` POST (a CORS "simple
+       request", no preflight) never reaches a route.
+
+    Refusals of the Qdrant surface's routes are in Qdrant's error shape. `routes`: each
+    route of the app (in the router's order), what it needs, and whether it is Qdrant's;
+    a request that matches none (404, 405) needs no key."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        routes: list[tuple[BaseRoute, Access, bool]],
+        keys: Keyring,
+        reads_need_key: bool,
+        hosts: list[str],
+    ) -> None:
+        self.app, self.routes = app, routes
+        self.keys, self.reads_need_key, self.hosts = keys, reads_need_key, hosts
+
+    def route(self, scope: Scope) -> tuple[Access, bool]:
+        for r, need, qdrant in self.routes:
+            if r.matches(scope)[0] is Match.FULL:
+                return need, qdrant
+        return Access.OPEN, False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in self.paths:
-            auth = dict(scope.get("headers") or []).get(b"authorization", b"")
-            if not check_bearer(auth.decode("latin-1") or None, self.key):
-                return await error(401, ADMIN_REFUSED)(scope, receive, send)
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = scope.get("headers") or []
+        need, qdrant = self.route(scope)
+        refuse: Callable[[int, str], OrjsonResponse] = failed if qdrant else error  # type: ignore[assignment]
+        host = next((v.decode("latin-1") for k, v in headers if k == b"host"), None)
+        if not host_allowed(host, self.hosts):
+            shown = (host or "")[:100]
+            message = (
+                f"Host {shown!r} is not allowed here (server.allowed_hosts: "
+                f"{', '.join(self.hosts)}); add it to server.allowed_hosts"
+            )
+            return await refuse(400, message)(scope, receive, send)
+        if need is Access.READ and not self.reads_need_key:
+            need = Access.OPEN
+        if need is not Access.OPEN:
+            key = presented_key(headers)
+            granted = self.keys.grant(key)
+            if granted is None:
+                message = f"{MISSING if key is None else UNKNOWN}: {NEEDS[need]}"
+                return await refuse(401, message)(scope, receive, send)
+            if granted < need:
+                message = f"{DENIED[need]}: a {KIND[granted]} key can't do this; {NEEDS[need]}"
+                return await refuse(403, message)(scope, receive, send)
+        if scope["method"] in STATE_CHANGING:
+            problem = body_problem(headers)
+            if problem:
+                return await refuse(415, problem)(scope, receive, send)
         await self.app(scope, receive, send)
 
 
-class JsonBodies:
-    """Every body this API takes is JSON: read it as JSON whatever Content-Type says, so that
-    `curl -d '{...}'` (which sends form encoding) works as users expect."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
-            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
-        await self.app(scope, receive, send)
+def body_problem(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """Why a state-changing request's body is refused (415), or None. A body must declare
+    JSON; a request without a body may omit Content-Type (a bodiless DELETE or POST)."""
+    ctype = length = chunked = None
+    for k, v in headers:
+        if k == b"content-type":
+            ctype = v.decode("latin-1")
+        elif k == b"content-length":
+            length = v.strip()
+        elif k == b"transfer-encoding":
+            chunked = v
+    if ctype is None:
+        if chunked is None and (length is None or length == b"0"):
+            return None
+        return f"{SEND_JSON}; this one has a body and no Content-Type"
+    if ctype.split(";", 1)[0].strip().lower() != "application/json":
+        return f"{SEND_JSON}, not {ctype[:100]!r}"
+    return None
 
 
 def route_of(app: FastAPI, scope: Scope) -> str:
@@ -92,7 +168,7 @@ def route_of(app: FastAPI, scope: Scope) -> str:
     for r in app.routes:
         match, _ = r.matches(scope)
         if match is Match.FULL:
-            return str(getattr(r, "path", "unmatched"))
+            return str(getattr(r, "path_format", "unmatched"))
         if match is Match.PARTIAL and partial == "unmatched":  # the path, not the method: 405
-            partial = str(getattr(r, "path", "unmatched"))
+            partial = str(getattr(r, "path_format", "unmatched"))
     return partial

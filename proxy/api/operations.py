@@ -10,20 +10,23 @@ from fastapi.responses import HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.api.errors import OrjsonResponse, error
-from proxy.api.services import Svc
+from proxy.api.services import Svc, access
 from proxy.availability import readiness
 from proxy.migration.cutover import routing_dict
+from proxy.security import Access
 
 router = APIRouter()
 DASHBOARD = Path(__file__).parents[1] / "static" / "dashboard.html"
 
 
 @router.get("/healthz")
+@access(Access.OPEN)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
 @router.get("/readyz", responses={503: {}})
+@access(Access.OPEN)
 async def readyz(sv: Svc) -> OrjsonResponse:
     if not sv.started:
         return error(503, "models are loading")
@@ -44,6 +47,7 @@ async def readyz(sv: Svc) -> OrjsonResponse:
 
 
 @router.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
+@access(Access.OPEN)  # the page; the figures it fetches are reads
 async def dashboard() -> HTMLResponse:
     return HTMLResponse(DASHBOARD.read_text(), headers={"Cache-Control": "no-store"})
 
@@ -53,6 +57,5 @@ async def dashboard() -> HTMLResponse:
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
 )
 async def prometheus(sv: Svc) -> Response:
-    status = await sv.full_status()
-    sv.metrics.update(status)
+    sv.metrics.update(await sv.figures())  # recomputed at most once per metrics_cache_s
     return Response(generate_latest(sv.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -21,15 +21,24 @@ from starlette.exceptions import HTTPException
 
 from proxy.api.documents import WriteRefused, write_documents
 from proxy.api.search import SearchRefused, query_problem, serve_search
-from proxy.api.services import Services, Svc
+from proxy.api.services import Services, Svc, access
 from proxy.documents import delete_documents
 from proxy.qdrant_api import Unsupported
-from proxy.qdrant_api.answers import API_VERSION, ERRORS, WRITE_ERRORS, QdrantOk, failed, not_found
+from proxy.qdrant_api.answers import (
+    API_VERSION,
+    ERRORS,
+    WRITE_ERRORS,
+    QdrantError,
+    QdrantOk,
+    failed,
+    not_found,
+)
 from proxy.qdrant_api.answers import ok as answer
 from proxy.qdrant_api.filters import to_filter
 from proxy.qdrant_api.layout import AppLayout
 from proxy.qdrant_api.queries import SEND_A_DOCUMENT, Query, parse_query, refuse_vectors
 from proxy.qdrant_api.queries import select_payload as select
+from proxy.security import Access
 from proxy.store import IndexUnavailable, VectorStore
 
 FIELDS = ("text", "metadata")
@@ -88,6 +97,7 @@ def parse(model: Any, body: Any) -> Any:
 
 
 OK = {200: {"model": QdrantOk}}
+BOUNDED = {422: {"model": QdrantError, "description": "More work than one request may ask"}}
 
 
 def collection_of(sv: Services) -> str:
@@ -147,6 +157,7 @@ class VersionInfo(BaseModel):
 
 
 @router.get("/", response_model=VersionInfo)
+@access(Access.OPEN)  # as on Qdrant: its clients ask it before anything else
 async def root() -> Any:
     """Qdrant's version call (qdrant-client asks it at start to check compatibility)."""
     return {"title": "crossfade (Qdrant REST API, search and document writes)",
@@ -242,35 +253,54 @@ def raw_vector_index(
 
 
 async def queries(
-    sv: Services, request: Request, name: str, searches: list[qm.QueryRequest]
+    sv: Services, request: Request, name: str, searches: list[qm.QueryRequest], batch: bool
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Each search's answer (`{"points": [...]}`) and the headers of the first."""
+    """Each search's answer (`{"points": [...]}`) and the headers of the first. A batch is
+    bounded in searches and in the results they ask for together (422 past either)."""
     layout = check(sv, name)
-    if len(searches) > 64:
-        raise Unsupported("a batch holds at most 64 searches")
-    qs = [parse_query(s, layout, sv.settings.qdrant_api.max_limit) for s in searches]
+    conf = sv.settings.qdrant_api
+    if len(searches) > conf.max_batch_searches:
+        raise SearchRefused(
+            422,
+            f"a batch holds at most {conf.max_batch_searches} searches "
+            f"(qdrant_api.max_batch_searches), not {len(searches)}: split it",
+        )
+    qs = [parse_query(s, layout, conf.max_limit) for s in searches]
+    asked = sum(q.limit + q.offset for q in qs)
+    if batch and asked > conf.max_batch_limit:
+        raise SearchRefused(
+            422,
+            f"the batch asks for {asked} results (offset + limit summed over its searches), "
+            f"over {conf.max_batch_limit} (qdrant_api.max_batch_limit): ask for fewer or "
+            "smaller searches",
+        )
     done = await asyncio.gather(*(run_query(sv, request, layout, q) for q in qs))
     return [{"points": found} for found, _ in done], done[0][1] if done else headers(sv)
 
 
 @router.post("/collections/{collection_name}/points/query", responses={**OK, **ERRORS})
+@access(Access.READ)
 async def query_points(
     sv: Svc, request: Request, collection_name: str, raw: dict[str, Any] = QdrantBody
 ) -> Any:
     t0 = time.perf_counter()
     check(sv, collection_name)  # an unknown collection is a 404 before the body's 400
-    (found,), hdrs = await queries(sv, request, collection_name, [parse(qm.QueryRequest, raw)])
+    req = parse(qm.QueryRequest, raw)
+    (found,), hdrs = await queries(sv, request, collection_name, [req], batch=False)
     return answer(found, t0, hdrs)
 
 
-@router.post("/collections/{collection_name}/points/query/batch", responses={**OK, **ERRORS})
+@router.post(
+    "/collections/{collection_name}/points/query/batch", responses={**OK, **ERRORS, **BOUNDED}
+)
+@access(Access.READ)
 async def query_batch(
     sv: Svc, request: Request, collection_name: str, raw: dict[str, Any] = QdrantBody
 ) -> Any:
     t0 = time.perf_counter()
     check(sv, collection_name)
     searches = parse(qm.QueryRequestBatch, raw).searches
-    found, hdrs = await queries(sv, request, collection_name, searches)
+    found, hdrs = await queries(sv, request, collection_name, searches, batch=True)
     return answer(found, t0, hdrs)
 
 
@@ -278,6 +308,7 @@ async def query_batch(
 
 
 @router.post("/collections/{collection_name}/points/scroll", responses={**OK, **ERRORS})
+@access(Access.READ)
 async def scroll(sv: Svc, collection_name: str, raw: dict[str, Any] | None = OptionalBody) -> Any:
     t0 = time.perf_counter()
     layout = check(sv, collection_name)
@@ -301,6 +332,7 @@ async def scroll(sv: Svc, collection_name: str, raw: dict[str, Any] | None = Opt
 
 
 @router.post("/collections/{collection_name}/points/count", responses={**OK, **ERRORS})
+@access(Access.READ)
 async def count(sv: Svc, collection_name: str, raw: dict[str, Any] | None = OptionalBody) -> Any:
     t0 = time.perf_counter()
     layout = check(sv, collection_name)
@@ -313,6 +345,7 @@ async def count(sv: Svc, collection_name: str, raw: dict[str, Any] | None = Opti
 
 
 @router.post("/collections/{collection_name}/points", responses={**OK, **ERRORS})
+@access(Access.READ)  # retrieve by ids
 async def retrieve(sv: Svc, collection_name: str, raw: dict[str, Any] = QdrantBody) -> Any:
     t0 = time.perf_counter()
     layout = check(sv, collection_name)
@@ -372,25 +405,37 @@ async def upsert(sv: Svc, collection_name: str, raw: dict[str, Any] = QdrantBody
     return answer({"operation_id": 0, "status": "completed"}, t0, headers(sv))
 
 
-@router.post("/collections/{collection_name}/points/delete", responses={**OK, **WRITE_ERRORS})
+@router.post(
+    "/collections/{collection_name}/points/delete", responses={**OK, **WRITE_ERRORS, **BOUNDED}
+)
 async def delete(sv: Svc, collection_name: str, raw: dict[str, Any] = QdrantBody) -> Any:
     t0 = time.perf_counter()
     layout = check(sv, collection_name)
     body = parse(qm.PointsSelector, raw)
     if body.shard_key is not None:
         raise Unsupported("'shard_key' is not supported")
+    bound = sv.settings.qdrant_api.max_delete_points
     if isinstance(body, qm.PointIdsList):
-        ids = [layout.doc_id(i) for i in body.points]
-    else:  # every point the filter matches, in pages
+        ids = list(dict.fromkeys(layout.doc_id(i) for i in body.points))
+        if len(ids) > bound:
+            raise WriteRefused(
+                422, f"{len(ids)} ids, over {bound} per delete (qdrant_api.max_delete_points)"
+            )
+    else:  # every point the filter matches, in pages, up to one past the bound
         flt, ids, start = to_filter(body.filter, layout), [], None
         store = read_store(sv)
-        while True:
-            views, start = await asyncio.to_thread(store.page, flt, 256, start, ())
+        while len(ids) <= bound:
+            page = min(256, bound + 1 - len(ids))
+            views, start = await asyncio.to_thread(store.page, flt, page, start, ())
             ids += [v["doc_id"] for v in views]
             if start is None:
                 break
-    if len(ids) > 100 * MAX_POINTS:
-        raise Unsupported(f"at most {100 * MAX_POINTS} points per delete")
+        if len(ids) > bound:
+            raise WriteRefused(
+                422,
+                f"the filter matches more than {bound} points (qdrant_api.max_delete_points); "
+                "nothing was deleted: narrow the filter and delete in parts",
+            )
     if ids:
         try:
             await asyncio.to_thread(delete_documents, sv.rt, list(dict.fromkeys(ids)))

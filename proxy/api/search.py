@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from proxy.api.errors import OrjsonResponse, error, refuse_new
-from proxy.api.services import Services, Svc
+from proxy.api.services import Services, Svc, access
 from proxy.availability import DEGRADED_HEADER, search_available
 from proxy.config import Mode
 from proxy.embedding import ModelUnavailable
@@ -21,6 +21,7 @@ from proxy.filters import Filter, StrictBody
 from proxy.migration.cutover import new_too_early
 from proxy.migration.state import HIT
 from proxy.search import SearchResult
+from proxy.security import Access
 from proxy.store import IndexUnavailable
 
 router = APIRouter()
@@ -119,6 +120,12 @@ async def serve_search(
     s, settings, control = sv.searcher, sv.settings, sv.control
     client = request.headers.get(settings.routing.client_key_header)
     served_mode, generation = control.route(client, mode)
+    if served_mode is not Mode.NEW and sv.retired.get():
+        # After `migrate finish --keep` the old index stays on disk, unused: no longer written
+        # (its answers can be stale), so only the operator may still read it, to compare.
+        if not sv.is_admin(request):
+            raise SearchRefused(403, retired_refusal(served_mode))
+        reembed = False  # nothing is migrating any more
     early = (
         new_too_early(await s.coverage.get(), settings.cutover) if served_mode is Mode.NEW else None
     )
@@ -172,6 +179,14 @@ async def shadow_compare(sv: Services, query: str, served: list[str], flt: Any) 
     sv.metrics.shadow_rbo.observe(r)
 
 
+def retired_refusal(mode: Mode) -> str:
+    return (
+        f"mode {mode.value} reads the old index, which `migrate finish` retired: it is no "
+        "longer written and not served. Search in mode new (the default); only a request with "
+        "the admin key may still read the retired index"
+    )
+
+
 def query_problem(sv: Services, query: str) -> str | None:
     """Why a query text is refused (422), or None."""
     if not query.strip():
@@ -184,8 +199,9 @@ def query_problem(sv: Services, query: str) -> str | None:
 @router.post(
     "/search",
     response_model=SearchResponse,
-    responses={400: {}, 409: {}, 413: {}, 422: {}, 503: {}},
+    responses={400: {}, 403: {}, 409: {}, 413: {}, 422: {}, 503: {}},
 )
+@access(Access.READ)
 async def search(sv: Svc, req: SearchRequest, request: Request) -> Any:
     problem = query_problem(sv, req.query)
     if problem:
@@ -196,7 +212,7 @@ async def search(sv: Svc, req: SearchRequest, request: Request) -> Any:
             sv, request, req.query, req.k, req.filter, fields, req.mode, req.force, req.reembed
         )
     except SearchRefused as e:
-        extra = {"problems": [{"field": "body.mode"}]} if e.status == 409 else {}
+        extra = {"problems": [{"field": "body.mode"}]} if e.status in (403, 409) else {}
         return error(e.status, e.message, **extra)
     warnings = await sv.searcher.filter_warnings(req.filter, out.lists)
     res = out.result

@@ -1,11 +1,13 @@
 """What every route shares, built once per app and kept on `app.state.services`; routes get it
-with `Depends(services)`. Also the admin dependency (the bearer key) and the full status."""
+with `Depends(services)`. Also the admin dependency (the admin key), the marks of what each
+route needs (`access`), and the full status."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, HTTPException, Request
 
@@ -14,14 +16,54 @@ from proxy.config import Settings
 from proxy.metrics import Metrics
 from proxy.migration.control import ControlPlane, available_actions
 from proxy.migration.cutover import routing_dict
+from proxy.migration.finish import retired
 from proxy.migration.history import History
 from proxy.migration.status import migration_status
 from proxy.migration.worker import Reembedder, control_state
 from proxy.runtime import Runtime
 from proxy.search import Searcher
-from proxy.security import admin_key, check_bearer
+from proxy.security import Access, Keyring, admin_key, presented_key
 
-ADMIN_REFUSED = "admin endpoints need 'Authorization: Bearer <admin key>'"
+ADMIN_REFUSED = "admin endpoints need the admin key ('Authorization: Bearer <admin key>')"
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Every(Generic[T]):
+    """A value recomputed at most once per `seconds` (not per request): a persisted switch,
+    the figures behind /metrics."""
+
+    def __init__(self, seconds: float, compute: Callable[[], T] | None = None) -> None:
+        self.seconds, self.compute = seconds, compute
+        self.at, self.value = float("-inf"), None
+
+    def stale(self) -> bool:
+        return time.monotonic() - self.at >= self.seconds
+
+    def put(self, value: T) -> T:
+        self.value, self.at = value, time.monotonic()
+        return value
+
+    def get(self) -> T:
+        if self.stale():
+            assert self.compute is not None
+            return self.put(self.compute())
+        return self.value  # type: ignore[return-value]
+
+    def clear(self) -> None:
+        self.at = float("-inf")
+
+
+def access(level: Access) -> Callable[[F], F]:
+    """Marks a route's endpoint with what it needs (proxy.api.middleware.Gate checks it before
+    the body is read). Unmarked: a key for reads (GET) and a read-write key for anything
+    else; admin routes are marked by the `admin` dependency."""
+
+    def mark(endpoint: F) -> F:
+        endpoint.access = level  # type: ignore[attr-defined]
+        return endpoint
+
+    return mark
 
 
 class Services:
@@ -32,12 +74,16 @@ class Services:
         self.worker = Reembedder(rt)
         self.control = ControlPlane(rt)
         self.key = admin_key(rt.settings)
+        self.keys = Keyring(self.key, rt.settings.server)
         self.history = History()
         self.health = Health(rt.store)
         self.background: set[asyncio.Task[Any]] = set()
         self.canary: Any = None  # the last canary check, per hosted model
         self._searcher: Searcher | None = None
-        self._lazy_at, self._lazy_on = float("-inf"), True
+        self._lazy = Every(1.0, lambda: control_state(rt.state, rt.settings.migration)["lazy"])
+        self.retired = Every(1.0, lambda: retired(rt))  # cleared by a finish in this process
+        self._figures: Every[dict[str, Any]] = Every(rt.settings.server.metrics_cache_s)
+        self._figures_lock = asyncio.Lock()
 
     @property
     def started(self) -> bool:
@@ -54,10 +100,10 @@ class Services:
 
     def lazy_enabled(self) -> bool:
         """The persisted lazy switch, re-read at most once a second (not per request)."""
-        if time.monotonic() - self._lazy_at > 1.0:
-            self._lazy_on = control_state(self.rt.state, self.settings.migration)["lazy"]
-            self._lazy_at = time.monotonic()
-        return bool(self._lazy_on)
+        return bool(self._lazy.get())
+
+    def is_admin(self, request: Request) -> bool:
+        return self.keys.grant(presented_key(request.headers.raw)) is Access.ADMIN
 
     def in_background(self, coro: Any) -> None:
         """Work that must not delay the response (enqueueing hits, shadow comparisons)."""
@@ -82,16 +128,25 @@ class Services:
         out["last_gate"] = control.last_gate
         return out
 
+    async def figures(self) -> dict[str, Any]:
+        """The full status for /metrics, computed at most once per `server.metrics_cache_s`
+        (a count per fingerprint and a facet on each scrape would load the index)."""
+        async with self._figures_lock:
+            if self._figures.stale():
+                return self._figures.put(await self.full_status())
+            return self._figures.value  # type: ignore[return-value]
+
 
 def services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
 def admin(request: Request) -> None:
-    """Dependency of every admin route (marks it for AdminGuard, which checks the key before
+    """Dependency of every admin route (marks it for the Gate, which checks the key before
     the body is read; checked here again so a route can never miss it)."""
-    if not check_bearer(request.headers.get("authorization"), services(request).key):
-        raise HTTPException(401, ADMIN_REFUSED)
+    granted = services(request).keys.grant(presented_key(request.headers.raw))
+    if granted is not Access.ADMIN:
+        raise HTTPException(401 if granted is None else 403, ADMIN_REFUSED)
 
 
 GUARDED = [Depends(admin)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from qdrant_client.http import models as qm
 
 from proxy.filters import FilterTree
@@ -105,7 +106,12 @@ def _query(q: Any, using: str | None) -> tuple[str | None, RawVector | None]:
             raise Unsupported("the Document's text is blank")
         return q.text, None
     if isinstance(q, list) and q and all(isinstance(x, (int, float)) for x in q):
-        return None, RawVector([float(x) for x in q], using)
+        vector = [float(x) for x in q]
+        with np.errstate(over="ignore"):
+            finite = np.isfinite(np.asarray(vector, dtype=np.float32)).all()
+        if not finite:  # JSON's NaN/Infinity literals, or past float32's range
+            raise Unsupported("the query vector holds NaN, infinite or out-of-range values")
+        return None, RawVector(vector, using)
     name = NOT_TEXT.get(type(q))
     if name is None:
         name = {
