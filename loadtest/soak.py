@@ -113,7 +113,8 @@ def main() -> int:
 
     def writer() -> None:
         i = 0
-        with httpx.Client(base_url=url, timeout=60) as c:
+        # Writes need a key (the admin key authorises them too).
+        with httpx.Client(base_url=url, timeout=60, headers={"api-key": KEY}) as c:
             while not stop.wait(args.write_every):
                 docs = [
                     {"id": f"soak-{i}-{j}", "text": qs[(i * 2 + j) % len(qs)] + f" (soak {i})"}

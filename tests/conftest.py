@@ -30,6 +30,12 @@ from proxy.runtime import Runtime  # noqa: E402
 # built here and every `crossfade` child process. A test of a fresh deployment's first start
 # unsets it.
 os.environ.setdefault("CROSSFADE_MODEL_CACHE", str(default_model_cache()))
+# Writes need a key: every Settings built here and every `crossfade` child process has this
+# read-write key (tests send `RW`). The environment beats a config's `server.api_keys`: a test
+# of other read-write keys unsets or overrides the variable.
+RW_KEY = "test-read-write-key-0123456789"
+RW = {"api-key": RW_KEY}
+os.environ["CROSSFADE_SERVER__API_KEYS"] = RW_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
@@ -154,11 +160,13 @@ class ProxyProcess:
             self.data, migration=yaml.safe_load(self.config.read_text())["migration"]
         )
 
-    def start(self, env: dict[str, str] | None = None, command: str = "serve") -> None:
+    def start(self, env: dict[str, str | None] | None = None, command: str = "serve") -> None:
+        """`env` adds to this process's environment; a None value removes the variable."""
+        merged = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "proxy.cli", "--config", str(self.config), command],
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                env={k: v for k, v in merged.items() if v is not None},
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

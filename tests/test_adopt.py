@@ -29,7 +29,7 @@ from proxy.embedding import Embedder
 from proxy.ingest import Doc
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
-from tests.conftest import ROOT, LiveServer, demo_settings, wait_for_full_coverage
+from tests.conftest import ROOT, RW, LiveServer, demo_settings, wait_for_full_coverage
 
 pytestmark = pytest.mark.slow
 N = 120
@@ -182,12 +182,14 @@ def run_migration(
         put = httpx.put(
             srv.url + "/documents",
             json={"documents": [{"id": doc_id, "text": text, "metadata": {"topic": "edited"}}]},
+            headers=RW,
             timeout=60,
         )
         assert put.status_code == 200, put.text
         bad = httpx.put(
             srv.url + "/documents",
             json={"documents": [{"id": "not-a-point-id", "text": "x"}]},
+            headers=RW,
             timeout=60,
         )
         assert bad.status_code == 422 and "integers or UUIDs" in bad.json()["error"]

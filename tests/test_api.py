@@ -12,7 +12,7 @@ from proxy.demo import python_reference
 from proxy.ingest import ingest
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
-from tests.conftest import LiveServer, demo_settings, wait_for
+from tests.conftest import RW, LiveServer, demo_settings, wait_for
 
 TOPICS = ("assert", "assignment", "exceptions", "for", "with", "lambda", "import", "try")
 
@@ -176,7 +176,7 @@ def test_filter_on_a_key_no_document_has_warns(server: tuple[str, Runtime]) -> N
     ]
     # The store knows a key as soon as a document holding it is written.
     doc = {"id": "colourful", "text": "A red passage about imports.", "metadata": {"colour": "red"}}
-    assert httpx.put(url + "/documents", json={"documents": [doc]}).status_code == 200
+    assert httpx.put(url + "/documents", json={"documents": [doc]}, headers=RW).status_code == 200
     try:
         wait_for(
             lambda: (
@@ -189,7 +189,7 @@ def test_filter_on_a_key_no_document_has_warns(server: tuple[str, Runtime]) -> N
             "the new key to be known",
         )
     finally:
-        assert httpx.delete(url + "/documents/colourful").status_code == 200
+        assert httpx.delete(url + "/documents/colourful", headers=RW).status_code == 200
 
 
 def test_metrics_endpoint(server: tuple[str, Runtime]) -> None:
@@ -203,7 +203,7 @@ def test_metrics_endpoint(server: tuple[str, Runtime]) -> None:
     httpx.post(url + "/search", json={"query": "for loop"})
     httpx.post(url + "/search", json={"query": "for loop", "mode": "old"})
     httpx.post(url + "/search", json={"query": "for loop", "k": "3"})
-    httpx.delete(url + "/documents/nothing-here")
+    httpx.delete(url + "/documents/nothing-here", headers=RW)
     httpx.get(url + "/nope")
     httpx.post(url + "/admin/mode", json={"mode": "old"})  # no key
     text = httpx.get(url + "/metrics").text
@@ -225,11 +225,13 @@ def test_metrics_endpoint(server: tuple[str, Runtime]) -> None:
     assert "# TYPE crossfade_http_requests_total counter" in text
 
 
-def test_curl_style_form_content_type_is_read_as_json(server: tuple[str, Runtime]) -> None:
+def test_bodies_not_declared_json_are_refused(server: tuple[str, Runtime]) -> None:
+    """curl's `-d` declares a form: refused with 415 and how to send JSON (a form or
+    text/plain POST is what any web page can send cross-site without a preflight)."""
     url, _ = server
     r = httpx.post(
         url + "/search",
         content=b'{"query": "with statement", "k": 2}',
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
-    assert r.status_code == 200 and len(r.json()["results"]) == 2
+    assert r.status_code == 415 and "Content-Type: application/json" in r.json()["error"]

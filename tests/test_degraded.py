@@ -29,7 +29,7 @@ from proxy.ingest import ingest
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
 from proxy.store import IndexUnavailable
-from tests.conftest import ROOT, LiveServer, demo_settings, free_port, wait_for
+from tests.conftest import ROOT, RW, LiveServer, demo_settings, free_port, wait_for
 
 TOPICS = ("assert", "assignment", "exceptions", "for", "with", "lambda", "import", "try")
 KEY = "test-admin-key"
@@ -192,9 +192,9 @@ def test_old_index_unreachable_serves_new_and_bm25(serve: Any) -> None:
     # Writes are refused before they touch any index: nothing lands in the new one alone.
     before = rt.store("new").count()
     doc = {"id": "w1", "text": "A document written while the old index is down."}
-    w = httpx.put(url + "/documents", json={"documents": [doc]}, timeout=T)
+    w = httpx.put(url + "/documents", json={"documents": [doc]}, headers=RW, timeout=T)
     assert w.status_code == 503 and w.json()["error"].startswith("old index unreachable")
-    d = httpx.delete(url + "/documents/try%231", timeout=T)
+    d = httpx.delete(url + "/documents/try%231", headers=RW, timeout=T)
     assert d.status_code == 503 and "old index unreachable" in d.json()["error"]
     assert rt.store("new").count() == before and rt.store("new").retrieve(["w1"]) == {}
     assert rt.store("new").retrieve(["try#1"]) != {}
@@ -241,7 +241,8 @@ def test_both_unreachable_is_503(serve: Any) -> None:
     assert "degraded" not in ready.json()
     assert httpx.get(url + "/migration", timeout=T).status_code == 200
     assert httpx.get(url + "/metrics", timeout=T).status_code == 200
-    w = httpx.put(url + "/documents", json={"documents": [{"id": "x", "text": "t"}]}, timeout=T)
+    one = {"documents": [{"id": "x", "text": "t"}]}
+    w = httpx.put(url + "/documents", json=one, headers=RW, timeout=T)
     assert w.status_code == 503
 
 

@@ -24,7 +24,7 @@ from proxy.migration.start import start_migration
 from proxy.migration.status import verify
 from proxy.migration.worker import Reembedder
 from proxy.runtime import SIDES, Runtime
-from tests.conftest import ProxyProcess, demo_settings, drain, wait_for
+from tests.conftest import RW, ProxyProcess, demo_settings, drain, wait_for
 
 N = 40
 KEY = "fault-test-key"
@@ -116,7 +116,7 @@ def test_kill_9_during_document_writes(tmp_path: Path, models: dict) -> None:
     stop = threading.Event()
 
     def writer() -> None:
-        with httpx.Client(timeout=60) as client:
+        with httpx.Client(timeout=60, headers=RW) as client:
             for i in range(50):
                 if stop.is_set():
                     return

@@ -16,7 +16,7 @@ from proxy.ingest import ingest
 from proxy.migration.start import start_migration
 from proxy.migration.worker import Reembedder
 from proxy.runtime import Runtime
-from tests.conftest import LiveServer, demo_settings, drain
+from tests.conftest import RW, LiveServer, demo_settings, drain
 
 pytestmark = pytest.mark.slow
 KEY = "test-admin-key"
@@ -48,6 +48,7 @@ def migrate(rt: Runtime, eval_dir: Path) -> dict[str, Any]:
         put = httpx.put(
             srv.url + "/documents",
             json={"documents": [{"id": "assert#0", "text": "assert checks a condition."}]},
+            headers=RW,
             timeout=60,
         )
         assert put.json()["indexes"] == ["new"]

@@ -38,7 +38,7 @@ from proxy.ingest import ingest
 from proxy.migration.start import start_migration
 from proxy.migration.worker import control_state
 from proxy.runtime import Runtime
-from tests.conftest import LiveServer, demo_settings
+from tests.conftest import RW, LiveServer, demo_settings
 
 N = 24
 KEY = "fuzz-admin-key"
@@ -99,7 +99,12 @@ def live_proxy(tmp: Path, models: dict) -> Iterator[Proxy]:
     ingest(rt, "old", python_reference()[:N], progress=False)
     start_migration(rt, progress=False)
     rt.state.set("paused", True)  # the store changes only by the writes sent here
-    with LiveServer(create_app(rt)) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+    # Bodies are declared JSON (anything else is a 415 before any route: tests/test_gate.py).
+    json_bodies = {"content-type": "application/json"}
+    with (
+        LiveServer(create_app(rt)) as live,
+        httpx.Client(base_url=live.url, timeout=60, headers=json_bodies) as c,
+    ):
         proxy = Proxy(live.url, rt, c)
         spec = c.get("/openapi.json").json()
         for path, ops in spec["paths"].items():
@@ -280,7 +285,7 @@ def test_search_accepts_exactly_the_valid_requests(proxy: Proxy, body: Any) -> N
 @given(body=broken_batches() | json_values)
 def test_refused_document_writes_change_nothing(proxy: Proxy, body: Any) -> None:
     before = proxy.snapshot()
-    r = proxy.send("PUT", "/documents", content=encode(body))
+    r = proxy.send("PUT", "/documents", content=encode(body), headers=RW)
     if r.status_code == 200:  # arbitrary JSON that happens to be a valid batch
         assert valid(DocumentsIn, body) and r.json()["upserted"] == len(body["documents"])
         return
@@ -312,7 +317,8 @@ def test_bytes_that_are_not_json(proxy: Proxy, body: bytes) -> None:
 )
 def test_deleting_unknown_ids_changes_nothing(proxy: Proxy, doc_id: str) -> None:
     before = proxy.snapshot()
-    r = proxy.send("DELETE", "/documents/" + quote(doc_id, safe=""), route="/documents/{doc_id}")
+    path = "/documents/" + quote(doc_id, safe="")
+    r = proxy.send("DELETE", path, route="/documents/{doc_id}", headers=RW)
     assert r.json() == {"deleted": doc_id, "existed": {"old": 0, "new": 0}}
     assert proxy.snapshot() == before
 
@@ -365,7 +371,7 @@ def test_body_over_the_limit_is_413_with_or_without_content_length(proxy: Proxy)
             yield body[i : i + 64 * 1024]
 
     for kw in ({"content": body}, {"content": chunks()}):
-        r = proxy.send("PUT", "/documents", **kw)
+        r = proxy.send("PUT", "/documents", **kw, headers=RW)
         assert r.status_code == 413 and str(limit) in r.json()["error"]
     search = encode({"query": "x" * (limit + 1)})
     assert proxy.send("POST", "/search", content=search).status_code == 413
@@ -426,14 +432,14 @@ def test_metadata_an_index_cannot_hold_is_refused_and_writes_go_on(proxy: Proxy)
         '{"n": ' + "[" * 900 + "]" * 900 + "}",
     ):
         body = b'{"documents": [{"id": "fz-meta", "text": "t", "metadata": ' + meta.encode()
-        r = proxy.send("PUT", "/documents", content=body + b"}]}")
+        r = proxy.send("PUT", "/documents", content=body + b"}]}", headers=RW)
         assert r.status_code in (400, 422), meta
     assert proxy.snapshot() == before
     doc = {"id": "fz-ok", "text": "a later write", "metadata": {"n": 2**63 - 1, "x": [1.5]}}
-    assert proxy.send("PUT", "/documents", json={"documents": [doc]}).status_code == 200
+    assert proxy.send("PUT", "/documents", json={"documents": [doc]}, headers=RW).status_code == 200
     stored = proxy.rt.store("new").retrieve(["fz-ok"], ["metadata"])["fz-ok"]
     assert stored["metadata"] == doc["metadata"]
-    r = proxy.send("DELETE", "/documents/fz-ok", route="/documents/{doc_id}")
+    r = proxy.send("DELETE", "/documents/fz-ok", route="/documents/{doc_id}", headers=RW)
     assert r.json()["existed"] == {"old": 1, "new": 1}
     assert proxy.snapshot() == before
 
@@ -611,7 +617,8 @@ def test_qdrant_routes_answer_documented_statuses(
     body = data.draw(bodies)
     write = f"{method} {path}" in WRITES
     before = proxy.snapshot() if write else None
-    r = proxy.client.request(method, COLLECTION + path, content=encode(body))
+    headers = RW if write else {}
+    r = proxy.client.request(method, COLLECTION + path, content=encode(body), headers=headers)
     allowed = proxy.documented[(method, "/collections/{collection_name}" + path)]
     assert r.status_code in allowed, (method, path, body, r.status_code, r.text[:300])
     out = r.json()
@@ -633,15 +640,15 @@ def test_qdrant_refused_and_served_writes(proxy: Proxy) -> None:
         {"points": [{"id": "fz-q1", "vector": {"text": " ", "model": "m"}}]},
     ]
     for body in bad:
-        r = proxy.client.put(COLLECTION + "/points", json=body)
+        r = proxy.client.put(COLLECTION + "/points", json=body, headers=RW)
         assert r.status_code in (400, 422), (body, r.text)
         assert "error" in r.json()["status"]
     assert proxy.snapshot() == before
     ok = {"points": [{"id": "fz-q1", "vector": doc, "payload": {"metadata": {"topic": "q"}}}]}
-    assert proxy.client.put(COLLECTION + "/points", json=ok).status_code == 200
+    assert proxy.client.put(COLLECTION + "/points", json=ok, headers=RW).status_code == 200
     got = proxy.client.post(COLLECTION + "/points", json={"ids": ["fz-q1"]}).json()["result"]
     assert got == [{"id": "fz-q1", "payload": {"doc_id": "fz-q1", "text": doc["text"],
                                                "metadata": {"topic": "q"}}}]  # fmt: skip
-    r = proxy.client.post(COLLECTION + "/points/delete", json={"points": ["fz-q1"]})
+    r = proxy.client.post(COLLECTION + "/points/delete", json={"points": ["fz-q1"]}, headers=RW)
     assert r.status_code == 200
     assert proxy.snapshot() == before

@@ -35,7 +35,7 @@ from proxy.migration.start import start_migration
 from proxy.migration.status import migration_status, verify
 from proxy.migration.worker import Reembedder, set_control
 from proxy.runtime import Runtime
-from tests.conftest import LiveServer, drain, hosted_settings, wait_for
+from tests.conftest import RW, LiveServer, drain, hosted_settings, wait_for
 from tests.servers import SERVED_NAME, Infinity
 
 KEY = "test-admin-key"
@@ -285,6 +285,7 @@ def test_canary_drift_refuses_vector_writes_naming_the_model(
             r = httpx.put(
                 srv.url + "/documents",
                 json={"documents": [{"id": "x1", "text": "a new passage"}]},
+                headers=RW,
                 timeout=30,
             )
             assert r.status_code == 409 and SERVED_NAME in r.json()["error"]
@@ -307,6 +308,7 @@ def test_canary_drift_refuses_vector_writes_naming_the_model(
             r = httpx.put(
                 srv.url + "/documents",
                 json={"documents": [{"id": "x1", "text": "a new passage"}]},
+                headers=RW,
                 timeout=60,
             )
             assert r.status_code == 200, r.text

@@ -31,6 +31,7 @@ from proxy.store import FingerprintMismatch, point_id
 from proxy.store.edge import META_FILE
 from tests.conftest import (
     ROOT,
+    RW,
     LiveServer,
     cli_config,
     demo_settings,
@@ -114,6 +115,7 @@ def serve_migration(rt: Runtime, drop: bool) -> dict[str, Any]:
         put = httpx.put(
             srv.url + "/documents",
             json={"documents": [{"id": EDITED[0], "text": EDITED[1], "metadata": {"e": 1}}]},
+            headers=RW,
             timeout=60,
         )
         assert put.status_code == 200 and put.json()["indexes"] == ["old", "new"], put.text
@@ -136,7 +138,9 @@ def serve_migration(rt: Runtime, drop: bool) -> dict[str, Any]:
         assert fin.status_code == 200, fin.text
         out["finish"] = fin.json()
         put = httpx.put(
-            srv.url + "/documents", json={"documents": [{"id": "if#0", "text": "if, edited."}]}
+            srv.url + "/documents",
+            json={"documents": [{"id": "if#0", "text": "if, edited."}]},
+            headers=RW,
         )
         assert put.json()["indexes"] == ["new"]  # no dual write after finish
         assert httpx.get(srv.url + "/drift", timeout=30).json()["alarm"] is False

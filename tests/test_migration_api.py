@@ -15,7 +15,7 @@ from proxy.demo import python_reference
 from proxy.ingest import ingest
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
-from tests.conftest import LiveServer, demo_settings, wait_for
+from tests.conftest import RW, LiveServer, demo_settings, wait_for
 
 N = 48
 KEY = "test-admin-key"
@@ -107,12 +107,12 @@ def test_document_writes_over_http(server: tuple[str, Runtime]) -> None:
             }
         ]
     }
-    r = httpx.put(url + "/documents", json=docs)
+    r = httpx.put(url + "/documents", json=docs, headers=RW)
     assert r.status_code == 200 and r.json() == {"upserted": 1, "indexes": ["old", "new"]}
     hits = httpx.post(url + "/search", json={"query": "pattern matching case", "k": 3}).json()
     top = hits["results"][0]
     assert top["doc_id"] == "n1" and top["migrated"]
-    r = httpx.delete(url + "/documents/n1")
+    r = httpx.delete(url + "/documents/n1", headers=RW)
     assert r.json()["existed"] == {"old": 1, "new": 1}
     assert rt.store("new").retrieve(["n1"]) == {}
 
@@ -132,6 +132,6 @@ def test_document_writes_over_http(server: tuple[str, Runtime]) -> None:
 def test_bad_document_writes_change_nothing(server: tuple[str, Runtime], body: dict) -> None:
     url, rt = server
     before = rt.store("old").count(), rt.store("new").count()
-    r = httpx.put(url + "/documents", json=body)
+    r = httpx.put(url + "/documents", json=body, headers=RW)
     assert r.status_code == 422 and r.json()["error"]
     assert (rt.store("old").count(), rt.store("new").count()) == before

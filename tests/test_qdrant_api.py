@@ -24,7 +24,7 @@ from proxy.ingest import Doc
 from proxy.migration.start import start_migration
 from proxy.migration.worker import Reembedder
 from proxy.runtime import Runtime
-from tests.conftest import LiveServer
+from tests.conftest import RW_KEY, LiveServer
 from tests.qdrant_app import AppRun, run_app
 from tests.test_adopt import questions, settings_for, swapped
 
@@ -113,7 +113,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Embedder])
     s = Setup(tmp_path_factory.mktemp("qdrant_api"), models)
     with LiveServer(create_app(s.rt)) as srv:
         s.url = srv.url  # type: ignore[attr-defined]
-        client = QdrantClient(url=srv.url, cloud_inference=True, timeout=120)
+        client = QdrantClient(url=srv.url, api_key=RW_KEY, cloud_inference=True, timeout=120)
         # /search's answers before the app writes anything
         s.search_top10 = [  # type: ignore[attr-defined]
             [h["doc_id"] for h in search(srv.url, q)["results"]] for q in s.queries
@@ -272,7 +272,7 @@ def test_raw_vector_passed_to_the_index_whose_model_made_it(setup: Any) -> None:
     local = QdrantClient(path=str(setup.local_path))
     try:
         with LiveServer(create_app(rt)) as srv:
-            client = QdrantClient(url=srv.url, cloud_inference=True, timeout=120)
+            client = QdrantClient(url=srv.url, api_key=RW_KEY, cloud_inference=True, timeout=120)
             for q in setup.queries[:5]:
                 vec = setup.vector(q)
                 ours = client.query_points("docs", query=vec, limit=10).points
