@@ -8,6 +8,7 @@ dotted name of the offending field (see `ConfigError`).
 from __future__ import annotations
 
 import os
+import re
 import sysconfig
 from enum import StrEnum
 from pathlib import Path
@@ -578,8 +579,9 @@ def _type_name(ann: Any) -> str:
 
 
 def reference_markdown() -> str:
-    """The config reference table, generated from the models above (the README embeds it and a
-    test keeps the two identical, so the docs cannot drift from the code)."""
+    """The config reference table, generated from the models above. The documentation's
+    reference page is this text, inserted when the site is built (docs/hooks.py), so the docs
+    cannot drift from the code; `crossfade config-reference` prints it."""
     rows = ["| field | type | default | description |", "|---|---|---|---|"]
 
     def walk(model: type[BaseModel], prefix: str) -> None:
@@ -603,6 +605,8 @@ def reference_markdown() -> str:
             if isinstance(default, StrEnum):
                 default = default.value
             desc = (f.description or "").replace("|", "\\|")
+            # `<data_dir>` as code: bare, markdown takes it for an HTML tag and drops it.
+            desc = re.sub(r"(?<!`)<([a-z_]+)>", r"`<\1>`", desc)
             rows.append(f"| `{dotted}` | {_type_name(ann)} | `{default!s}` | {desc} |")
 
     walk(Settings, "")
