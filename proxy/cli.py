@@ -233,6 +233,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     backfill = f"backfill {'on' if ctl['backfill'] else 'off'} until {ctl['until']:g}%"
     lazy = f"lazy {'on' if ctl['lazy'] else 'off'}"
     print(f"queue: {q['hits']} hits + {q['backfill']} backfill; {worker}; {backfill}; {lazy}")
+    j = out["write_journal"]
+    if j["pending"]:
+        retry = f", next retry in {j['next_retry_in_s']:g}s" if j["retrying"] else ""
+        print(
+            f"WRITES NOT YET IN EVERY INDEX: {j['pending']} batch(es), oldest "
+            f"{j['oldest_age_s']:g}s, {j['max_attempts']} failed attempt(s){retry}; "
+            f"last error: {j['last_error']}"
+        )
     for line in spend_lines(out):
         print(line)
     return 0

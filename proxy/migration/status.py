@@ -44,8 +44,8 @@ def migration_status(
         "migration": rt.state.get("migration"),
         "indexes": indexes,
         "queue": rt.state.depth(),
-        # Document write batches not yet applied to every index / set aside as failing.
-        "write_journal": rt.journal.counts(),
+        # Document write batches not yet in every index, and how their retries go.
+        "write_journal": rt.journal.status(),
         "control": control,
         "worker": None
         if worker is None

@@ -249,7 +249,7 @@ class ServerStore:
         """A payload path of crossfade's layout in this index."""
         return path
 
-    def _point(self, p: PointWrite) -> qm.PointStruct:
+    def _vectors(self, p: PointWrite) -> dict[str, Any]:
         vec: dict[str, Any] = {}
         if p.dense is not None:
             vec[self.vector] = np.asarray(p.dense, dtype=np.float32).tolist()
@@ -257,7 +257,10 @@ class ServerStore:
             vec[self.sparse_vector] = qm.SparseVector(
                 indices=p.sparse.indices, values=p.sparse.values
             )
-        return qm.PointStruct(id=point_id(p.doc_id), vector=vec, payload=p.payload())
+        return vec
+
+    def _point(self, p: PointWrite) -> qm.PointStruct:
+        return qm.PointStruct(id=point_id(p.doc_id), vector=self._vectors(p), payload=p.payload())
 
     def upsert(self, points: Sequence[PointWrite]) -> None:
         check_fingerprints(self.info(), points)
@@ -265,23 +268,37 @@ class ServerStore:
         with self._guard():
             if plain:
                 self.client.upsert(self.collection, plain, wait=True)
-            for p in points:
-                if p.if_text_sha256 is None:
-                    continue
-                cond = qm.Filter(
-                    must=[
-                        qm.FieldCondition(
-                            key="text_sha256", match=qm.MatchValue(value=p.if_text_sha256)
-                        )
-                    ]
-                )
-                self.client.upsert(
-                    self.collection,
-                    [self._point(p)],
-                    wait=True,
-                    update_filter=cond,
-                    update_mode=qm.UpdateMode.UPDATE_ONLY,
-                )
+            for p in points:  # re-embeds: vectors only, a payload read earlier never written back
+                if p.if_text_sha256 is not None:
+                    self._update_if_same_text(p)
+
+    # Whether points carry the bookkeeping payload (an adopted collection's don't).
+    carries_bookkeeping = True
+
+    def _same_text(self, p: PointWrite) -> qm.Filter | None:
+        """Conditional write: only while the stored text is still the one embedded."""
+        key, sha = self._key("text_sha256"), p.if_text_sha256 or p.text_sha256
+        return qm.Filter(must=[qm.FieldCondition(key=key, match=qm.MatchValue(value=sha))])
+
+    def _update_if_same_text(self, p: PointWrite) -> None:
+        """The vectors of a re-embed, then their bookkeeping, each only while the stored text
+        is the one embedded; a point deleted meanwhile is skipped."""
+        pid, same = self._pid(p.doc_id), self._same_text(p)
+        vectors = qm.PointVectors(id=pid, vector=self._vectors(p))
+        try:
+            self.client.update_vectors(self.collection, [vectors], wait=True, update_filter=same)
+        except KeyError:  # local mode: no such point
+            return
+        except UnexpectedResponse as e:
+            if e.status_code == 404:
+                return
+            raise
+        if self.carries_bookkeeping and (marks := p.bookkeeping()):
+            must = [qm.HasIdCondition(has_id=[pid]), *((same.must or []) if same else [])]
+            self.client.set_payload(self.collection, marks, points=qm.Filter(must=must), wait=True)
+
+    def check_ids(self, doc_ids: Sequence[str]) -> None:
+        """Any doc id keys a point (uuid5 of it)."""
 
     def delete(self, doc_ids: Sequence[str]) -> None:
         with self._guard():
