@@ -200,21 +200,13 @@ class AdoptedStore(ServerStore):
     def _key(self, path: str) -> str:
         return self.layout.key(path)
 
-    def _vectors(self, p: PointWrite) -> dict[str, Any]:
-        vec: dict[str, Any] = {}
-        if p.dense is not None:
-            vec[self.vector] = np.asarray(p.dense, dtype=np.float32).tolist()
-        if p.sparse is not None and self._info and self._info.sparse:
-            vec[self.sparse_vector] = qm.SparseVector(
-                indices=p.sparse.indices, values=p.sparse.values
-            )
-        return vec
-
     def _point(self, p: PointWrite) -> qm.PointStruct:
         vec: Any = self._vectors(p)
         if set(vec) == {""} and not self.shared:
             vec = vec[""]  # the unnamed vector alone: the plain form every client writes
         return qm.PointStruct(id=self._pid(p.doc_id), vector=vec, payload=self.layout.payload(p))
+
+    carries_bookkeeping = False
 
     def _same_text(self, p: PointWrite) -> qm.Filter | None:
         """Conditional write: only while the stored text is still the one embedded."""
@@ -237,15 +229,9 @@ class AdoptedStore(ServerStore):
         with self._guard():
             if plain:
                 self.client.upsert(self.collection, plain, wait=True)
-            for p in points:
+            for p in points:  # re-embeds: vectors only, a payload read earlier never written back
                 if p.if_text_sha256 is not None:
-                    self.client.upsert(
-                        self.collection,
-                        [self._point(p)],
-                        wait=True,
-                        update_filter=self._same_text(p),
-                        update_mode=qm.UpdateMode.UPDATE_ONLY,
-                    )
+                    self._update_if_same_text(p)
 
     def _upsert_in_place(self, points: Sequence[PointWrite]) -> None:
         """The new vectors of points the old side owns: vectors only, never the point whole
@@ -283,12 +269,7 @@ class AdoptedStore(ServerStore):
                     self.client.update_vectors(self.collection, kept, wait=True)
             for p in points:
                 if p.if_text_sha256 is not None:
-                    self.client.update_vectors(
-                        self.collection,
-                        [qm.PointVectors(id=self._pid(p.doc_id), vector=self._vectors(p))],
-                        wait=True,
-                        update_filter=self._same_text(p),
-                    )
+                    self._update_if_same_text(p)
 
     def _member(self) -> qm.Filter | None:
         """In place, a point belongs to the new index once seeded (holds the BM25 vector)."""
