@@ -105,6 +105,35 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_exclude(args: argparse.Namespace) -> int:
+    """Migrate without documents that cannot be re-embedded (listed by `crossfade status`):
+    an operator's decision, so it is recorded in the audit log."""
+    from proxy.migration.cutover import AUDIT, AuditLog
+    from proxy.migration.state import SqliteState
+
+    settings = _settings(args)
+    state = SqliteState(settings.data_path("migration.sqlite"))
+    try:
+        actor = _actor()
+        excluded = state.exclude(args.ids, actor)
+        unknown = [d for d in args.ids if d not in excluded]
+        if excluded:
+            AuditLog(settings.data_path(AUDIT)).append(
+                {"action": "migrate exclude", "actor": actor, "ids": excluded}
+            )
+        left = state.unembeddable()["count"]
+    finally:
+        state.close()
+    _print_json({"excluded": excluded, "not_listed": unknown, "still_blocking": left})
+    if unknown:
+        print(
+            f"crossfade: not listed as unembeddable (see `crossfade status`): {unknown}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def cmd_finish(args: argparse.Namespace) -> int:
     """Through the running proxy if one answers (it owns the pointer and the shards), else
     on the stores directly."""
@@ -233,6 +262,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     backfill = f"backfill {'on' if ctl['backfill'] else 'off'} until {ctl['until']:g}%"
     lazy = f"lazy {'on' if ctl['lazy'] else 'off'}"
     print(f"queue: {q['hits']} hits + {q['backfill']} backfill; {worker}; {backfill}; {lazy}")
+    u = out["unembeddable"]
+    if u["count"]:
+        ids = ", ".join(f"{i['doc_id']} ({i['why']})" for i in u["ids"][:10])
+        more = " ..." if u["count"] > 10 else ""
+        print(
+            f"CANNOT BE RE-EMBEDDED: {u['count']} documents, blocking cutover until given text "
+            f"or excluded (crossfade migrate exclude ID...): {ids}{more}"
+        )
     j = out["write_journal"]
     if j["pending"]:
         retry = f", next retry in {j['next_retry_in_s']:g}s" if j["retrying"] else ""
@@ -589,6 +626,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--vector", help="name of the new vector with --in-place (default: model name)")
     m.set_defaults(func=cmd_migrate)
+    m = msub.add_parser(
+        "exclude", help="migrate without documents that cannot be re-embedded (audited)"
+    )
+    m.add_argument("ids", nargs="+", metavar="ID", help="doc ids `crossfade status` lists")
+    m.set_defaults(func=cmd_exclude)
     m = msub.add_parser(
         "finish", help="after a cutover: stop dual writes, retire the old index, audit it"
     )

@@ -203,3 +203,5 @@ def _apply(
             log.error("write batch %d: the %s index refused it, retried later: %s", batch, side, e)
             raise WritePending(batch, sides[:n], left, _brief(e)) from e
     rt.journal.done(batch)
+    # Given text (or gone): no longer documents that can't be re-embedded.
+    rt.state.forget_unembeddable([d.doc_id for d in docs] if op == UPSERT else items)

@@ -117,7 +117,11 @@ class Runtime:
             new_store=self.store("new"),
             bm25=self.bm25,
             fusion=self.settings.fusion,
-            coverage=Coverage(self.store("new"), self.settings.server.coverage_refresh_s),
+            coverage=Coverage(
+                self.store("new"),
+                self.settings.server.coverage_refresh_s,
+                lambda: int(self.state.unembeddable()["outside"]),
+            ),
             fitted=load_fit(self.state, self.fingerprints()),
         )
 

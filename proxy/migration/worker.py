@@ -195,7 +195,12 @@ class Reembedder:
         payloads = new.retrieve(ids, ["text", "metadata", "text_sha256"])
         have = new.with_dense(list(payloads))
         # Deleted since enqueued, or already migrated (by a write or another worker): done.
-        todo = [doc_of(payloads[d]) for d in ids if d in payloads and d not in have]
+        left = [d for d in ids if d in payloads and d not in have]
+        # No text to embed them from: listed (status, the gate), never a batch stalled.
+        self.state.mark_unembeddable(
+            [(d, "no text", True) for d in left if not isinstance(payloads[d].get("text"), str)]
+        )
+        todo = [doc_of(payloads[d]) for d in left if isinstance(payloads[d].get("text"), str)]
         if not model.hosted:
             # Each batch pads to its own longest text: similar lengths together waste little.
             todo.sort(key=lambda d: len(d.text))
