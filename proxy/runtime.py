@@ -120,7 +120,7 @@ class Runtime:
             coverage=Coverage(
                 self.store("new"),
                 self.settings.server.coverage_refresh_s,
-                lambda: int(self.state.unembeddable()["outside"]),
+                lambda: int(self.state.unembeddable()["count"]),
             ),
             fitted=load_fit(self.state, self.fingerprints()),
         )

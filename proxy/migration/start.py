@@ -121,7 +121,7 @@ def start_migration(
             ]
         # Nothing to embed them from: counted, listed and blocking the gate (never skipped
         # silently) until they get text or an operator excludes them.
-        textless = [(p["doc_id"], "no stored text", False) for p in todo if "text" not in p]
+        textless = [(p["doc_id"], "no stored text") for p in batch if "text" not in p]
         rt.state.mark_unembeddable(textless)
         without_text += len(textless)
         todo = [p for p in todo if "text" in p]

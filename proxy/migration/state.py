@@ -41,9 +41,10 @@ class MigrationState(Protocol):
 
     def delete(self, key: str) -> None: ...
 
-    def mark_unembeddable(self, items: Sequence[tuple[str, str, bool]]) -> None:
-        """(doc id, why, whether the new index holds the point) of documents that cannot be
-        re-embedded (no text): counted and listed until given text or excluded."""
+    def mark_unembeddable(self, items: Sequence[tuple[str, str]]) -> None:
+        """(doc id, why) of documents that cannot be re-embedded (no text): counted and
+        listed until given text or excluded. The new index counts none of them (they were
+        never seeded into it), so coverage counts them as missing."""
         ...
 
     def forget_unembeddable(self, doc_ids: Sequence[str]) -> None:
@@ -81,7 +82,7 @@ class SqliteState:
             "CREATE INDEX IF NOT EXISTS queue_order ON queue (priority, enqueued_at)",
             "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT)",
             "CREATE TABLE IF NOT EXISTS unembeddable (doc_id TEXT PRIMARY KEY, why TEXT NOT NULL,"
-            " in_index INTEGER NOT NULL, at REAL NOT NULL, excluded_by TEXT)",
+            " at REAL NOT NULL, excluded_by TEXT)",
         )
         self._lock = threading.Lock()
 
@@ -161,17 +162,16 @@ class SqliteState:
         with self._lock:
             self._db.execute("DELETE FROM kv WHERE key = ?", (key,))
 
-    def mark_unembeddable(self, items: Sequence[tuple[str, str, bool]]) -> None:
+    def mark_unembeddable(self, items: Sequence[tuple[str, str]]) -> None:
         if not items:
             return
         now = time.time()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(
-                "INSERT INTO unembeddable (doc_id, why, in_index, at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT(doc_id) DO UPDATE SET why = excluded.why,"
-                " in_index = excluded.in_index",
-                [(d, why, int(inside), now) for d, why, inside in items],
+                "INSERT INTO unembeddable (doc_id, why, at) VALUES (?, ?, ?)"
+                " ON CONFLICT(doc_id) DO UPDATE SET why = excluded.why",
+                [(d, why, now) for d, why in items],
             )
             self._db.execute("COMMIT")
 
@@ -199,13 +199,11 @@ class SqliteState:
         return listed
 
     def unembeddable(self, shown: int = 20) -> dict[str, Any]:
-        """Documents that cannot be re-embedded: `count` (not excluded: they block the gate),
-        `outside` (of those, not in the new index: coverage counts them as missing),
-        `excluded`, and the first `shown` with why."""
+        """Documents that cannot be re-embedded: `count` (not excluded: they block the gate
+        and count as missing in coverage), `excluded`, and the first `shown` with why."""
         with self._lock:
-            count, outside, excluded = self._db.execute(
+            count, excluded = self._db.execute(
                 "SELECT coalesce(sum(excluded_by IS NULL), 0),"
-                " coalesce(sum(excluded_by IS NULL AND in_index = 0), 0),"
                 " coalesce(sum(excluded_by IS NOT NULL), 0) FROM unembeddable"
             ).fetchone()
             rows = self._db.execute(
@@ -215,7 +213,6 @@ class SqliteState:
             ).fetchall()
         return {
             "count": int(count),
-            "outside": int(outside),
             "excluded": int(excluded),
             "ids": [{"doc_id": d, "why": why} for d, why in rows],
         }

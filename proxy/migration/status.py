@@ -39,7 +39,7 @@ def migration_status(
     unembeddable = rt.state.unembeddable()
     if new["documents"] is not None:  # what can't be re-embedded is missing, not left out
         new["unembeddable"] = unembeddable["count"]
-        total = new["documents"] + unembeddable["outside"]
+        total = new["documents"] + unembeddable["count"]
         new["coverage"] = round(new["with_vector"] / total, 4) if total else 0.0
     remaining = None if new["documents"] is None else new["documents"] - new["with_vector"]
     control = control_state(rt.state, rt.settings.migration)

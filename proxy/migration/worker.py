@@ -198,7 +198,7 @@ class Reembedder:
         left = [d for d in ids if d in payloads and d not in have]
         # No text to embed them from: listed (status, the gate), never a batch stalled.
         self.state.mark_unembeddable(
-            [(d, "no text", True) for d in left if not isinstance(payloads[d].get("text"), str)]
+            [(d, "no text") for d in left if not isinstance(payloads[d].get("text"), str)]
         )
         todo = [doc_of(payloads[d]) for d in left if isinstance(payloads[d].get("text"), str)]
         if not model.hosted:

@@ -425,8 +425,17 @@ class ServerStore:
         with self._guard():
             return int(self.client.count(self.collection, count_filter=qf, exact=True).count)
 
+    def _member(self) -> qm.Filter | None:
+        """Which of the collection's points belong to this index (None: all of them)."""
+        return None
+
     def without_dense(self, limit: int) -> list[str]:
-        flt = qm.Filter(must_not=[qm.HasVectorCondition(has_vector=self.vector)])
+        # Members only: in place, a point never seeded (no text) is not the sweep's to embed.
+        member = self._member()
+        flt = qm.Filter(
+            must=[member] if member else None,
+            must_not=[qm.HasVectorCondition(has_vector=self.vector)],
+        )
         with self._guard():
             recs, _ = self.client.scroll(
                 self.collection, scroll_filter=flt, limit=limit, with_payload=self._select(())
