@@ -79,11 +79,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from proxy.documents import ingest_both, live_sides
     from proxy.ingest import ingest, read_jsonl
     from proxy.runtime import Runtime
 
     with Runtime(_settings(args)) as rt:
-        result = ingest(rt, args.index, read_jsonl(args.file), progress=not args.quiet)
+        docs, progress = read_jsonl(args.file), not args.quiet
+        if args.index == "old" and "new" in live_sides(rt):  # a migration runs: dual write
+            result = ingest_both(rt, docs, progress=progress)
+        else:
+            result = ingest(rt, args.index, docs, progress=progress)
     _print_json(result)
     return 0
 

