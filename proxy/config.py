@@ -144,6 +144,13 @@ class ModelConfig(Strict):
         description="kind=openai: wait before the first retry; doubles each retry (with "
         "jitter), at most 30 s.",
     )
+    max_retry_after_s: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="kind=openai: the longest wait a `Retry-After` header is honoured for "
+        "(a larger one waits this long): one answer can't hold a write for a day.",
+    )
     requests_per_minute: float = Field(
         0.0, ge=0, description="kind=openai: request rate limit; 0 = none."
     )
@@ -469,6 +476,28 @@ class ServerConfig(Strict):
     )
 
 
+class WritesConfig(Strict):
+    """Document writes (PUT /documents, the Qdrant upsert and delete routes)."""
+
+    threads: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Threads that embed and apply document writes; apart from the ones that "
+        "serve searches, so slow writes never hold a search up.",
+    )
+    retry_base_s: float = Field(
+        1.0,
+        gt=0,
+        le=600,
+        description="A batch one index refused (outage, full disk) is retried from the write "
+        "journal after this long, doubling each failed attempt.",
+    )
+    retry_max_s: float = Field(
+        60.0, gt=0, le=3600, description="The longest wait between two retries of a batch."
+    )
+
+
 class QdrantApiConfig(Strict):
     """Qdrant's REST query API on the proxy, for apps written against qdrant-client
     (`QdrantClient(url=<proxy>, cloud_inference=True)`): they send text, crossfade embeds it."""
@@ -511,6 +540,7 @@ class Settings(BaseSettings):
     plan: PlanConfig = Field(default_factory=PlanConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     qdrant_api: QdrantApiConfig = Field(default_factory=QdrantApiConfig)
+    writes: WritesConfig = Field(default_factory=WritesConfig)
     bm25_avg_len: float = Field(
         256.0, gt=0, description="Expected document length in tokens for BM25 normalisation."
     )
@@ -526,6 +556,21 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # env beats the YAML file, which arrives as init kwargs.
         return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _shards_apart(self) -> Settings:
+        """Two embedded shards one inside the other: dropping the outer one (`migrate finish
+        --drop`, a rebuild) would delete the inner one with it."""
+        old, new = self.indexes.old, self.indexes.new
+        if old.backend == new.backend == "edge":
+            a = self.data_path(old.path or "old").resolve()
+            b = self.data_path(new.path or "new").resolve()
+            if a != b and (a in b.parents or b in a.parents):
+                raise ValueError(
+                    f"indexes.old.path ({a}) and indexes.new.path ({b}) lie one inside the "
+                    "other: give each index a directory of its own"
+                )
+        return self
 
     def data_path(self, relative: str) -> Path:
         p = Path(relative)
