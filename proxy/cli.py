@@ -93,11 +93,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from proxy.documents import ingest_both, live_sides
     from proxy.ingest import ingest, read_jsonl
     from proxy.runtime import Runtime
 
     with Runtime(_settings(args)) as rt:
-        result = ingest(rt, args.index, read_jsonl(args.file), progress=not args.quiet)
+        docs, progress = read_jsonl(args.file), not args.quiet
+        if args.index == "old" and "new" in live_sides(rt):  # a migration runs: dual write
+            result = ingest_both(rt, docs, progress=progress)
+        else:
+            result = ingest(rt, args.index, docs, progress=progress)
     _print_json(result)
     return 0
 
@@ -116,6 +121,35 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             vector=args.vector,
         )
     _print_json(result)
+    return 0
+
+
+def cmd_exclude(args: argparse.Namespace) -> int:
+    """Migrate without documents that cannot be re-embedded (listed by `crossfade status`):
+    an operator's decision, so it is recorded in the audit log."""
+    from proxy.migration.cutover import AUDIT, AuditLog
+    from proxy.migration.state import SqliteState
+
+    settings = _settings(args)
+    state = SqliteState(settings.data_path("migration.sqlite"))
+    try:
+        actor = _actor()
+        excluded = state.exclude(args.ids, actor)
+        unknown = [d for d in args.ids if d not in excluded]
+        if excluded:
+            AuditLog(settings.data_path(AUDIT)).append(
+                {"action": "migrate exclude", "actor": actor, "ids": excluded}
+            )
+        left = state.unembeddable()["count"]
+    finally:
+        state.close()
+    _print_json({"excluded": excluded, "not_listed": unknown, "still_blocking": left})
+    if unknown:
+        print(
+            f"crossfade: not listed as unembeddable (see `crossfade status`): {unknown}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -247,6 +281,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     backfill = f"backfill {'on' if ctl['backfill'] else 'off'} until {ctl['until']:g}%"
     lazy = f"lazy {'on' if ctl['lazy'] else 'off'}"
     print(f"queue: {q['hits']} hits + {q['backfill']} backfill; {worker}; {backfill}; {lazy}")
+    u = out["unembeddable"]
+    if u["count"]:
+        ids = ", ".join(f"{i['doc_id']} ({i['why']})" for i in u["ids"][:10])
+        more = " ..." if u["count"] > 10 else ""
+        print(
+            f"CANNOT BE RE-EMBEDDED: {u['count']} documents, blocking cutover until given text "
+            f"or excluded (crossfade migrate exclude ID...): {ids}{more}"
+        )
+    j = out["write_journal"]
+    if j["pending"]:
+        retry = f", next retry in {j['next_retry_in_s']:g}s" if j["retrying"] else ""
+        print(
+            f"WRITES NOT YET IN EVERY INDEX: {j['pending']} batch(es), oldest "
+            f"{j['oldest_age_s']:g}s, {j['max_attempts']} failed attempt(s){retry}; "
+            f"last error: {j['last_error']}"
+        )
     for line in spend_lines(out):
         print(line)
     return 0
@@ -595,6 +645,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--vector", help="name of the new vector with --in-place (default: model name)")
     m.set_defaults(func=cmd_migrate)
+    m = msub.add_parser(
+        "exclude", help="migrate without documents that cannot be re-embedded (audited)"
+    )
+    m.add_argument("ids", nargs="+", metavar="ID", help="doc ids `crossfade status` lists")
+    m.set_defaults(func=cmd_exclude)
     m = msub.add_parser(
         "finish", help="after a cutover: stop dual writes, retire the old index, audit it"
     )

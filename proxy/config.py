@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sysconfig
 from enum import StrEnum
 from pathlib import Path
@@ -151,6 +152,13 @@ class ModelConfig(Strict):
         le=60,
         description="kind=openai: wait before the first retry; doubles each retry (with "
         "jitter), at most 30 s.",
+    )
+    max_retry_after_s: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="kind=openai: the longest wait a `Retry-After` header is honoured for "
+        "(a larger one waits this long): one answer can't hold a write for a day.",
     )
     requests_per_minute: float = Field(
         0.0, ge=0, description="kind=openai: request rate limit; 0 = none."
@@ -567,6 +575,28 @@ def _check_key(key: SecretStr, what: str) -> None:
         raise ValueError(f"{what} holds whitespace or characters a header can't carry")
 
 
+class WritesConfig(Strict):
+    """Document writes (PUT /documents, the Qdrant upsert and delete routes)."""
+
+    threads: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Threads that embed and apply document writes; apart from the ones that "
+        "serve searches, so slow writes never hold a search up.",
+    )
+    retry_base_s: float = Field(
+        1.0,
+        gt=0,
+        le=600,
+        description="A batch one index refused (outage, full disk) is retried from the write "
+        "journal after this long, doubling each failed attempt.",
+    )
+    retry_max_s: float = Field(
+        60.0, gt=0, le=3600, description="The longest wait between two retries of a batch."
+    )
+
+
 class QdrantApiConfig(Strict):
     """Qdrant's REST query API on the proxy, for apps written against qdrant-client
     (`QdrantClient(url=<proxy>, cloud_inference=True)`): they send text, crossfade embeds it."""
@@ -626,6 +656,7 @@ class Settings(BaseSettings):
     plan: PlanConfig = Field(default_factory=PlanConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     qdrant_api: QdrantApiConfig = Field(default_factory=QdrantApiConfig)
+    writes: WritesConfig = Field(default_factory=WritesConfig)
     bm25_avg_len: float = Field(
         256.0, gt=0, description="Expected document length in tokens for BM25 normalisation."
     )
@@ -641,6 +672,21 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # env beats the YAML file, which arrives as init kwargs.
         return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _shards_apart(self) -> Settings:
+        """Two embedded shards one inside the other: dropping the outer one (`migrate finish
+        --drop`, a rebuild) would delete the inner one with it."""
+        old, new = self.indexes.old, self.indexes.new
+        if old.backend == new.backend == "edge":
+            a = self.data_path(old.path or "old").resolve()
+            b = self.data_path(new.path or "new").resolve()
+            if a != b and (a in b.parents or b in a.parents):
+                raise ValueError(
+                    f"indexes.old.path ({a}) and indexes.new.path ({b}) lie one inside the "
+                    "other: give each index a directory of its own"
+                )
+        return self
 
     def data_path(self, relative: str) -> Path:
         p = Path(relative)
@@ -694,8 +740,9 @@ def _type_name(ann: Any) -> str:
 
 
 def reference_markdown() -> str:
-    """The config reference table, generated from the models above (the README embeds it and a
-    test keeps the two identical, so the docs cannot drift from the code)."""
+    """The config reference table, generated from the models above. The documentation's
+    reference page is this text, inserted when the site is built (docs/hooks.py), so the docs
+    cannot drift from the code; `crossfade config-reference` prints it."""
     rows = ["| field | type | default | description |", "|---|---|---|---|"]
 
     def walk(model: type[BaseModel], prefix: str) -> None:
@@ -719,6 +766,8 @@ def reference_markdown() -> str:
             if isinstance(default, StrEnum):
                 default = default.value
             desc = (f.description or "").replace("|", "\\|")
+            # `<data_dir>` as code: bare, markdown takes it for an HTML tag and drops it.
+            desc = re.sub(r"(?<!`)<([a-z_]+)>", r"`<\1>`", desc)
             rows.append(f"| `{dotted}` | {_type_name(ann)} | `{default!s}` | {desc} |")
 
     walk(Settings, "")

@@ -97,12 +97,14 @@ def retry_after_s(headers: Any) -> float | None:
         return max(0.0, when.timestamp() - time.time()) if when else None
 
 
-def backoff_s(attempt: int, base: float, retry_after: float | None) -> float:
-    """Wait before retry number `attempt` (0 = the first): what the server asked for (plus a
-    little jitter, so requests told the same don't return together), else exponential with
-    full jitter in the upper half, at most MAX_BACKOFF_S."""
+def backoff_s(
+    attempt: int, base: float, retry_after: float | None, max_retry_after: float
+) -> float:
+    """Wait before retry number `attempt` (0 = the first): what the server asked for, at most
+    `max_retry_after` (plus a little jitter, so requests told the same don't return
+    together), else exponential with full jitter in the upper half, at most MAX_BACKOFF_S."""
     if retry_after is not None:
-        return retry_after * random.uniform(1.0, 1.1)
+        return min(retry_after, max_retry_after) * random.uniform(1.0, 1.1)
     return min(MAX_BACKOFF_S, base * 2**attempt) * random.uniform(0.5, 1.0)
 
 
@@ -235,7 +237,10 @@ class OpenAIEmbedder:
                         tries = f" after {attempt + 1} tries" if attempt else ""
                         raise ModelUnavailable(self.model_name, f"{why}{tries}") from None
                     wait = backoff_s(
-                        attempt, self.cfg.backoff_s, retry_after_s(getattr(e, "headers", None))
+                        attempt,
+                        self.cfg.backoff_s,
+                        retry_after_s(getattr(e, "headers", None)),
+                        self.cfg.max_retry_after_s,
                     )
                     log.info("%s: %s, retry in %.2fs", self.model_name, why, wait)
                     self.retries += 1

@@ -3,17 +3,24 @@
 A write goes to two indexes (old and new, each with its own model); a process killed between
 the two would leave them disagreeing, and a document present in one index only is lost at
 cutover or rollback. So each batch is first recorded here (SQLite, WAL, fsync on commit), then
-applied to every index, then cleared. At start-up, batches still recorded are applied again:
-upserts and deletes are idempotent, so replaying a batch that had partly or wholly landed is
-harmless, and a batch is either in every index or, if it never reached the journal, in none.
+applied to every index, then cleared. Upserts and deletes are idempotent, so applying a batch
+again that had partly or wholly landed is harmless.
+
+A batch that one index refused (an outage, a full disk) stays here with the indexes it has
+not reached yet and their vectors, and is retried with exponential backoff until every index
+has it: never set aside. Later writes wait behind it (they are refused, applied nowhere,
+until it lands), so two writes of one document can't land in opposite orders.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +30,65 @@ UPSERT = "upsert"
 DELETE = "delete"
 
 
+@dataclass(frozen=True)
+class Batch:
+    """A journaled batch not yet in every index."""
+
+    batch: int
+    op: str
+    items: list[Any]
+    begun_at: float
+    attempts: int = 0
+    next_at: float = 0.0
+    error: str | None = None
+    # After a failed attempt: the indexes it has not reached, with their vectors (upserts), so
+    # a retry needs no model call; None: every live index (a crash cut it short).
+    sides_left: list[str] | None = None
+    vectors: dict[str, list[list[float]]] | None = None
+
+
 class WriteJournal:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(
+        self, path: str | Path, retry_base_s: float = 1.0, retry_max_s: float = 60.0
+    ) -> None:
         self._db = durable_sqlite(
             path,
             "CREATE TABLE IF NOT EXISTS pending (batch INTEGER PRIMARY KEY AUTOINCREMENT,"
             " op TEXT NOT NULL, body TEXT NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS failed (batch INTEGER PRIMARY KEY, op TEXT NOT NULL,"
-            " body TEXT NOT NULL, error TEXT NOT NULL, at REAL NOT NULL)",
         )
+        for column in (
+            "begun_at REAL NOT NULL DEFAULT 0",
+            "attempts INTEGER NOT NULL DEFAULT 0",
+            "next_at REAL NOT NULL DEFAULT 0",
+            "error TEXT",
+            "rest TEXT",  # JSON: sides left and their vectors, after a failed attempt
+        ):
+            with suppress(sqlite3.OperationalError):  # a journal of this version has it
+                self._db.execute(f"ALTER TABLE pending ADD COLUMN {column}")
+        self._adopt_failed()
+        self.retry_base_s, self.retry_max_s = retry_base_s, retry_max_s
         self._lock = threading.Lock()
+
+    def _adopt_failed(self) -> None:
+        """Batches an earlier version set aside as failing are retried like any other."""
+        has = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'failed'"
+        ).fetchone()
+        if has:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT OR IGNORE INTO pending (batch, op, body, begun_at, error)"
+                " SELECT batch, op, body, at, error FROM failed"
+            )
+            self._db.execute("DROP TABLE failed")
+            self._db.execute("COMMIT")
 
     def begin(self, op: str, items: Sequence[Any]) -> int:
         """Record a batch durably before it touches any index; returns its id."""
         with self._lock:
             cur = self._db.execute(
-                "INSERT INTO pending (op, body) VALUES (?, ?)", (op, json.dumps(list(items)))
+                "INSERT INTO pending (op, body, begun_at) VALUES (?, ?, ?)",
+                (op, json.dumps(list(items)), time.time()),
             )
             return int(cur.lastrowid or 0)
 
@@ -46,30 +96,74 @@ class WriteJournal:
         with self._lock:
             self._db.execute("DELETE FROM pending WHERE batch = ?", (batch,))
 
-    def fail(self, batch: int, error: str) -> None:
-        """Set a batch aside that can never apply (an engine error that isn't an outage): kept
-        for the operator, no longer replayed, so one bad batch can't block every later write."""
+    def retry_later(
+        self,
+        batch: int,
+        error: str,
+        sides_left: Sequence[str],
+        vectors: dict[str, list[list[float]]] | None = None,
+    ) -> float:
+        """Record a failed attempt: what is left to apply, and when to try again (backoff).
+        Returns the seconds until then."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            row = self._db.execute(
+                "SELECT attempts FROM pending WHERE batch = ?", (batch,)
+            ).fetchone()
+            attempts = int(row[0]) + 1 if row else 1
+            wait = min(self.retry_max_s, self.retry_base_s * 2 ** (attempts - 1))
+            rest = json.dumps({"sides": list(sides_left), "vectors": vectors})
             self._db.execute(
-                "INSERT OR REPLACE INTO failed SELECT batch, op, body, ?, ? FROM pending"
-                " WHERE batch = ?",
-                (error, time.time(), batch),
+                "UPDATE pending SET attempts = ?, next_at = ?, error = ?, rest = ? WHERE batch = ?",
+                (attempts, time.time() + wait, error, rest, batch),
             )
-            self._db.execute("DELETE FROM pending WHERE batch = ?", (batch,))
-            self._db.execute("COMMIT")
+        return wait
 
-    def counts(self) -> dict[str, int]:
+    def pending(self) -> list[Batch]:
+        """Batches begun but not in every index yet, oldest first (the order they apply in)."""
         with self._lock:
-            pending = self._db.execute("SELECT count(*) FROM pending").fetchone()[0]
-            failed = self._db.execute("SELECT count(*) FROM failed").fetchone()[0]
-        return {"pending": int(pending), "failed": int(failed)}
+            rows = self._db.execute(
+                "SELECT batch, op, body, begun_at, attempts, next_at, error, rest FROM pending"
+                " ORDER BY batch"
+            ).fetchall()
+        out = []
+        for b, op, body, begun, attempts, next_at, error, rest in rows:
+            left = json.loads(rest) if rest else {}
+            out.append(
+                Batch(
+                    int(b),
+                    str(op),
+                    json.loads(body),
+                    float(begun),
+                    int(attempts),
+                    float(next_at),
+                    error,
+                    left.get("sides"),
+                    left.get("vectors"),
+                )
+            )
+        return out
 
-    def pending(self) -> list[tuple[int, str, list[Any]]]:
-        """Batches begun but not done, oldest first (the order they were applied in)."""
+    def status(self, now: float | None = None) -> dict[str, Any]:
+        """For `GET /migration`, `crossfade status` and /metrics: what is not yet in every
+        index, and how its retries go."""
+        now = time.time() if now is None else now
         with self._lock:
-            rows = self._db.execute("SELECT batch, op, body FROM pending ORDER BY batch").fetchall()
-        return [(int(b), str(op), json.loads(body)) for b, op, body in rows]
+            n, retrying, oldest, attempts, next_at = self._db.execute(
+                "SELECT count(*), sum(attempts > 0), min(begun_at), max(attempts), min(next_at)"
+                " FROM pending"
+            ).fetchone()
+            last = self._db.execute(
+                "SELECT batch, error FROM pending WHERE error IS NOT NULL ORDER BY batch LIMIT 1"
+            ).fetchone()
+        return {
+            "pending": int(n),
+            "retrying": int(retrying or 0),
+            "oldest_age_s": round(now - oldest, 1) if n else 0.0,
+            "max_attempts": int(attempts or 0),
+            "next_retry_in_s": round(max(0.0, next_at - now), 1) if retrying else None,
+            "failing_batch": int(last[0]) if last else None,
+            "last_error": last[1] if last else None,
+        }
 
     def close(self) -> None:
         with self._lock:

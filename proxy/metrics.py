@@ -85,6 +85,26 @@ class Metrics:
             ["side", "model"],
             registry=r,
         )
+        self.journal_pending = Gauge(
+            "crossfade_write_journal_pending",
+            "Document write batches not yet in every index (retried until they are)",
+            registry=r,
+        )
+        self.journal_retrying = Gauge(
+            "crossfade_write_journal_retrying",
+            "Of those, batches an index refused (retried with backoff)",
+            registry=r,
+        )
+        self.journal_age = Gauge(
+            "crossfade_write_journal_oldest_seconds",
+            "Age of the oldest batch not yet in every index (0: none)",
+            registry=r,
+        )
+        self.journal_attempts = Gauge(
+            "crossfade_write_journal_attempts",
+            "Failed attempts of the batch retried longest",
+            registry=r,
+        )
         # Counter names get `_total` from the client: crossfade_http_requests_total, ...
         self.requests = Counter(
             "crossfade_http_requests",
@@ -119,6 +139,11 @@ class Metrics:
             if m["kind"] == "openai":
                 drifted = side in status["model_drift"]
                 self.model_drift.labels(side, m.get("model") or "").set(1 if drifted else 0)
+        journal = status["write_journal"]
+        self.journal_pending.set(journal["pending"])
+        self.journal_retrying.set(journal["retrying"])
+        self.journal_age.set(journal["oldest_age_s"])
+        self.journal_attempts.set(journal["max_attempts"])
         routing = status["routing"]
         self.generation.set(routing["generation"])
         for m in ("old", "shadow", "fused", "new"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import Any
 
@@ -88,7 +89,14 @@ class Runtime:
 
     @cached_property
     def journal(self) -> WriteJournal:
-        return WriteJournal(self.settings.data_path("writes.sqlite"))
+        w = self.settings.writes
+        return WriteJournal(self.settings.data_path("writes.sqlite"), w.retry_base_s, w.retry_max_s)
+
+    @cached_property
+    def write_pool(self) -> ThreadPoolExecutor:
+        """Threads for document writes only: a write waiting on its model or on the write
+        lock never takes a thread a search needs (searches run on the default pool)."""
+        return ThreadPoolExecutor(self.settings.writes.threads, thread_name_prefix="write")
 
     @cached_property
     def state(self) -> SqliteState:
@@ -109,7 +117,11 @@ class Runtime:
             new_store=self.store("new"),
             bm25=self.bm25,
             fusion=self.settings.fusion,
-            coverage=Coverage(self.store("new"), self.settings.server.coverage_refresh_s),
+            coverage=Coverage(
+                self.store("new"),
+                self.settings.server.coverage_refresh_s,
+                lambda: int(self.state.unembeddable()["count"]),
+            ),
             fitted=load_fit(self.state, self.fingerprints()),
         )
 
@@ -123,6 +135,8 @@ class Runtime:
         for s in self._stores.values():
             s.close()
         self._stores.clear()
+        if "write_pool" in self.__dict__:
+            self.__dict__.pop("write_pool").shutdown(wait=True)
         for name in ("embedding_cache", "state", "journal"):
             if name in self.__dict__:
                 self.__dict__.pop(name).close()

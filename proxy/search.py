@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -63,9 +64,16 @@ class Coverage:
     """Share of documents in the new index that hold a new-model vector, recounted at most
     every `refresh_s` seconds (a count per query would cost more than the query)."""
 
-    def __init__(self, store: VectorStore | None, refresh_s: float) -> None:
+    def __init__(
+        self,
+        store: VectorStore | None,
+        refresh_s: float,
+        outside: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.store = store
         self.refresh_s = refresh_s
+        # Documents the new index can't hold (no text to embed): missing, never left out.
+        self.outside = outside
         self.value = 0.0
         self.total = 0
         self.migrated = 0
@@ -78,7 +86,7 @@ class Coverage:
                 self.total = self.migrated = 0
                 self.value = 0.0
             else:
-                self.total = self.store.count()
+                self.total = self.store.count() + self.outside()
                 self.migrated = self.store.count(dense_only=True)
                 self.value = self.migrated / self.total if self.total else 0.0
         except IndexUnavailable as e:  # keep the last count; try again after refresh_s

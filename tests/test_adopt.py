@@ -409,12 +409,16 @@ def test_collection_without_text_needs_a_text_source(
     texts.write_text("\n".join(lines[:-1]) + "\n")  # one point without a text
     old["adopt"] = {"text_field": None, "metadata_field": None, "text_source": str(texts)}
     cfg = cli_yaml(tmp_path, old, L6_CFG)
-    assert main(["--config", str(cfg), "migrate", "start", "--into", "articles_new"]) == 1
-    assert "1 of 40 points have no text" in capsys.readouterr().err
+    start = ["--config", str(cfg), "migrate", "start", "--into", "articles_new", "--quiet"]
+    assert main(start) == 0  # started; the point without a text is counted, not skipped
+    out = json.loads(capsys.readouterr().out)
+    assert out["seeded"] == 39 and out["adopted"]["points_without_text"] == 1
+    assert main(["--config", str(cfg), "status"]) == 0
+    assert "CANNOT BE RE-EMBEDDED: 1 documents" in capsys.readouterr().out
 
     texts.write_text("\n".join(lines) + "\n")
-    assert (
-        main(["--config", str(cfg), "migrate", "start", "--into", "articles_new", "--quiet"]) == 0
-    )
+    assert main(start) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["seeded"] == 40 and out["adopted"]["text"] == f"from {texts}"
+    assert out["seeded"] == 1 and out["adopted"]["text"] == f"from {texts}"
+    assert main(["--config", str(cfg), "status"]) == 0
+    assert "CANNOT BE RE-EMBEDDED" not in capsys.readouterr().out

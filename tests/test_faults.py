@@ -17,7 +17,13 @@ import httpx
 import pytest
 
 from proxy.demo import python_reference, write_eval_set
-from proxy.documents import WriteFailed, replay_journal, upsert_documents
+from proxy.documents import (
+    JournalBehind,
+    WritePending,
+    replay_journal,
+    retry_journal,
+    upsert_documents,
+)
 from proxy.ingest import Doc, ingest, text_sha256
 from proxy.migration.cutover import AUDIT, POINTER, AuditLog
 from proxy.migration.start import start_migration
@@ -192,10 +198,13 @@ def test_a_write_cut_between_the_two_indexes_is_replayed(tmp_path: Path, models:
         assert replay_journal(rt) == 0
 
 
-def test_a_batch_the_engine_refuses_is_set_aside(tmp_path: Path, models: dict) -> None:
-    """A write the engine refuses for a reason other than an outage is set aside in the
-    journal (reported, not replayed), so it can't block every later write."""
-    settings = demo_settings(tmp_path)
+def test_a_batch_the_engine_refuses_is_retried_until_every_index_has_it(
+    tmp_path: Path, models: dict
+) -> None:
+    """A write the new index refuses (a full disk) stays in the journal with what is left to
+    apply, never set aside: later writes wait behind it (applied nowhere), and once the
+    engine takes writes again the retry lands it in the new index too."""
+    settings = demo_settings(tmp_path, writes={"retry_base_s": 0.05})
     docs = python_reference()[:4]
     with Runtime(settings, dict(models)) as rt:
         ingest(rt, "old", docs, progress=False)
@@ -203,16 +212,22 @@ def test_a_batch_the_engine_refuses_is_set_aside(tmp_path: Path, models: dict) -
         real = rt.store("new").upsert
 
         def refuse(*_: object) -> None:
-            raise ValueError("the engine refuses this payload")
+            raise OSError(28, "No space left on device")
 
         rt.store("new").upsert = refuse  # type: ignore[method-assign]
-        with pytest.raises(WriteFailed):
-            upsert_documents(rt, [Doc("bad", "A passage the engine refuses.")])
-        assert rt.journal.counts() == {"pending": 0, "failed": 1}
+        with pytest.raises(WritePending, match="applied to old, not yet to the new index"):
+            upsert_documents(rt, [Doc("bad", "A passage the new index refuses for now.")])
+        assert rt.journal.status()["pending"] == 1 and rt.journal.status()["retrying"] == 1
+        with pytest.raises(JournalBehind):  # waits behind it, applied nowhere
+            upsert_documents(rt, [Doc("later", "A later write.")])
+        assert rt.store("old").retrieve(["later"], []) == {}
         rt.store("new").upsert = real  # type: ignore[method-assign]
-        upsert_documents(rt, [Doc("good", "A later write goes through.")])
-        assert "good" in rt.store("new").retrieve(["good"], [])
-        assert rt.journal.counts() == {"pending": 0, "failed": 1}
+        wait_for(lambda: retry_journal(rt), 10, "the journal to land its batch")
+        assert "bad" in rt.store("new").retrieve(["bad"], [])
+        upsert_documents(rt, [Doc("later", "A later write.")])
+        assert rt.journal.status()["pending"] == 0
+        idx = check_indexes(rt)
+        assert idx["old"].keys() == idx["new"].keys() and "later" in idx["new"]
 
 
 def test_kill_9_during_cutover(tmp_path: Path, models: dict) -> None:

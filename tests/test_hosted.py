@@ -83,8 +83,9 @@ def test_retry_after_and_backoff() -> None:
     assert retry_after_s({"retry-after": "2"}) == 2.0
     assert retry_after_s({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
     assert retry_after_s({}) is None
-    assert 2.0 <= backoff_s(0, 0.5, 2.0) <= 2.2  # the server's word wins
-    waits = [backoff_s(a, 0.5, None) for a in range(8)]
+    assert 2.0 <= backoff_s(0, 0.5, 2.0, 30.0) <= 2.2  # the server's word wins
+    assert 30.0 <= backoff_s(0, 0.5, 86400.0, 30.0) <= 33.0  # up to a cap: not a day
+    waits = [backoff_s(a, 0.5, None, 30.0) for a in range(8)]
     assert 0.25 <= waits[0] <= 0.5 and 1.0 <= waits[2] <= 2.0 and max(waits) <= 30.0
 
 

@@ -9,9 +9,6 @@ import string
 import tracemalloc
 from pathlib import Path
 
-import pytest
-
-from proxy.ingest import CorpusError
 from proxy.store.texts import TextSource
 
 
@@ -60,9 +57,13 @@ def test_index_built_once_per_version_of_the_file(tmp_path: Path) -> None:
     assert "99" not in first  # the old index describes the old file
 
 
-def test_a_bad_line_is_named(tmp_path: Path) -> None:
+def test_a_bad_line_gives_its_document_no_text_and_is_named(tmp_path: Path) -> None:
+    """One bad line used to refuse the whole file; its document now has no text (counted and
+    listed by the migration), and the line's fault is kept to say why."""
     path = tmp_path / "texts.jsonl"
-    path.write_text('{"id": 1, "text": "fine"}\n{"id": 2, "text": 5}\n')
-    with pytest.raises(CorpusError, match=r"texts.jsonl:2: 'text' must be a string"):
-        TextSource(path, tmp_path / "cache")
-    assert not list((tmp_path / "cache").iterdir())  # no half-built index
+    path.write_text('{"id": 1, "text": "fine"}\n{"id": 2, "text": 5}\nnot json\n')
+    src = TextSource(path, tmp_path / "cache")
+    assert src["1"] == "fine" and src.get("2") is None and "2" not in src and len(src) == 1
+    assert src.problem("2") == f"{path}:2: 'text' must be a string" and src.problem("1") is None
+    assert len(src.bad_lines()) == 2 and "texts.jsonl:3: not JSON" in src.bad_lines()[1]
+    assert src.missing(["1", "2", "3"]) == ["2", "3"]

@@ -4,14 +4,16 @@ may hold `/`). Both need a read-write key or the admin key (proxy.api.middleware
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import math
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter
 from pydantic import Field
 
 from proxy.api.errors import error
 from proxy.api.services import Svc
-from proxy.documents import delete_documents, upsert_documents
+from proxy.documents import JournalBehind, WritePending, delete_documents, upsert_documents
 from proxy.filters import StrictBody
 from proxy.ingest import MAX_TEXT_CHARS, CorpusError, Doc, parse_doc
 from proxy.migration.canary import ModelDrift
@@ -31,24 +33,47 @@ class DocumentsIn(StrictBody):
 
 
 class WriteRefused(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.retry_after_s = status, message, retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after_s is None:
+            return {}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
 
 
-async def write_documents(rt: Runtime, docs: list[Doc]) -> list[str]:
-    """Upsert `docs` in every live index (dual write); returns the indexes written. Refusals
-    carry their status: 422 bad ids, 409 a drifted model, 503 no index to write."""
-    if len({d.doc_id for d in docs}) != len(docs):
-        raise WriteRefused(422, "duplicate ids in one batch")
+T = TypeVar("T")
+
+
+async def _on_write_pool(rt: Runtime, fn: Callable[..., T], *args: Any) -> T:
+    """Run a document write on the write threads (never the pool searches run on); refusals
+    carry their status: 422 bad ids, 409 a drifted model, 503 an index or model down (with
+    Retry-After when the journal is retrying an earlier batch)."""
     try:
-        return await asyncio.to_thread(upsert_documents, rt, docs)
+        return await asyncio.get_running_loop().run_in_executor(rt.write_pool, fn, rt, *args)
     except CorpusError as e:  # e.g. an id an adopted collection can't key a point by
         raise WriteRefused(422, str(e)) from e
     except ModelDrift as e:  # the bilingual-write guard: an operator must decide
         raise WriteRefused(409, str(e)) from e
+    except JournalBehind as e:
+        raise WriteRefused(503, str(e), e.retry_in_s) from e
+    except WritePending as e:
+        raise WriteRefused(503, str(e), rt.settings.writes.retry_base_s) from e
     except RuntimeError as e:
         raise WriteRefused(503, str(e)) from e
+
+
+async def write_documents(rt: Runtime, docs: list[Doc]) -> list[str]:
+    """Upsert `docs` in every live index (dual write); returns the indexes written."""
+    if len({d.doc_id for d in docs}) != len(docs):
+        raise WriteRefused(422, "duplicate ids in one batch")
+    return await _on_write_pool(rt, upsert_documents, docs)
+
+
+async def erase_documents(rt: Runtime, doc_ids: list[str]) -> dict[str, int]:
+    """Delete `doc_ids` from every live index; how many existed, per index."""
+    return await _on_write_pool(rt, delete_documents, doc_ids)
 
 
 @router.put("/documents", responses={400: {}, 413: {}, 422: {}, 503: {}})
@@ -60,14 +85,14 @@ async def put_documents(sv: Svc, body: DocumentsIn) -> Any:
     try:
         sides = await write_documents(sv.rt, docs)
     except WriteRefused as e:
-        return error(e.status, e.message)
+        return error(e.status, e.message, headers=e.headers())
     return {"upserted": len(docs), "indexes": sides}
 
 
 @router.delete("/documents/{doc_id:path}", responses={503: {}})
 async def delete_document(sv: Svc, doc_id: str) -> Any:
     try:
-        existed = await asyncio.to_thread(delete_documents, sv.rt, [doc_id])
-    except RuntimeError as e:
-        return error(503, str(e))
+        existed = await erase_documents(sv.rt, [doc_id])
+    except WriteRefused as e:
+        return error(e.status, e.message, headers=e.headers())
     return {"deleted": doc_id, "existed": existed}

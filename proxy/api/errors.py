@@ -18,8 +18,10 @@ class OrjsonResponse(JSONResponse):
         return orjson.dumps(content)
 
 
-def error(status: int, message: str, **extra: Any) -> OrjsonResponse:
-    return OrjsonResponse({"error": message, **extra}, status_code=status)
+def error(
+    status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> OrjsonResponse:
+    return OrjsonResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
 def refuse_new(why: str) -> str:

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager, suppress
 from fastapi import FastAPI
 
 from proxy.api.services import Services
-from proxy.documents import replay_journal
+from proxy.documents import replay_journal, retry_journal
 from proxy.migration.canary import check_canaries
 from proxy.migration.fitted import load_fit
 from proxy.security import redact_access_log
@@ -34,6 +34,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         asyncio.create_task(reembed_after(checked, sv)),
         asyncio.create_task(sample_history(sv)),
         asyncio.create_task(watch_canaries(sv, checked)),
+        asyncio.create_task(retry_writes(sv)),
     ]
     yield
     for task in tasks:
@@ -53,6 +54,18 @@ def recover_writes(sv: Services) -> None:
             log.warning("re-applied %d document write batch(es) left by a crash", n)
     except Exception as e:
         log.error("could not re-apply unfinished document writes yet: %s", e)
+
+
+async def retry_writes(sv: Services, every_s: float = 1.0) -> None:
+    """Retry the write journal's batches an index refused, when their backoff is up, until
+    every index has them (proxy/documents.py); on the write threads, never the search ones."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            await loop.run_in_executor(sv.rt.write_pool, retry_journal, sv.rt)
+        except Exception as e:  # an index still down: logged, tried again after the backoff
+            log.warning("write journal retry: %s", e)
+        await asyncio.sleep(every_s)
 
 
 async def sample_history(sv: Services) -> None:

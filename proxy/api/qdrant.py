@@ -19,10 +19,9 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from qdrant_client.http import models as qm
 from starlette.exceptions import HTTPException
 
-from proxy.api.documents import WriteRefused, write_documents
+from proxy.api.documents import WriteRefused, erase_documents, write_documents
 from proxy.api.search import SearchRefused, query_problem, serve_search
 from proxy.api.services import Services, Svc, access
-from proxy.documents import delete_documents
 from proxy.qdrant_api import Unsupported
 from proxy.qdrant_api.answers import (
     API_VERSION,
@@ -69,8 +68,12 @@ class QdrantRoute(APIRoute):
                 return failed(400, f"Bad request: {e}", t0)
             except NotFound as e:
                 return failed(404, not_found(str(e)), t0)
-            except (SearchRefused, WriteRefused) as e:
+            except SearchRefused as e:
                 return failed(e.status, e.message, t0)
+            except WriteRefused as e:
+                out = failed(e.status, e.message, t0)
+                out.headers.update(e.headers())
+                return out
             except IndexUnavailable as e:
                 request.app.state.services.health.mark_down(e)
                 return failed(503, f"Service unavailable: {e}", t0)
@@ -437,8 +440,5 @@ async def delete(sv: Svc, collection_name: str, raw: dict[str, Any] = QdrantBody
                 "nothing was deleted: narrow the filter and delete in parts",
             )
     if ids:
-        try:
-            await asyncio.to_thread(delete_documents, sv.rt, list(dict.fromkeys(ids)))
-        except RuntimeError as e:
-            raise WriteRefused(503, str(e)) from e
+        await erase_documents(sv.rt, list(dict.fromkeys(ids)))
     return answer({"operation_id": 0, "status": "completed"}, t0, headers(sv))

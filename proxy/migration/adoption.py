@@ -24,7 +24,9 @@ class AdoptionRefused(RuntimeError):
 
 def check_texts(rt: Runtime, old: AdoptedStore) -> dict[str, Any]:
     """Without the text nothing can be re-embedded: refuse a collection without stored text
-    unless a text source is given, and then every point must have a text in it."""
+    unless a text source is given, or a text source with a text for none of its points. Some
+    points without one are counted (`migrate start` lists them: they block the gate until
+    given text or excluded)."""
     adopt = rt.settings.indexes.old.adopt
     assert adopt is not None
     if old.layout.texts is None:
@@ -42,12 +44,20 @@ def check_texts(rt: Runtime, old: AdoptedStore) -> dict[str, Any]:
     for ids in old.ids():
         points += len(ids)
         missing.extend(old.layout.texts.missing(ids))
-    if missing:
+    if points and len(missing) == points:
         raise AdoptionRefused(
-            f"{len(missing)} of {points} points have no text in {adopt.text_source}: "
+            f"none of the {points} points has a text in {adopt.text_source}: "
             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
         )
-    return {"text": f"from {adopt.text_source}", "points_with_text": points}
+    out: dict[str, Any] = {
+        "text": f"from {adopt.text_source}",
+        "points_with_text": points - len(missing),
+    }
+    if missing:
+        out["points_without_text"] = len(missing)
+    if bad := old.layout.texts.bad_lines():
+        out["bad_lines"] = {"count": len(bad), "first": bad[:5]}
+    return out
 
 
 def check_identity(rt: Runtime, old: AdoptedStore) -> dict[str, Any]:

@@ -155,7 +155,10 @@ class ControlPlane:
         if data is None and not force:
             return False, {"ok": False, "refused_because": ["no labelled queries to gate on"]}
         async with self._lock:
-            gate = await evaluate_gate(searcher, data, self.settings.cutover) if data else None
+            stuck = (await asyncio.to_thread(self.rt.state.unembeddable))["count"]
+            gate = (
+                await evaluate_gate(searcher, data, self.settings.cutover, stuck) if data else None
+            )
             self.last_gate = gate
             if gate is not None and not gate["ok"] and not force:
                 await asyncio.to_thread(

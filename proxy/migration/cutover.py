@@ -122,11 +122,13 @@ class AuditLog:
             os.fsync(fh.fileno())
         return entry
 
-    def tail(self, n: int = 50) -> list[dict[str, Any]]:
+    def tail(self, n: int | None = 50) -> list[dict[str, Any]]:
+        """The last `n` entries, oldest first (None: every entry)."""
         if not self.path.exists():
             return []
         out = []
-        for line in self.path.read_text().splitlines()[-n:]:
+        lines = self.path.read_text().splitlines()
+        for line in lines[-n:] if n is not None else lines:
             try:
                 out.append(json.loads(line))
             except ValueError:  # a line torn by a crash mid-append: skipped, not fatal
@@ -171,13 +173,22 @@ async def measure(searcher: Searcher, data: Beir, mode: Mode) -> dict[str, float
 
 
 def decide(
-    coverage: float, old: dict[str, float], new: dict[str, float], gate: CutoverConfig
+    coverage: float,
+    old: dict[str, float],
+    new: dict[str, float],
+    gate: CutoverConfig,
+    unembeddable: int = 0,
 ) -> list[str]:
     """Why the gate refuses (empty = it holds). Pure."""
     why = []
     early = new_too_early(coverage, gate)
     if early:
         why.append(early)
+    if unembeddable:
+        why.append(
+            f"{unembeddable} documents cannot be re-embedded (no text): give them text or "
+            "exclude them (`crossfade migrate exclude ID...`)"
+        )
     if new["ndcg@10"] < old["ndcg@10"] - gate.max_ndcg_drop:
         why.append(
             f"nDCG@10 new {new['ndcg@10']:.4f} < old {old['ndcg@10']:.4f}"
@@ -198,9 +209,11 @@ def _minus(tolerance: float) -> str:
     return f" - {tolerance:g} tolerance" if tolerance else ""
 
 
-async def evaluate_gate(searcher: Searcher, data: Beir, gate: CutoverConfig) -> dict[str, Any]:
+async def evaluate_gate(
+    searcher: Searcher, data: Beir, gate: CutoverConfig, unembeddable: int = 0
+) -> dict[str, Any]:
     coverage = await searcher.coverage.refresh()
     old = await measure(searcher, data, Mode.OLD)
     new = await measure(searcher, data, Mode.NEW)
-    why = decide(coverage, old, new, gate)
+    why = decide(coverage, old, new, gate, unembeddable)
     return {"ok": not why, "refused_because": why, "coverage": coverage, "old": old, "new": new}

@@ -28,7 +28,8 @@ class FinishRefused(RuntimeError):
 
 
 def last_cutover_at(audit: AuditLog) -> float | None:
-    for e in reversed(audit.tail(1000)):
+    # The whole log: a cutover followed by many other entries still starts the guard period.
+    for e in reversed(audit.tail(None)):
         if str(e.get("action", "")).startswith("cutover") and e.get("to"):
             return datetime.fromisoformat(e["at"]).timestamp()
     return None

@@ -119,7 +119,12 @@ def start_migration(
                 for p in batch
                 if have.get(p["doc_id"], {}).get("text_sha256") != p.get("text_sha256")
             ]
-        without_text += sum(1 for p in todo if "text" not in p)
+        # Nothing to embed them from: counted, listed and blocking the gate (never skipped
+        # silently) until they get text or an operator excludes them.
+        textless = [(p["doc_id"], old.why_no_text(p["doc_id"])) for p in batch if "text" not in p]
+        rt.state.mark_unembeddable(textless)
+        rt.state.forget_unembeddable([p["doc_id"] for p in batch if "text" in p])
+        without_text += len(textless)
         todo = [p for p in todo if "text" in p]
         if todo:
             new.upsert([make_point(rt, "new", doc_of(p)) for p in todo])

@@ -41,6 +41,25 @@ class MigrationState(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def mark_unembeddable(self, items: Sequence[tuple[str, str]]) -> None:
+        """(doc id, why) of documents that cannot be re-embedded (no text): counted and
+        listed until given text or excluded. The new index counts none of them (they were
+        never seeded into it), so coverage counts them as missing."""
+        ...
+
+    def forget_unembeddable(self, doc_ids: Sequence[str]) -> None:
+        """Documents written (with text) or deleted since: they count as any other again."""
+        ...
+
+    def exclude(self, doc_ids: Sequence[str], actor: str) -> list[str]:
+        """An operator's decision to migrate without these documents; returns the ids that were
+        listed (the others are not excluded)."""
+        ...
+
+    def unembeddable(self, shown: int = 20) -> dict[str, Any]: ...
+
+    def unembeddable_ids(self) -> set[str]: ...
+
 
 def durable_sqlite(path: str | Path, *schema: str) -> sqlite3.Connection:
     """SQLite in WAL mode with fsync on every commit (a `kill -9` loses nothing committed),
@@ -62,6 +81,8 @@ class SqliteState:
             " enqueued_at REAL, leased_until REAL DEFAULT 0)",
             "CREATE INDEX IF NOT EXISTS queue_order ON queue (priority, enqueued_at)",
             "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT)",
+            "CREATE TABLE IF NOT EXISTS unembeddable (doc_id TEXT PRIMARY KEY, why TEXT NOT NULL,"
+            " at REAL NOT NULL, excluded_by TEXT)",
         )
         self._lock = threading.Lock()
 
@@ -140,6 +161,65 @@ class SqliteState:
         """Forget `key`: `get` answers its default (for a switch, the config's value) again."""
         with self._lock:
             self._db.execute("DELETE FROM kv WHERE key = ?", (key,))
+
+    def mark_unembeddable(self, items: Sequence[tuple[str, str]]) -> None:
+        if not items:
+            return
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT INTO unembeddable (doc_id, why, at) VALUES (?, ?, ?)"
+                " ON CONFLICT(doc_id) DO UPDATE SET why = excluded.why",
+                [(d, why, now) for d, why in items],
+            )
+            self._db.execute("COMMIT")
+
+    def forget_unembeddable(self, doc_ids: Sequence[str]) -> None:
+        with self._lock:
+            if not self._db.execute("SELECT 1 FROM unembeddable LIMIT 1").fetchone():
+                return  # the common case: one cheap read per write
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "DELETE FROM unembeddable WHERE doc_id = ?", [(d,) for d in doc_ids]
+            )
+            self._db.execute("COMMIT")
+
+    def exclude(self, doc_ids: Sequence[str], actor: str) -> list[str]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            listed = [
+                d
+                for d in dict.fromkeys(doc_ids)
+                if self._db.execute(
+                    "UPDATE unembeddable SET excluded_by = ? WHERE doc_id = ?", (actor, d)
+                ).rowcount
+            ]
+            self._db.execute("COMMIT")
+        return listed
+
+    def unembeddable(self, shown: int = 20) -> dict[str, Any]:
+        """Documents that cannot be re-embedded: `count` (not excluded: they block the gate
+        and count as missing in coverage), `excluded`, and the first `shown` with why."""
+        with self._lock:
+            count, excluded = self._db.execute(
+                "SELECT coalesce(sum(excluded_by IS NULL), 0),"
+                " coalesce(sum(excluded_by IS NOT NULL), 0) FROM unembeddable"
+            ).fetchone()
+            rows = self._db.execute(
+                "SELECT doc_id, why FROM unembeddable WHERE excluded_by IS NULL ORDER BY doc_id"
+                " LIMIT ?",
+                (shown,),
+            ).fetchall()
+        return {
+            "count": int(count),
+            "excluded": int(excluded),
+            "ids": [{"doc_id": d, "why": why} for d, why in rows],
+        }
+
+    def unembeddable_ids(self) -> set[str]:
+        with self._lock:
+            return {r[0] for r in self._db.execute("SELECT doc_id FROM unembeddable")}
 
     def close(self) -> None:
         with self._lock:

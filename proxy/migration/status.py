@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
+
+import orjson
 
 from proxy.migration.canary import drift_alarms, drift_message
 from proxy.migration.fitted import fusion_status, load_fit
@@ -10,7 +13,7 @@ from proxy.migration.spend import spend_status
 from proxy.migration.worker import Reembedder, control_state
 from proxy.runtime import SIDES, Runtime
 from proxy.search import Searcher
-from proxy.store import IndexUnavailable
+from proxy.store import IndexUnavailable, VectorStore
 
 
 def migration_status(
@@ -33,6 +36,11 @@ def migration_status(
                 "fingerprints": {},
             }
     new = indexes["new"]
+    unembeddable = rt.state.unembeddable()
+    if new["documents"] is not None:  # what can't be re-embedded is missing, not left out
+        new["unembeddable"] = unembeddable["count"]
+        total = new["documents"] + unembeddable["count"]
+        new["coverage"] = round(new["with_vector"] / total, 4) if total else 0.0
     remaining = None if new["documents"] is None else new["documents"] - new["with_vector"]
     control = control_state(rt.state, rt.settings.migration)
     state = worker_state(control["paused"], worker)
@@ -44,8 +52,11 @@ def migration_status(
         "migration": rt.state.get("migration"),
         "indexes": indexes,
         "queue": rt.state.depth(),
-        # Document write batches not yet applied to every index / set aside as failing.
-        "write_journal": rt.journal.counts(),
+        # Document write batches not yet in every index, and how their retries go.
+        "write_journal": rt.journal.status(),
+        # Documents with no text to re-embed them from: they block the gate until they get
+        # text or are excluded (`crossfade migrate exclude`).
+        "unembeddable": unembeddable,
         "control": control,
         "worker": None
         if worker is None
@@ -114,10 +125,53 @@ def _index_status(rt: Runtime, side: str) -> dict[str, Any]:
     }
 
 
+Digest = dict[str, tuple[str | None, str]]
+
+
+def _digest(store: VectorStore) -> Digest:
+    """Per doc id: the text hash and a hash of the metadata (one scroll, no texts kept)."""
+    out: Digest = {}
+    for batch in store.scroll(512, ["text_sha256", "metadata"]):
+        for p in batch:
+            meta = orjson.dumps(p.get("metadata") or {}, option=orjson.OPT_SORT_KEYS)
+            out[p["doc_id"]] = (p.get("text_sha256"), hashlib.sha256(meta).hexdigest())
+    return out
+
+
+def disagreements(old: Digest, new: Digest, known: set[str], shown: int = 20) -> dict[str, Any]:
+    """Where the two indexes tell a document differently: in one only, another text, other
+    metadata. `known`: ids that can't be in the new index (no text, listed by status), kept
+    apart. Pure."""
+    only_old = sorted(d for d in old.keys() - new.keys() if d not in known)
+    only_new = sorted(new.keys() - old.keys())
+    both = old.keys() & new.keys()
+    text = sorted(d for d in both if old[d][0] != new[d][0])
+    meta = sorted(d for d in both if old[d][0] == new[d][0] and old[d][1] != new[d][1])
+    kinds = {"only_old": only_old, "only_new": only_new, "text": text, "metadata": meta}
+    return {
+        "count": sum(len(v) for v in kinds.values()),
+        **{k: {"count": len(v), "ids": v[:shown]} for k, v in kinds.items()},
+        "without_text": len(known & old.keys()),
+    }
+
+
+def compare_indexes(rt: Runtime) -> dict[str, Any] | None:
+    """Old against new for every document (None: there is no old index to compare: retired,
+    or not created)."""
+    from proxy.migration.finish import retired
+
+    old, new = rt.store("old"), rt.store("new")
+    if retired(rt) or old.info() is None or new.info() is None:
+        return None
+    return disagreements(_digest(old), _digest(new), rt.state.unembeddable_ids())
+
+
 def verify(rt: Runtime, sample: int = 64) -> dict[str, Any]:
     """Check the new index point by point: one point per doc id, every vector from the bound
     model and of the current text (hash), and for a sample, the stored vector equals a fresh
-    embedding of the stored text (it is its own nearest neighbour at cosine ~1)."""
+    embedding of the stored text (it is its own nearest neighbour at cosine ~1). And old
+    against new for every document: the same texts and metadata (a dual write that reached
+    one side only shows here, by id)."""
     import numpy as np
 
     new = rt.store("new")
@@ -154,11 +208,24 @@ def verify(rt: Runtime, sample: int = 64) -> dict[str, Any]:
                 mismatched.append(d)
     if mismatched:
         problems.append(f"{len(mismatched)} sampled vectors do not match their text")
+    compared = compare_indexes(rt)
+    if compared and compared["count"]:
+        shown = {k: v["ids"][:3] for k, v in compared.items() if isinstance(v, dict) and v["ids"]}
+        problems.append(f"{compared['count']} documents differ between old and new: {shown}")
+    unembeddable = rt.state.unembeddable()
+    if unembeddable["count"]:
+        problems.append(
+            f"{unembeddable['count']} documents cannot be re-embedded (no text), e.g. "
+            f"{[u['doc_id'] for u in unembeddable['ids'][:3]]}: give them text or "
+            "`crossfade migrate exclude ID...`"
+        )
     return {
         "ok": not problems,
         "documents": len(ids),
         "unique_ids": len(set(ids)),
         "with_vector": len(with_vector),
         "sampled": len(picked),
+        "disagreements": compared,
+        "unembeddable": unembeddable,
         "problems": problems,
     }

@@ -195,7 +195,12 @@ class Reembedder:
         payloads = new.retrieve(ids, ["text", "metadata", "text_sha256"])
         have = new.with_dense(list(payloads))
         # Deleted since enqueued, or already migrated (by a write or another worker): done.
-        todo = [doc_of(payloads[d]) for d in ids if d in payloads and d not in have]
+        left = [d for d in ids if d in payloads and d not in have]
+        # No text to embed them from: listed (status, the gate), never a batch stalled.
+        self.state.mark_unembeddable(
+            [(d, new.why_no_text(d)) for d in left if not isinstance(payloads[d].get("text"), str)]
+        )
+        todo = [doc_of(payloads[d]) for d in left if isinstance(payloads[d].get("text"), str)]
         if not model.hosted:
             # Each batch pads to its own longest text: similar lengths together waste little.
             todo.sort(key=lambda d: len(d.text))
@@ -210,14 +215,15 @@ class Reembedder:
                 errors.append(e)
                 continue
             stamp = now_iso()
-            # Conditional: refused if the text changed while we embedded, never a stale vector.
-            new.upsert(
-                [
-                    make_point(self.rt, "new", d, out.vectors[i], stamp, conditional=True)
-                    for i, d in enumerate(chunk)
-                ]
-            )
-            new.flush()
+            points = [
+                make_point(self.rt, "new", d, out.vectors[i], stamp, conditional=True)
+                for i, d in enumerate(chunk)
+            ]
+            # Conditional: refused if the text changed while we embedded, never a stale vector;
+            # under the write lock, so that no document write lands between check and write.
+            with self.rt.write_lock:
+                new.upsert(points)
+                new.flush()
             # Off the queue as soon as written: a later failure in this batch can't redo them.
             self.state.done([d.doc_id for d in chunk])
             if model.hosted:

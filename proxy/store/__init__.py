@@ -25,6 +25,8 @@ from proxy.filters import Filter, FilterTree
 
 NAMESPACE = uuid.UUID("6f0c6c39-3f1a-4a57-9f39-1bd0a7e0c0de")
 PAYLOAD_FIELDS = ("doc_id", "text", "metadata", "text_sha256")
+# What a point says of its dense vector; all a re-embed writes besides the vector itself.
+BOOKKEEPING = ("model_fingerprint", "vector_sha256", "embedded_at")
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -62,7 +64,8 @@ class PointWrite:
     fingerprint: str | None = None  # required with `dense`
     sparse: Sparse | None = None
     embedded_at: str | None = None
-    # Conditional write: apply only if the stored point still has this text_sha256.
+    # A re-embed: write this point's vectors (and their bookkeeping) only, never its payload,
+    # and only if the stored point still has this text_sha256; a point gone is skipped.
     if_text_sha256: str | None = None
 
     def payload(self) -> dict[str, Any]:
@@ -77,6 +80,10 @@ class PointWrite:
             p["vector_sha256"] = self.text_sha256
             p["embedded_at"] = self.embedded_at
         return p
+
+    def bookkeeping(self) -> dict[str, Any]:
+        """The payload that describes the dense vector (none without one)."""
+        return {k: v for k, v in self.payload().items() if k in BOOKKEEPING}
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,15 @@ class VectorStore(Protocol):
     def upsert(self, points: Sequence[PointWrite]) -> None: ...
 
     def delete(self, doc_ids: Sequence[str]) -> None: ...
+
+    def why_no_text(self, doc_id: str) -> str:
+        """Why a point of this index has no text to re-embed it from."""
+        ...
+
+    def check_ids(self, doc_ids: Sequence[str]) -> None:
+        """Raise ValueError for an id this index can't key a point by (asked before a write
+        touches any index)."""
+        ...
 
     def search_dense(
         self, vector: np.ndarray, limit: int, flt: Filter | None = None

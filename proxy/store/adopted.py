@@ -35,7 +35,7 @@ from proxy.embedding import text_sha256
 from proxy.store import IndexInfo, IndexUnavailable, PointWrite, check_fingerprints
 from proxy.store import write_json_atomic as _write_json
 from proxy.store.server import _RETRY_S, ServerStore
-from proxy.store.texts import TextSource
+from proxy.store.texts import EditedTexts, TextSource
 
 BINDINGS = "bindings"
 
@@ -66,12 +66,24 @@ class Layout:
     text_field: str | None  # None: no stored text (then `texts` holds it, by doc id)
     metadata_field: str | None  # None: every other payload key is metadata
     texts: TextSource | None = None
+    edited: EditedTexts | None = None  # with `texts`: texts written through the proxy
+
+    def text_of(self, doc_id: str, payload: dict[str, Any]) -> Any:
+        text = payload.get(self.text_field) if self.text_field else None
+        if text is None and self.edited is not None:
+            text = self.edited.get(doc_id)
+        if text is None and self.texts is not None:
+            text = self.texts.get(doc_id)
+        return text
+
+    def why_no_text(self, doc_id: str) -> str:
+        if self.texts is None:
+            return f"no text stored under {self.text_field!r}"
+        return self.texts.problem(doc_id) or f"no line in {self.texts.path}"
 
     def view(self, doc_id: str, payload: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {"doc_id": doc_id}
-        text = payload.get(self.text_field) if self.text_field else None
-        if text is None and self.texts is not None:
-            text = self.texts.get(doc_id)
+        text = self.text_of(doc_id, payload)
         if isinstance(text, str):
             out["text"], out["text_sha256"] = text, text_sha256(text)
         if self.metadata_field:
@@ -200,21 +212,28 @@ class AdoptedStore(ServerStore):
     def _key(self, path: str) -> str:
         return self.layout.key(path)
 
-    def _vectors(self, p: PointWrite) -> dict[str, Any]:
-        vec: dict[str, Any] = {}
-        if p.dense is not None:
-            vec[self.vector] = np.asarray(p.dense, dtype=np.float32).tolist()
-        if p.sparse is not None and self._info and self._info.sparse:
-            vec[self.sparse_vector] = qm.SparseVector(
-                indices=p.sparse.indices, values=p.sparse.values
-            )
-        return vec
-
     def _point(self, p: PointWrite) -> qm.PointStruct:
         vec: Any = self._vectors(p)
         if set(vec) == {""} and not self.shared:
             vec = vec[""]  # the unnamed vector alone: the plain form every client writes
         return qm.PointStruct(id=self._pid(p.doc_id), vector=vec, payload=self.layout.payload(p))
+
+    carries_bookkeeping = False
+
+    def delete(self, doc_ids: Sequence[str]) -> None:
+        super().delete(doc_ids)
+        if self.layout.edited is not None:
+            self.layout.edited.forget(doc_ids)
+
+    def _update_if_same_text(self, p: PointWrite) -> None:
+        # With no text in the points the engine can't compare it: compare here (the worker
+        # writes under the write lock, so no document write comes in between).
+        if not self.layout.text_field and self.layout.text_of(p.doc_id, {}) != p.text:
+            return
+        super()._update_if_same_text(p)
+
+    def why_no_text(self, doc_id: str) -> str:
+        return self.layout.why_no_text(doc_id)
 
     def _same_text(self, p: PointWrite) -> qm.Filter | None:
         """Conditional write: only while the stored text is still the one embedded."""
@@ -231,26 +250,25 @@ class AdoptedStore(ServerStore):
     def upsert(self, points: Sequence[PointWrite]) -> None:
         check_fingerprints(self.info(), points)
         self.check_ids([p.doc_id for p in points])
-        if self.shared and self.name == "new":
+        if self.layout.edited is not None and not self.layout.text_field:
+            # The text can't go into the point, nor into the application's file: kept here,
+            # before the index is written (a later read must see it, a re-embed embed it).
+            self.layout.edited.put([(p.doc_id, p.text) for p in points if p.if_text_sha256 is None])
+        if self.shared:  # either side: the other's vectors live in the same points
             return self._upsert_in_place(points)
         plain = [self._point(p) for p in points if p.if_text_sha256 is None]
         with self._guard():
             if plain:
                 self.client.upsert(self.collection, plain, wait=True)
-            for p in points:
+            for p in points:  # re-embeds: vectors only, a payload read earlier never written back
                 if p.if_text_sha256 is not None:
-                    self.client.upsert(
-                        self.collection,
-                        [self._point(p)],
-                        wait=True,
-                        update_filter=self._same_text(p),
-                        update_mode=qm.UpdateMode.UPDATE_ONLY,
-                    )
+                    self._update_if_same_text(p)
 
     def _upsert_in_place(self, points: Sequence[PointWrite]) -> None:
-        """The new vectors of points the old side owns: vectors only, never the point whole
-        (an upsert would drop the application's vector). A document update (it carries a
-        dense vector) also sets the payload, and creates the point if it is new."""
+        """In a collection both indexes share: this side's vectors only, never the point whole
+        (an upsert would drop the other side's vectors: the application's, or the new and
+        BM25 ones). A document update (it carries a dense vector) also sets the payload, and
+        creates the point if it is new."""
         seeds = [p for p in points if p.dense is None and p.if_text_sha256 is None]
         updates = [p for p in points if p.dense is not None and p.if_text_sha256 is None]
         with self._guard():
@@ -283,12 +301,7 @@ class AdoptedStore(ServerStore):
                     self.client.update_vectors(self.collection, kept, wait=True)
             for p in points:
                 if p.if_text_sha256 is not None:
-                    self.client.update_vectors(
-                        self.collection,
-                        [qm.PointVectors(id=self._pid(p.doc_id), vector=self._vectors(p))],
-                        wait=True,
-                        update_filter=self._same_text(p),
-                    )
+                    self._update_if_same_text(p)
 
     def _member(self) -> qm.Filter | None:
         """In place, a point belongs to the new index once seeded (holds the BM25 vector)."""
@@ -375,6 +388,11 @@ class AdoptedStore(ServerStore):
 
 
 @functools.lru_cache(maxsize=4)
+def _edited(path: str) -> EditedTexts:
+    return EditedTexts(Path(path))
+
+
+@functools.lru_cache(maxsize=4)
 def _texts(path: str, version: tuple[int, int], index_dir: str) -> TextSource:
     return TextSource(Path(path), Path(index_dir))
 
@@ -421,7 +439,9 @@ def open_adopted(settings: Settings, which: str, placement: dict[str, Any] | Non
         raise ValueError(
             f"in place, the new vector needs another name than the old one ({old_cfg.vector!r})"
         )
-    layout = Layout(adopt.text_field, adopt.metadata_field, load_texts(settings))
+    texts = load_texts(settings)
+    edited = _edited(str(settings.data_path("edited-texts.sqlite"))) if texts else None
+    layout = Layout(adopt.text_field, adopt.metadata_field, texts, edited)
     bindings = settings.data_path(BINDINGS)
     if which == "old":
         return AdoptedStore("old", old_cfg, layout, bindings, shared)

@@ -27,6 +27,7 @@ import qdrant_edge as qe
 from proxy.config import IndexConfig
 from proxy.filters import Clause, Condition, Filter, FilterTree, HasId, IsEmpty
 from proxy.store import (
+    BOOKKEEPING,
     IndexInfo,
     PointWrite,
     Sparse,
@@ -38,7 +39,6 @@ from proxy.store import (
 
 META_FILE = "crossfade_index.json"
 # Per-point bookkeeping of the vector a shard was created with (see proxy/store/__init__.py).
-BOOKKEEPING = ("model_fingerprint", "vector_sha256", "embedded_at")
 
 
 def _condition(c: Condition) -> qe.FieldCondition:
@@ -256,27 +256,20 @@ class EdgeStore:
 
     def upsert(self, points: Sequence[PointWrite]) -> None:
         check_fingerprints(self.info(), points)
-        if self.shared or not self.tracked:
-            return self._upsert_vectors(points)
         plain = [p for p in points if p.if_text_sha256 is None]
-        if plain:
+        if self.shared or not self.tracked:
+            self._upsert_vectors(plain)
+        elif plain:
             self.shard.update(qe.UpdateOperation.upsert_points([self._point(p) for p in plain]))
-        for p in points:
+        for p in points:  # re-embeds: vectors only, a payload read earlier never written back
             if p.if_text_sha256 is not None:
-                self.shard.update(
-                    qe.UpdateOperation.upsert_points(
-                        [self._point(p)],
-                        condition=self._same_text(p.if_text_sha256),
-                        update_mode=qe.UpdateMode.UpdateOnly,
-                    )
-                )
+                self._update_if_same_text(p, p.if_text_sha256)
 
-    def _upsert_vectors(self, points: Sequence[PointWrite]) -> None:
+    def _upsert_vectors(self, plain: Sequence[PointWrite]) -> None:
         """In a shared shard a point holds other indexes' vectors: write this index's vectors
         and the document's payload, never the point whole (an upsert would drop the others).
         A seed (no dense vector, same text) adds the BM25 vector alone; a new text without a
         vector of it removes this index's stale one."""
-        plain = [p for p in points if p.if_text_sha256 is None]
         have = {
             d: pl.get("text_sha256")
             for d, pl in self._raw(self._retrieve([p.doc_id for p in plain], ["text_sha256"]))
@@ -300,9 +293,6 @@ class EdgeStore:
             ops.append(qe.UpdateOperation.update_vectors(vectors))
         for op in ops:
             self.shard.update(op)
-        for p in points:
-            if p.if_text_sha256 is not None:
-                self._update_if_same_text(p, p.if_text_sha256)
 
     def _update_if_same_text(self, p: PointWrite, sha: str) -> None:
         pid = point_id(p.doc_id)
@@ -317,10 +307,15 @@ class EdgeStore:
                 return  # deleted while it was embedded: nothing to write
             raise
         if self.tracked and p.dense is not None:
-            marks = {k: v for k, v in p.payload().items() if k in BOOKKEEPING}
             self.shard.update(
-                qe.UpdateOperation.set_payload_by_filter(self._same_text(sha, pid), marks)
+                qe.UpdateOperation.set_payload_by_filter(self._same_text(sha, pid), p.bookkeeping())
             )
+
+    def why_no_text(self, doc_id: str) -> str:
+        return "no stored text"
+
+    def check_ids(self, doc_ids: Sequence[str]) -> None:
+        """Any doc id keys a point (uuid5 of it)."""
 
     def delete(self, doc_ids: Sequence[str]) -> None:
         self.shard.update(qe.UpdateOperation.delete_points([point_id(d) for d in doc_ids]))

@@ -249,7 +249,7 @@ class ServerStore:
         """A payload path of crossfade's layout in this index."""
         return path
 
-    def _point(self, p: PointWrite) -> qm.PointStruct:
+    def _vectors(self, p: PointWrite) -> dict[str, Any]:
         vec: dict[str, Any] = {}
         if p.dense is not None:
             vec[self.vector] = np.asarray(p.dense, dtype=np.float32).tolist()
@@ -257,7 +257,10 @@ class ServerStore:
             vec[self.sparse_vector] = qm.SparseVector(
                 indices=p.sparse.indices, values=p.sparse.values
             )
-        return qm.PointStruct(id=point_id(p.doc_id), vector=vec, payload=p.payload())
+        return vec
+
+    def _point(self, p: PointWrite) -> qm.PointStruct:
+        return qm.PointStruct(id=point_id(p.doc_id), vector=self._vectors(p), payload=p.payload())
 
     def upsert(self, points: Sequence[PointWrite]) -> None:
         check_fingerprints(self.info(), points)
@@ -265,23 +268,40 @@ class ServerStore:
         with self._guard():
             if plain:
                 self.client.upsert(self.collection, plain, wait=True)
-            for p in points:
-                if p.if_text_sha256 is None:
-                    continue
-                cond = qm.Filter(
-                    must=[
-                        qm.FieldCondition(
-                            key="text_sha256", match=qm.MatchValue(value=p.if_text_sha256)
-                        )
-                    ]
-                )
-                self.client.upsert(
-                    self.collection,
-                    [self._point(p)],
-                    wait=True,
-                    update_filter=cond,
-                    update_mode=qm.UpdateMode.UPDATE_ONLY,
-                )
+            for p in points:  # re-embeds: vectors only, a payload read earlier never written back
+                if p.if_text_sha256 is not None:
+                    self._update_if_same_text(p)
+
+    # Whether points carry the bookkeeping payload (an adopted collection's don't).
+    carries_bookkeeping = True
+
+    def _same_text(self, p: PointWrite) -> qm.Filter | None:
+        """Conditional write: only while the stored text is still the one embedded."""
+        key, sha = self._key("text_sha256"), p.if_text_sha256 or p.text_sha256
+        return qm.Filter(must=[qm.FieldCondition(key=key, match=qm.MatchValue(value=sha))])
+
+    def _update_if_same_text(self, p: PointWrite) -> None:
+        """The vectors of a re-embed, then their bookkeeping, each only while the stored text
+        is the one embedded; a point deleted meanwhile is skipped."""
+        pid, same = self._pid(p.doc_id), self._same_text(p)
+        vectors = qm.PointVectors(id=pid, vector=self._vectors(p))
+        try:
+            self.client.update_vectors(self.collection, [vectors], wait=True, update_filter=same)
+        except KeyError:  # local mode: no such point
+            return
+        except UnexpectedResponse as e:
+            if e.status_code == 404:
+                return
+            raise
+        if self.carries_bookkeeping and (marks := p.bookkeeping()):
+            must = [qm.HasIdCondition(has_id=[pid]), *((same.must or []) if same else [])]
+            self.client.set_payload(self.collection, marks, points=qm.Filter(must=must), wait=True)
+
+    def why_no_text(self, doc_id: str) -> str:
+        return "no stored text"
+
+    def check_ids(self, doc_ids: Sequence[str]) -> None:
+        """Any doc id keys a point (uuid5 of it)."""
 
     def delete(self, doc_ids: Sequence[str]) -> None:
         with self._guard():
@@ -408,8 +428,17 @@ class ServerStore:
         with self._guard():
             return int(self.client.count(self.collection, count_filter=qf, exact=True).count)
 
+    def _member(self) -> qm.Filter | None:
+        """Which of the collection's points belong to this index (None: all of them)."""
+        return None
+
     def without_dense(self, limit: int) -> list[str]:
-        flt = qm.Filter(must_not=[qm.HasVectorCondition(has_vector=self.vector)])
+        # Members only: in place, a point never seeded (no text) is not the sweep's to embed.
+        member = self._member()
+        flt = qm.Filter(
+            must=[member] if member else None,
+            must_not=[qm.HasVectorCondition(has_vector=self.vector)],
+        )
         with self._guard():
             recs, _ = self.client.scroll(
                 self.collection, scroll_filter=flt, limit=limit, with_payload=self._select(())

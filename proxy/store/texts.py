@@ -1,7 +1,11 @@
 """The texts of a collection that stores none, from a JSONL file of {id, text}, looked up by id
 without holding them in memory: an index of line offsets by id, in SQLite beside the other
 caches, built once per version of the file (path, size, modification time). A lookup reads
-one line of the file."""
+one line of the file. A line that is not a valid {id, text} gives its document no text (named
+by `problem`, counted and listed by the migration, never a build refused whole).
+
+Edits made through the proxy to such a collection's documents can't go into the file: their
+texts are kept in `EditedTexts`, which lookups read first."""
 
 from __future__ import annotations
 
@@ -41,12 +45,19 @@ class TextSource(Mapping[str, str]):
         db = sqlite3.connect(tmp)
         try:
             db.execute("CREATE TABLE t (id TEXT PRIMARY KEY, off INTEGER, len INTEGER)")
+            db.execute("CREATE TABLE bad (id TEXT, error TEXT NOT NULL)")
             rows: list[tuple[str, int, int]] = []
             offset = 0
             with self.path.open("rb") as fh:
                 for n, line in enumerate(fh, start=1):
                     if line.strip():
-                        rows.append((self._parse(line, n)[0], offset, len(line)))
+                        try:
+                            rows.append((self._parse(line, n)[0], offset, len(line)))
+                        except CorpusError as e:  # its document has no text: listed, not fatal
+                            bad = _id_of(line)
+                            if bad is not None:
+                                rows.append((bad, -1, 0))
+                            db.execute("INSERT INTO bad VALUES (?, ?)", (bad, str(e)))
                     offset += len(line)
                     if len(rows) >= _BATCH:
                         db.executemany("INSERT OR REPLACE INTO t VALUES (?, ?, ?)", rows)
@@ -71,7 +82,7 @@ class TextSource(Mapping[str, str]):
     def __getitem__(self, doc_id: str) -> str:
         with self._lock:
             row = self._db.execute("SELECT off, len FROM t WHERE id = ?", (doc_id,)).fetchone()
-            if row is None:
+            if row is None or row[0] < 0:
                 raise KeyError(doc_id)
             self._fh.seek(row[0])
             line = self._fh.read(row[1])
@@ -79,9 +90,18 @@ class TextSource(Mapping[str, str]):
 
     def __contains__(self, doc_id: object) -> bool:
         with self._lock:
-            return (
-                self._db.execute("SELECT 1 FROM t WHERE id = ?", (doc_id,)).fetchone() is not None
-            )
+            row = self._db.execute("SELECT off FROM t WHERE id = ?", (doc_id,)).fetchone()
+        return row is not None and row[0] >= 0
+
+    def problem(self, doc_id: str) -> str | None:
+        """Why `doc_id` has no text here: its line's fault, or None (no line: not listed)."""
+        with self._lock:
+            row = self._db.execute("SELECT error FROM bad WHERE id = ?", (doc_id,)).fetchone()
+        return str(row[0]) if row else None
+
+    def bad_lines(self) -> list[str]:
+        with self._lock:
+            return [str(r[0]) for r in self._db.execute("SELECT error FROM bad")]
 
     def missing(self, doc_ids: Sequence[str]) -> list[str]:
         """The ids without a text, in one query per batch (checking a whole collection)."""
@@ -91,22 +111,72 @@ class TextSource(Mapping[str, str]):
             marks = ",".join("?" * len(chunk))
             with self._lock:
                 have = {
-                    r[0] for r in self._db.execute(f"SELECT id FROM t WHERE id IN ({marks})", chunk)
+                    r[0]
+                    for r in self._db.execute(
+                        f"SELECT id FROM t WHERE off >= 0 AND id IN ({marks})", chunk
+                    )
                 }
             out.extend(d for d in chunk if d not in have)
         return out
 
     def __iter__(self) -> Iterator[str]:
         with self._lock:
-            ids = [r[0] for r in self._db.execute("SELECT id FROM t")]
+            ids = [r[0] for r in self._db.execute("SELECT id FROM t WHERE off >= 0")]
         return iter(ids)
 
     def __len__(self) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM t").fetchone()[0])
+            return int(self._db.execute("SELECT COUNT(*) FROM t WHERE off >= 0").fetchone()[0])
 
     def __hash__(self) -> int:
         return hash(self.index)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, TextSource) and other.index == self.index
+
+
+def _id_of(line: bytes) -> str | None:
+    """The id of a line that is not a valid document, if it names one."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    raw = obj.get("_id", obj.get("id")) if isinstance(obj, dict) else None
+    return (
+        str(raw) if isinstance(raw, str | int) and not isinstance(raw, bool) and raw != "" else None
+    )
+
+
+class EditedTexts:
+    """Texts written through the proxy for documents whose texts come from a file: kept
+    (SQLite under the data directory, durable) and read before the file, so an edit is
+    neither lost nor re-embedded from the file's older text."""
+
+    def __init__(self, path: Path) -> None:
+        from proxy.migration.state import durable_sqlite
+
+        self._db = durable_sqlite(
+            path, "CREATE TABLE IF NOT EXISTS edited (id TEXT PRIMARY KEY, text TEXT NOT NULL)"
+        )
+        self._lock = threading.Lock()
+
+    def get(self, doc_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT text FROM edited WHERE id = ?", (doc_id,)).fetchone()
+        return str(row[0]) if row else None
+
+    def put(self, texts: Sequence[tuple[str, str]]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT INTO edited VALUES (?, ?)"
+                " ON CONFLICT(id) DO UPDATE SET text = excluded.text",
+                list(texts),
+            )
+            self._db.execute("COMMIT")
+
+    def forget(self, doc_ids: Sequence[str]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("DELETE FROM edited WHERE id = ?", [(d,) for d in doc_ids])
+            self._db.execute("COMMIT")
