@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter
 from pydantic import Field
+from starlette.convertors import PathConvertor, register_url_convertor
 
 from proxy.api.errors import error
 from proxy.api.services import Svc
@@ -89,7 +90,17 @@ async def put_documents(sv: Svc, body: DocumentsIn) -> Any:
     return {"upserted": len(docs), "indexes": sides}
 
 
-@router.delete("/documents/{doc_id:path}", responses={503: {}})
+class DocIdConvertor(PathConvertor):
+    """Any doc id, `/` and a trailing newline included (the `path` convertor's `.*` stops
+    before a final newline: "a\\n" would have deleted "a")."""
+
+    regex = r"[\s\S]+"
+
+
+register_url_convertor("doc_id", DocIdConvertor())
+
+
+@router.delete("/documents/{doc_id:doc_id}", responses={503: {}})
 async def delete_document(sv: Svc, doc_id: str) -> Any:
     try:
         existed = await erase_documents(sv.rt, [doc_id])
