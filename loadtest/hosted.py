@@ -1,7 +1,7 @@
 """A whole SciFact migration to a hosted model, through a real OpenAI-compatible server.
 
 Old: paraphrase-MiniLM-L3-v2 (local ONNX). New: `kind: openai` against Infinity on 127.0.0.1
-serving all-MiniLM-L6-v2 (tests/servers.py starts it; `make infinity` installs it). The
+serving all-MiniLM-L6-v2 (loadtest/servers.py starts it; `make infinity` installs it). The
 re-embed worker migrates the whole corpus in phases, all in one run so the ratios compare:
 
   1. docs/s with 1, 4 and 16 requests in flight (`--docs-per-phase` documents each);
@@ -33,6 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from loadtest.servers import SERVED_NAME, Infinity, infinity_installed  # noqa: E402
 from proxy.beir import load_beir  # noqa: E402
 from proxy.config import ModelConfig, load_settings  # noqa: E402
 from proxy.embedding import Embedder, embed_documents_cached, load_embedder  # noqa: E402
@@ -41,7 +42,6 @@ from proxy.ingest import ingest  # noqa: E402
 from proxy.migration.start import start_migration  # noqa: E402
 from proxy.migration.worker import Reembedder  # noqa: E402
 from proxy.runtime import Runtime  # noqa: E402
-from tests.servers import SERVED_NAME, Infinity, infinity_installed  # noqa: E402
 
 
 def hosted_cfg(url: str, in_flight: int, tpm: float = 0.0) -> dict[str, Any]:

@@ -1,48 +1,17 @@
-"""Shared fixtures: real models (loaded once per session), temp data dirs, a live server."""
+"""Fixtures: real models (loaded once per session), a runtime over a temp data dir, the
+session's Infinity server and a fault proxy in front of it. Helpers are in tests/helpers.py."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import uvicorn
-import yaml
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-from proxy.config import Settings, load_settings  # noqa: E402
-from proxy.embedding import Embedder, default_model_cache, load_embedder  # noqa: E402
-from proxy.runtime import Runtime  # noqa: E402
-
-# One ONNX export of the new model for the whole suite (the session's `models` use this
-# cache), not one per data dir: each costs ~10 s of CPU. The setting reaches every Settings
-# built here and every `crossfade` child process. A test of a fresh deployment's first start
-# unsets it.
-os.environ.setdefault("CROSSFADE_MODEL_CACHE", str(default_model_cache()))
-# Writes need a key: every Settings built here and every `crossfade` child process has this
-# read-write key (tests send `RW`). The environment beats a config's `server.api_keys`: a test
-# of other read-write keys unsets or overrides the variable.
-RW_KEY = "test-read-write-key-0123456789"
-RW = {"api-key": RW_KEY}
-os.environ["CROSSFADE_SERVER__API_KEYS"] = RW_KEY
-
-ROOT = Path(__file__).resolve().parents[1]
-SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
-
-
-def demo_settings(data_dir: Path, **overrides: object) -> Settings:
-    return load_settings(ROOT / "config" / "demo.yaml", data_dir=str(data_dir), **overrides)
+from proxy.embedding import Embedder, load_embedder
+from proxy.runtime import Runtime
+from tests.helpers import demo_settings
 
 
 @pytest.fixture(scope="session")
@@ -58,154 +27,11 @@ def runtime(tmp_path: Path, models: dict[str, Embedder]) -> Iterator[Runtime]:
     rt.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class LiveServer:
-    """uvicorn on 127.0.0.1 in a thread, stopped at teardown."""
-
-    def __init__(self, app: object) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cfg = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(cfg)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError("server did not start")
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-
-def cli_config(path: Path, data_dir: Path | str, port: int, **server: Any) -> Path:
-    """The demo config over `data_dir`, for `crossfade` commands that ask a proxy on `port`
-    (where none listens, they read the stores themselves)."""
-    data = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
-    data["data_dir"] = str(data_dir)
-    data["server"].update(port=port, **server)
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def drain(worker: object, max_steps: int = 200) -> int:
-    """Run a Reembedder until the queue is empty and the sweep finds nothing (bounded)."""
-    total = 0
-    for _ in range(max_steps):
-        n = worker.step()  # type: ignore[attr-defined]
-        if n == 0 and worker.state.depth()["total"] == 0 and not worker.refill():  # type: ignore[attr-defined]
-            return total
-        total += n
-    raise AssertionError("worker did not finish")
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def wait_for_full_coverage(url: str, timeout: float = 300) -> None:
-    """Until the proxy at `url` reports the new index 100% covered (its worker backfilling)."""
-
-    def full() -> bool:
-        status = httpx.get(url + "/migration", timeout=30).json()
-        return bool(status["indexes"]["new"]["coverage"] == 1.0)
-
-    wait_for(full, timeout, "backfill to 100%", interval=1)
-
-
-class ProxyProcess:
-    """`crossfade serve` in a child process on a loopback port, over one data dir."""
-
-    def __init__(
-        self,
-        tmp: Path,
-        migration: dict[str, Any] | None = None,
-        admin_key: str | None = "test-admin-key",
-        server: dict[str, Any] | None = None,
-    ) -> None:
-        self.data = tmp / "data"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
-        cfg["data_dir"] = str(self.data)
-        cfg["server"] = {"port": self.port, **(server or {})}
-        if admin_key is not None:
-            cfg["server"]["admin_key"] = admin_key
-        self.log = tmp / "proxy.log"  # stdout and stderr of every start, appended
-        cfg["migration"] = migration or {}
-        self.config = tmp / "proxy.yaml"
-        self.config.write_text(yaml.safe_dump(cfg))
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def settings(self) -> Settings:
-        return demo_settings(
-            self.data, migration=yaml.safe_load(self.config.read_text())["migration"]
-        )
-
-    def start(self, env: dict[str, str | None] | None = None, command: str = "serve") -> None:
-        """`env` adds to this process's environment; a None value removes the variable."""
-        merged = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "proxy.cli", "--config", str(self.config), command],
-                env={k: v for k, v in merged.items() if v is not None},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-        def up() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, "proxy exited"
-            try:
-                return httpx.get(self.url + "/readyz", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(up, 120, "proxy start")
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
-
-    def status(self) -> dict[str, Any]:
-        return httpx.get(self.url + "/migration", timeout=10).json()
-
-
-# -- hosted models: a real OpenAI-compatible server (Infinity) -------------------------------
-
-
 @pytest.fixture(scope="session")
 def infinity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Infinity serving all-MiniLM-L6-v2 on 127.0.0.1 for the session (`make infinity`
     installs it; without it the hosted-model tests are skipped, saying so)."""
-    from tests.servers import Infinity, infinity_installed
+    from loadtest.servers import Infinity, infinity_installed
 
     if not infinity_installed():
         pytest.skip("Infinity is not installed: run `make infinity` (part of `make test`)")
@@ -217,27 +43,8 @@ def infinity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 @pytest.fixture
 def fault_proxy(infinity: Any) -> Iterator[Any]:
     """A fault-injecting reverse proxy in front of the session's Infinity."""
-    from tests.servers import FaultProxy
+    from loadtest.servers import FaultProxy
 
     proxy = FaultProxy(infinity.url).start()
     yield proxy
     proxy.stop()
-
-
-def hosted_settings(data_dir: Path, base_url: str, **new: Any) -> Settings:
-    """The demo config with a hosted new model (kind: openai) at `base_url`."""
-    from tests.servers import SERVED_NAME
-
-    data = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
-    data["data_dir"] = str(data_dir)
-    data["models"]["new"] = {
-        "kind": "openai",
-        "base_url": base_url,
-        "model": SERVED_NAME,
-        "name": "all-MiniLM-L6-v2-hosted",
-        "batch_size": 8,
-        "max_concurrent_requests": 4,
-        "backoff_s": 0.05,
-        **new,
-    }
-    return load_settings(None, **data)

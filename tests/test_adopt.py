@@ -29,7 +29,7 @@ from proxy.embedding import Embedder
 from proxy.ingest import Doc
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
-from tests.conftest import ROOT, RW, LiveServer, demo_settings, wait_for_full_coverage
+from tests.helpers import ROOT, RW, LiveServer, demo_settings, wait_for_full_coverage
 
 pytestmark = pytest.mark.slow
 N = 120

@@ -17,7 +17,7 @@ from proxy.demo import python_reference
 from proxy.ingest import ingest
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
-from tests.conftest import LiveServer, ProxyProcess, cli_config, demo_settings, wait_for
+from tests.helpers import LiveServer, ProxyProcess, cli_config, demo_settings, wait_for
 
 KEY = "cli-test-key"
 ADMIN = {"Authorization": f"Bearer {KEY}"}

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from proxy.config import ConfigError, Mode, load_settings, resolve_path
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_example_configs_load() -> None:

@@ -23,7 +23,7 @@ from proxy.migration.worker import Reembedder
 from proxy.router import Routing, bucket, rank_biased_overlap, route
 from proxy.runtime import Runtime
 from proxy.store import point_id
-from tests.conftest import LiveServer, cli_config, demo_settings, drain
+from tests.helpers import LiveServer, cli_config, demo_settings, drain
 
 KEY = "control-test-key"
 ADMIN = {"Authorization": f"Bearer {KEY}"}

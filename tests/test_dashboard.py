@@ -19,7 +19,7 @@ from proxy.demo import python_reference, write_eval_set
 from proxy.ingest import ingest
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
-from tests.conftest import LiveServer, demo_settings, wait_for
+from tests.helpers import LiveServer, demo_settings, wait_for
 
 N = 40
 KEY = "dashboard-test-key"

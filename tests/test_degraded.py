@@ -29,7 +29,7 @@ from proxy.ingest import ingest
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
 from proxy.store import IndexUnavailable
-from tests.conftest import ROOT, RW, LiveServer, demo_settings, free_port, wait_for
+from tests.helpers import ROOT, RW, LiveServer, demo_settings, free_port, wait_for
 
 TOPICS = ("assert", "assignment", "exceptions", "for", "with", "lambda", "import", "try")
 KEY = "test-admin-key"

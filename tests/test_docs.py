@@ -20,8 +20,8 @@ import yaml
 
 from proxy.cli import build_parser
 from proxy.config import load_settings, reference_markdown
-from tests.conftest import free_port, wait_for
 from tests.docblocks import ROOT, all_blocks, block, commands, markdown_files, segments
+from tests.helpers import free_port, wait_for
 
 README = ROOT / "README.md"
 

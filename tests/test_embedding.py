@@ -17,7 +17,7 @@ from proxy.embedding import (
     load_embedder,
     text_sha256,
 )
-from tests.conftest import demo_settings
+from tests.helpers import demo_settings
 
 PAIRS = [
     ("How do I catch an exception in Python?", "Use a try statement with an except clause."),

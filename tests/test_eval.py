@@ -22,7 +22,7 @@ from proxy.experiment import (
     simulate_steps,
 )
 from proxy.tuning import query_hash_half
-from tests.conftest import ROOT, SCIFACT
+from tests.helpers import ROOT, SCIFACT
 
 pytestmark = pytest.mark.skipif(not SCIFACT.exists(), reason="../shared/data/scifact not present")
 

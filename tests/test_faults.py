@@ -30,7 +30,7 @@ from proxy.migration.start import start_migration
 from proxy.migration.status import verify
 from proxy.migration.worker import Reembedder
 from proxy.runtime import SIDES, Runtime
-from tests.conftest import RW, ProxyProcess, demo_settings, drain, wait_for
+from tests.helpers import RW, ProxyProcess, demo_settings, drain, wait_for
 
 N = 40
 KEY = "fault-test-key"

@@ -16,7 +16,7 @@ from proxy.ingest import ingest
 from proxy.migration.start import start_migration
 from proxy.migration.worker import Reembedder
 from proxy.runtime import Runtime
-from tests.conftest import RW, LiveServer, demo_settings, drain
+from tests.helpers import RW, LiveServer, demo_settings, drain
 
 pytestmark = pytest.mark.slow
 KEY = "test-admin-key"

@@ -38,7 +38,7 @@ from proxy.ingest import ingest
 from proxy.migration.start import start_migration
 from proxy.migration.worker import control_state
 from proxy.runtime import Runtime
-from tests.conftest import RW, LiveServer, demo_settings
+from tests.helpers import RW, LiveServer, demo_settings
 
 N = 24
 KEY = "fuzz-admin-key"

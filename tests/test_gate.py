@@ -28,7 +28,7 @@ from proxy.ingest import ingest
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
 from proxy.security import Access
-from tests.conftest import RW_KEY, LiveServer, demo_settings
+from tests.helpers import RW_KEY, LiveServer, demo_settings
 
 ADMIN_KEY = "gate-admin-key-0123456789"
 RO_KEY = "gate-read-only-key-0123456789"

@@ -1,6 +1,6 @@
 """Hosted embedding models (kind: openai) against a real OpenAI-compatible server.
 
-Infinity serves all-MiniLM-L6-v2 on 127.0.0.1 (tests/servers.py); faults come from a reverse
+Infinity serves all-MiniLM-L6-v2 on 127.0.0.1 (loadtest/servers.py); faults come from a reverse
 proxy between crossfade and it. Small on purpose: a few dozen passages of the demo corpus.
 """
 
@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
+from loadtest.servers import SERVED_NAME, Infinity
 from proxy.app import create_app
 from proxy.availability import IndexState, serving_plan
 from proxy.cli import spend_lines
@@ -35,8 +36,7 @@ from proxy.migration.start import start_migration
 from proxy.migration.status import migration_status, verify
 from proxy.migration.worker import Reembedder, set_control
 from proxy.runtime import Runtime
-from tests.conftest import RW, LiveServer, drain, hosted_settings, wait_for
-from tests.servers import SERVED_NAME, Infinity
+from tests.helpers import RW, LiveServer, drain, hosted_settings, wait_for
 
 KEY = "test-admin-key"
 ADMIN = {"Authorization": f"Bearer {KEY}"}

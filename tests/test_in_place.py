@@ -29,7 +29,7 @@ from proxy.migration.worker import Reembedder
 from proxy.runtime import Runtime
 from proxy.store import FingerprintMismatch, point_id
 from proxy.store.edge import META_FILE
-from tests.conftest import (
+from tests.helpers import (
     ROOT,
     RW,
     LiveServer,

@@ -13,7 +13,7 @@ from proxy.cli import main
 from proxy.ingest import CorpusError, ingest, read_jsonl
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
-from tests.conftest import cli_config, demo_settings, free_port
+from tests.helpers import cli_config, demo_settings, free_port
 
 DOCS = [
     {

@@ -30,7 +30,7 @@ from proxy.migration.status import compare_indexes, migration_status, verify
 from proxy.migration.worker import Reembedder
 from proxy.router import Routing
 from proxy.runtime import Runtime
-from tests.conftest import (
+from tests.helpers import (
     ROOT,
     RW,
     LiveServer,

@@ -22,7 +22,7 @@ from proxy.migration.status import migration_status, verify
 from proxy.migration.worker import Reembedder, set_control
 from proxy.runtime import Runtime
 from proxy.store import FingerprintMismatch, PointWrite
-from tests.conftest import demo_settings, drain
+from tests.helpers import demo_settings, drain
 
 N = 40
 

@@ -15,7 +15,7 @@ from proxy.demo import python_reference
 from proxy.ingest import ingest
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
-from tests.conftest import RW, LiveServer, demo_settings, wait_for
+from tests.helpers import RW, LiveServer, demo_settings, wait_for
 
 N = 48
 KEY = "test-admin-key"

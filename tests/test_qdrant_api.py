@@ -24,7 +24,7 @@ from proxy.ingest import Doc
 from proxy.migration.start import start_migration
 from proxy.migration.worker import Reembedder
 from proxy.runtime import Runtime
-from tests.conftest import RW_KEY, LiveServer
+from tests.helpers import RW_KEY, LiveServer
 from tests.qdrant_app import AppRun, run_app
 from tests.test_adopt import questions, settings_for, swapped
 

@@ -16,7 +16,7 @@ from proxy.migration.worker import Reembedder
 from proxy.onnx_export import MIN_COSINE, cosines
 from proxy.runtime import Runtime
 from proxy.store import FingerprintMismatch, IndexInfo
-from tests.conftest import demo_settings
+from tests.helpers import demo_settings
 
 TEXTS = [
     "short",

@@ -22,7 +22,7 @@ from proxy.demo import python_reference
 from proxy.ingest import ingest
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
-from tests.conftest import ROOT, ProxyProcess, demo_settings
+from tests.helpers import ROOT, ProxyProcess, demo_settings
 
 ADMIN_KEY = "s3cret-admin-key-0123456789"
 WRONG_KEY = "wrong-key-9876543210-guess"

@@ -183,7 +183,7 @@ def test_server_backend_mirrors_the_serving_pointer_to_an_alias(
     from proxy.migration.control import ControlPlane
     from proxy.router import Routing
     from proxy.runtime import Runtime
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     settings = load_settings(
         ROOT / "config" / "demo.yaml",

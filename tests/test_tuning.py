@@ -28,7 +28,7 @@ from proxy.tuning import (
     query_hash_half,
     split_for_fitting,
 )
-from tests.conftest import LiveServer, demo_settings, wait_for
+from tests.helpers import LiveServer, demo_settings, wait_for
 
 DOCS = [f"d{i}" for i in range(60)]
 
