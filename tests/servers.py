@@ -133,9 +133,11 @@ class FaultProxy:
     """A reverse proxy on 127.0.0.1 in front of `upstream` (switchable). Per request, drawn
     from a seeded generator: `p429` answered 429 with `Retry-After: retry_after`; `p500`
     answered 500, half of them after forwarding (the server did the work: a retry must not
-    write twice); `hang` holds every request unanswered. `stop()`/`start()` close and reopen
-    its port (the server stopped). `served` holds the input texts of every 200 answer of
-    /embeddings, `usage` the (time, prompt_tokens) of each."""
+    write twice); `hang` holds every request unanswered; `delay_s` holds an /embeddings
+    request whose input is a list of at least `delay_min_inputs` texts that long before it
+    goes on (a slow model for document batches, while one-text queries stay fast).
+    `stop()`/`start()` close and reopen its port (the server stopped). `served` holds the
+    input texts of every 200 answer of /embeddings, `usage` the (time, prompt_tokens) of each."""
 
     def __init__(self, upstream: str, seed: int = 1) -> None:
         self.upstream = upstream.rstrip("/")
@@ -144,6 +146,8 @@ class FaultProxy:
         self.p429 = self.p500 = 0.0
         self.retry_after = "1"
         self.hang = False
+        self.delay_s = 0.0
+        self.delay_min_inputs = 2
         self.rng = random.Random(seed)
         self.faults: Counter[str] = Counter()
         self.served: list[list[str]] = []
@@ -153,7 +157,7 @@ class FaultProxy:
         self._client: httpx.AsyncClient | None = None
 
     def reset(self) -> None:
-        self.p429 = self.p500 = 0.0
+        self.p429 = self.p500 = self.delay_s = 0.0
         self.hang = False
         self.faults.clear()
         self.served.clear()
@@ -185,6 +189,9 @@ class FaultProxy:
             async with httpx.AsyncClient(timeout=30) as c:
                 r = await c.get(self.upstream + scope["path"].removeprefix("/v1"))
             return await self._reply(send, r.status_code, r.content)
+        if self.delay_s > 0 and self._inputs(scope["path"], body) >= self.delay_min_inputs:
+            self.faults["delayed"] += 1
+            await asyncio.sleep(self.delay_s)
         draw = self.rng.random()
         if draw < self.p429:
             self.faults["429"] += 1
@@ -203,6 +210,17 @@ class FaultProxy:
             self.served.append([texts] if isinstance(texts, str) else list(texts))
             self.usage.append((time.monotonic(), int(r.json()["usage"]["prompt_tokens"])))
         await self._reply(send, r.status_code, r.content)
+
+    @staticmethod
+    def _inputs(path: str, body: bytes) -> int:
+        """How many texts an /embeddings request asks for (a bare string: 1)."""
+        if not path.endswith("/embeddings"):
+            return 0
+        try:
+            texts = json.loads(body).get("input")
+        except (ValueError, AttributeError):
+            return 0
+        return len(texts) if isinstance(texts, list) else 1
 
     @staticmethod
     async def _reply(
