@@ -137,7 +137,8 @@ class FaultProxy:
     request whose input is a list of at least `delay_min_inputs` texts that long before it
     goes on (a slow model for document batches, while one-text queries stay fast).
     `stop()`/`start()` close and reopen its port (the server stopped). `served` holds the
-    input texts of every 200 answer of /embeddings, `usage` the (time, prompt_tokens) of each."""
+    input texts of every 200 answer of /embeddings, `usage` the (time, prompt_tokens) of each,
+    `timings` the (time, texts, seconds upstream) of every /embeddings request passed on."""
 
     def __init__(self, upstream: str, seed: int = 1) -> None:
         self.upstream = upstream.rstrip("/")
@@ -152,6 +153,8 @@ class FaultProxy:
         self.faults: Counter[str] = Counter()
         self.served: list[list[str]] = []
         self.usage: list[tuple[float, int]] = []
+        # (monotonic time answered, texts, seconds the server took) per /embeddings passed on
+        self.timings: list[tuple[float, int, float]] = []
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._client: httpx.AsyncClient | None = None
@@ -162,6 +165,7 @@ class FaultProxy:
         self.faults.clear()
         self.served.clear()
         self.usage.clear()
+        self.timings.clear()
 
     async def _forward(self, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
         if self._client is None:
@@ -204,7 +208,11 @@ class FaultProxy:
                 await self._forward(scope["path"], body, headers)
             err = b'{"error": {"message": "internal error (fault proxy)"}}'
             return await self._reply(send, 500, err)
+        t0 = time.monotonic()
         r = await self._forward(scope["path"], body, headers)
+        if scope["path"].endswith("/embeddings"):
+            now = time.monotonic()
+            self.timings.append((now, self._inputs(scope["path"], body), now - t0))
         if r.status_code == 200 and scope["path"].endswith("/embeddings"):
             texts = json.loads(body)["input"]
             self.served.append([texts] if isinstance(texts, str) else list(texts))
