@@ -133,9 +133,12 @@ class FaultProxy:
     """A reverse proxy on 127.0.0.1 in front of `upstream` (switchable). Per request, drawn
     from a seeded generator: `p429` answered 429 with `Retry-After: retry_after`; `p500`
     answered 500, half of them after forwarding (the server did the work: a retry must not
-    write twice); `hang` holds every request unanswered. `stop()`/`start()` close and reopen
-    its port (the server stopped). `served` holds the input texts of every 200 answer of
-    /embeddings, `usage` the (time, prompt_tokens) of each."""
+    write twice); `hang` holds every request unanswered; `delay_s` holds an /embeddings
+    request whose input is a list of at least `delay_min_inputs` texts that long before it
+    goes on (a slow model for document batches, while one-text queries stay fast).
+    `stop()`/`start()` close and reopen its port (the server stopped). `served` holds the
+    input texts of every 200 answer of /embeddings, `usage` the (time, prompt_tokens) of each,
+    `timings` the (time, texts, seconds upstream) of every /embeddings request passed on."""
 
     def __init__(self, upstream: str, seed: int = 1) -> None:
         self.upstream = upstream.rstrip("/")
@@ -144,20 +147,25 @@ class FaultProxy:
         self.p429 = self.p500 = 0.0
         self.retry_after = "1"
         self.hang = False
+        self.delay_s = 0.0
+        self.delay_min_inputs = 2
         self.rng = random.Random(seed)
         self.faults: Counter[str] = Counter()
         self.served: list[list[str]] = []
         self.usage: list[tuple[float, int]] = []
+        # (monotonic time answered, texts, seconds the server took) per /embeddings passed on
+        self.timings: list[tuple[float, int, float]] = []
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._client: httpx.AsyncClient | None = None
 
     def reset(self) -> None:
-        self.p429 = self.p500 = 0.0
+        self.p429 = self.p500 = self.delay_s = 0.0
         self.hang = False
         self.faults.clear()
         self.served.clear()
         self.usage.clear()
+        self.timings.clear()
 
     async def _forward(self, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
         if self._client is None:
@@ -185,6 +193,9 @@ class FaultProxy:
             async with httpx.AsyncClient(timeout=30) as c:
                 r = await c.get(self.upstream + scope["path"].removeprefix("/v1"))
             return await self._reply(send, r.status_code, r.content)
+        if self.delay_s > 0 and self._inputs(scope["path"], body) >= self.delay_min_inputs:
+            self.faults["delayed"] += 1
+            await asyncio.sleep(self.delay_s)
         draw = self.rng.random()
         if draw < self.p429:
             self.faults["429"] += 1
@@ -197,12 +208,27 @@ class FaultProxy:
                 await self._forward(scope["path"], body, headers)
             err = b'{"error": {"message": "internal error (fault proxy)"}}'
             return await self._reply(send, 500, err)
+        t0 = time.monotonic()
         r = await self._forward(scope["path"], body, headers)
+        if scope["path"].endswith("/embeddings"):
+            now = time.monotonic()
+            self.timings.append((now, self._inputs(scope["path"], body), now - t0))
         if r.status_code == 200 and scope["path"].endswith("/embeddings"):
             texts = json.loads(body)["input"]
             self.served.append([texts] if isinstance(texts, str) else list(texts))
             self.usage.append((time.monotonic(), int(r.json()["usage"]["prompt_tokens"])))
         await self._reply(send, r.status_code, r.content)
+
+    @staticmethod
+    def _inputs(path: str, body: bytes) -> int:
+        """How many texts an /embeddings request asks for (a bare string: 1)."""
+        if not path.endswith("/embeddings"):
+            return 0
+        try:
+            texts = json.loads(body).get("input")
+        except (ValueError, AttributeError):
+            return 0
+        return len(texts) if isinstance(texts, list) else 1
 
     @staticmethod
     async def _reply(
