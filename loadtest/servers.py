@@ -24,18 +24,12 @@ from typing import Any
 import httpx
 import uvicorn
 
+from loadtest.harness import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 INFINITY_VENV = ROOT / ".venv-infinity"
 INFINITY_BIN = INFINITY_VENV / "bin" / "infinity_emb"
 SERVED_NAME = "all-minilm-l6-v2"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def infinity_model_dir() -> Path | None:

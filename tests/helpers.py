@@ -20,7 +20,7 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from loadtest.servers import free_port  # noqa: E402
+from loadtest.harness import free_port  # noqa: E402
 from proxy.config import Settings, load_settings  # noqa: E402
 from proxy.embedding import default_model_cache  # noqa: E402
 
