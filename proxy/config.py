@@ -585,6 +585,13 @@ class WritesConfig(Strict):
         description="Threads that embed and apply document writes; apart from the ones that "
         "serve searches, so slow writes never hold a search up.",
     )
+    nice: int = Field(
+        5,
+        ge=0,
+        le=19,
+        description="CPU priority (Linux nice) of the write threads: the CPU a write's "
+        "embedding and index update take yields to searches.",
+    )
     retry_base_s: float = Field(
         1.0,
         gt=0,
@@ -594,6 +601,15 @@ class WritesConfig(Strict):
     )
     retry_max_s: float = Field(
         60.0, gt=0, le=3600, description="The longest wait between two retries of a batch."
+    )
+    flush_interval_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="How often written indexes are flushed to disk. A write is durable when "
+        "it returns (the write journal is fsynced, the engine's log written); the journal "
+        "keeps each batch until a flush covers it, so a crash, even of the machine, replays "
+        "it. One flush for many writes: the embedded engine holds the GIL while it flushes.",
     )
 
 

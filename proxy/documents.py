@@ -121,6 +121,7 @@ def ingest_both(
         written, skipped = written + len(todo), skipped + len(chunk) - len(todo)
         if bar:
             bar(len(chunk))
+    flush_writes(rt)
     return {"written": written, "skipped": skipped, "total": old.count()}
 
 
@@ -143,11 +144,11 @@ def _live_now(rt: Runtime, sides: Sequence[str]) -> list[str]:
     return [s for s in sides if not (s == "old" and retired(rt))]
 
 
-def _catch_up(rt: Runtime, force: bool = False) -> int:
+def _catch_up(rt: Runtime, force: bool = False, unflushed: bool = False) -> int:
     """Apply every batch still in the journal, oldest first; returns how many. One that is not
     due for its retry yet (or fails again) stops here: JournalBehind, nothing later applied.
     Callers hold `rt.write_lock`."""
-    pending = rt.journal.pending()
+    pending = rt.journal.pending(unflushed)
     for b in pending:
         wait = b.next_at - time.time()
         if wait > 0 and not force:
@@ -169,9 +170,25 @@ def _catch_up(rt: Runtime, force: bool = False) -> int:
 
 
 def replay_journal(rt: Runtime) -> int:
-    """Apply every batch still in the journal now, whatever its backoff (start-up, and the
-    background retry); returns how many. Callers hold `rt.write_lock`."""
-    return _catch_up(rt, force=True)
+    """At start-up: apply every batch still in the journal, whatever its backoff, the ones
+    applied but perhaps never flushed to disk too; returns how many. Callers hold
+    `rt.write_lock` (or run before serving starts)."""
+    return _catch_up(rt, force=True, unflushed=True)
+
+
+def flush_writes(rt: Runtime) -> int:
+    """Flush every index written since the last flush, then clear the journal's batches
+    applied before it; returns how many. Blocking; takes the write lock (a batch applied
+    during the flush stays in the journal). One flush for many writes: the embedded engine
+    holds the GIL while it flushes, so a flush per write stalled every search beside it."""
+    with rt.write_lock:
+        if not rt.unflushed:
+            return 0
+        rt.unflushed = False
+        for side in SIDES:
+            if probe(rt.store(side)).exists:
+                rt.store(side).flush()
+        return rt.journal.forget_applied()
 
 
 def retry_journal(rt: Runtime) -> bool:
@@ -213,7 +230,6 @@ def _apply(
                 store.upsert([make_point(rt, side, d, vecs[i], stamp) for i, d in enumerate(docs)])
             else:
                 store.delete(items)
-            store.flush()
         except Exception as e:
             left = list(sides[n:])
             keep = (
@@ -224,6 +240,7 @@ def _apply(
             rt.journal.retry_later(batch, _brief(e), left, keep)
             log.error("write batch %d: the %s index refused it, retried later: %s", batch, side, e)
             raise WritePending(batch, sides[:n], left, _brief(e)) from e
-    rt.journal.done(batch)
+    rt.journal.applied(batch)  # cleared by the next flush_writes
+    rt.unflushed = True
     # Given text (or gone): no longer documents that can't be re-embedded.
     rt.state.forget_unembeddable([d.doc_id for d in docs] if op == UPSERT else items)

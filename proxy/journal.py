@@ -3,8 +3,10 @@
 A write goes to two indexes (old and new, each with its own model); a process killed between
 the two would leave them disagreeing, and a document present in one index only is lost at
 cutover or rollback. So each batch is first recorded here (SQLite, WAL, fsync on commit), then
-applied to every index, then cleared. Upserts and deletes are idempotent, so applying a batch
-again that had partly or wholly landed is harmless.
+applied to every index, then, once the indexes have been flushed to disk (`flush_writes`,
+every `writes.flush_interval_s`), cleared. Upserts and deletes are idempotent, so applying a
+batch again that had partly or wholly landed is harmless: a crash, even of the machine,
+replays what the indexes may not have on disk.
 
 A batch that one index refused (an outage, a full disk) stays here with the indexes it has
 not reached yet and their vectors, and is retried with exponential backoff until every index
@@ -62,6 +64,7 @@ class WriteJournal:
             "next_at REAL NOT NULL DEFAULT 0",
             "error TEXT",
             "rest TEXT",  # JSON: sides left and their vectors, after a failed attempt
+            "applied INTEGER NOT NULL DEFAULT 0",  # in every index, not yet flushed
         ):
             with suppress(sqlite3.OperationalError):  # a journal of this version has it
                 self._db.execute(f"ALTER TABLE pending ADD COLUMN {column}")
@@ -92,9 +95,15 @@ class WriteJournal:
             )
             return int(cur.lastrowid or 0)
 
-    def done(self, batch: int) -> None:
+    def applied(self, batch: int) -> None:
+        """In every index (not yet flushed there: kept until `forget_applied`)."""
         with self._lock:
-            self._db.execute("DELETE FROM pending WHERE batch = ?", (batch,))
+            self._db.execute("UPDATE pending SET applied = 1 WHERE batch = ?", (batch,))
+
+    def forget_applied(self) -> int:
+        """The indexes were flushed: the batches applied before are on disk there."""
+        with self._lock:
+            return int(self._db.execute("DELETE FROM pending WHERE applied = 1").rowcount)
 
     def retry_later(
         self,
@@ -118,12 +127,14 @@ class WriteJournal:
             )
         return wait
 
-    def pending(self) -> list[Batch]:
-        """Batches begun but not in every index yet, oldest first (the order they apply in)."""
+    def pending(self, unflushed: bool = False) -> list[Batch]:
+        """Batches begun but not in every index yet, oldest first (the order they apply in);
+        `unflushed`: also those applied but maybe not on disk yet (a restart replays them)."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT batch, op, body, begun_at, attempts, next_at, error, rest FROM pending"
-                " ORDER BY batch"
+                + ("" if unflushed else " WHERE applied = 0")
+                + " ORDER BY batch"
             ).fetchall()
         out = []
         for b, op, body, begun, attempts, next_at, error, rest in rows:
@@ -150,10 +161,11 @@ class WriteJournal:
         with self._lock:
             n, retrying, oldest, attempts, next_at = self._db.execute(
                 "SELECT count(*), sum(attempts > 0), min(begun_at), max(attempts), min(next_at)"
-                " FROM pending"
+                " FROM pending WHERE applied = 0"
             ).fetchone()
             last = self._db.execute(
-                "SELECT batch, error FROM pending WHERE error IS NOT NULL ORDER BY batch LIMIT 1"
+                "SELECT batch, error FROM pending WHERE applied = 0 AND error IS NOT NULL"
+                " ORDER BY batch LIMIT 1"
             ).fetchone()
         return {
             "pending": int(n),

@@ -25,6 +25,7 @@ from proxy.migration.state import SqliteState
 from proxy.search import Coverage, Searcher
 from proxy.sparse import Bm25Encoder
 from proxy.store import VectorStore, open_store
+from proxy.threads import lower_priority
 
 SIDES = ("old", "new")
 
@@ -37,6 +38,8 @@ class Runtime:
         self._stores: dict[str, VectorStore] = {}
         # Document writes run one at a time (see proxy/documents.py).
         self.write_lock = threading.Lock()
+        # Written since the last flush (proxy/documents.py flush_writes).
+        self.unflushed = False
         self._drift: tuple[float, dict[str, Any]] = (float("-inf"), {})
 
     def model_drift(self) -> dict[str, Any]:
@@ -96,7 +99,12 @@ class Runtime:
     def write_pool(self) -> ThreadPoolExecutor:
         """Threads for document writes only: a write waiting on its model or on the write
         lock never takes a thread a search needs (searches run on the default pool)."""
-        return ThreadPoolExecutor(self.settings.writes.threads, thread_name_prefix="write")
+        return ThreadPoolExecutor(
+            self.settings.writes.threads,
+            thread_name_prefix="write",
+            initializer=lower_priority,
+            initargs=(self.settings.writes.nice,),
+        )
 
     @cached_property
     def state(self) -> SqliteState:

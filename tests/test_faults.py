@@ -20,6 +20,7 @@ from proxy.demo import python_reference, write_eval_set
 from proxy.documents import (
     JournalBehind,
     WritePending,
+    flush_writes,
     replay_journal,
     retry_journal,
     upsert_documents,
@@ -195,6 +196,7 @@ def test_a_write_cut_between_the_two_indexes_is_replayed(tmp_path: Path, models:
         idx = check_indexes(rt)
         assert idx["new"]["added"]["text"] == "A new passage."
         assert idx["new"][docs[0].doc_id]["text"] == docs[0].text + " (edited)"
+        assert flush_writes(rt) == 1  # on disk in both: the journal lets it go
         assert replay_journal(rt) == 0
 
 

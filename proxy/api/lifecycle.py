@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager, suppress
 from fastapi import FastAPI
 
 from proxy.api.services import Services
-from proxy.documents import replay_journal, retry_journal
+from proxy.documents import flush_writes, replay_journal, retry_journal
 from proxy.migration.canary import check_canaries
 from proxy.migration.fitted import load_fit
 from proxy.security import redact_access_log
@@ -35,11 +35,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         asyncio.create_task(sample_history(sv)),
         asyncio.create_task(watch_canaries(sv, checked)),
         asyncio.create_task(retry_writes(sv)),
+        asyncio.create_task(flush_every(sv)),
     ]
     yield
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, *sv.background, return_exceptions=True)
+    await asyncio.get_running_loop().run_in_executor(rt.write_pool, flush_writes, rt)
     sv.health.close()
     await asyncio.to_thread(rt.close)
 
@@ -66,6 +68,17 @@ async def retry_writes(sv: Services, every_s: float = 1.0) -> None:
         except Exception as e:  # an index still down: logged, tried again after the backoff
             log.warning("write journal retry: %s", e)
         await asyncio.sleep(every_s)
+
+
+async def flush_every(sv: Services) -> None:
+    """Flush what was written every `writes.flush_interval_s` (proxy/documents.py)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(sv.settings.writes.flush_interval_s)
+        try:
+            await loop.run_in_executor(sv.rt.write_pool, flush_writes, sv.rt)
+        except Exception as e:  # an index down: its writes are still in the journal
+            log.warning("flush: %s", e)
 
 
 async def sample_history(sv: Services) -> None:

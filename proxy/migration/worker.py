@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -39,6 +36,7 @@ from proxy.migration.spend import add_spend, spend_status
 from proxy.migration.state import BACKFILL, MigrationState
 from proxy.runtime import Runtime
 from proxy.store import IndexUnavailable
+from proxy.threads import lower_priority
 
 log = logging.getLogger("crossfade.worker")
 
@@ -113,11 +111,7 @@ def background_inference(threads: int, nice: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    if nice and sys.platform == "linux":
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-        except OSError as e:  # e.g. a process already nicer than asked: keep its value
-            log.warning("re-embed thread keeps its CPU priority: %s", e)
+    lower_priority(nice)
 
 
 class Reembedder:
@@ -223,7 +217,7 @@ class Reembedder:
             # under the write lock, so that no document write lands between check and write.
             with self.rt.write_lock:
                 new.upsert(points)
-                new.flush()
+                self.rt.unflushed = True  # on disk at the next flush_writes
             # Off the queue as soon as written: a later failure in this batch can't redo them.
             self.state.done([d.doc_id for d in chunk])
             if model.hosted:
