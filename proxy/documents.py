@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from proxy.availability import probe
-from proxy.ingest import CorpusError, Doc, Progress, make_point, now_iso
+from proxy.clock import now_iso
+from proxy.ingest import CorpusError, Doc, Progress, make_point
 from proxy.journal import DELETE, UPSERT, Batch
 from proxy.migration.canary import refuse_drifted
 from proxy.runtime import SIDES, Runtime

@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from proxy.beir import Beir, load_beir, qrels_file
+from proxy.clock import now_iso
 from proxy.config import FusionConfig, IndexConfig, IndexesConfig, Settings
 from proxy.embedding import embed_documents_cached
 from proxy.evaluation import Qrels, score_run
 from proxy.fusion import FusionParams, Profile, default_profile, fuse, params_for, plain_rrf
-from proxy.ingest import Doc, Progress, doc_of, ingest, make_point, now_iso
+from proxy.ingest import Doc, Progress, doc_of, ingest, make_point
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
 from proxy.search import Candidates, Searcher

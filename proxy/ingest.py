@@ -12,13 +12,13 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 
+from proxy.clock import now_iso
 from proxy.embedding import embed_documents_cached, text_sha256
 from proxy.runtime import Runtime
 from proxy.store import IndexInfo, PointWrite
@@ -144,10 +144,6 @@ class Progress:
         if done:
             self.stream.write("\n")
         self.stream.flush()
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def make_point(

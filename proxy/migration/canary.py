@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from proxy.clock import now_iso
 from proxy.embedding import ModelUnavailable
-from proxy.ingest import now_iso
 from proxy.runtime import SIDES, Runtime
 from proxy.store import FingerprintMismatch
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from proxy.clock import now_iso
 from proxy.config import Mode
-from proxy.ingest import Progress, doc_of, ensure_index, make_point, now_iso
+from proxy.ingest import Progress, doc_of, ensure_index, make_point
 from proxy.migration.adoption import adopt_old
 from proxy.migration.canary import record_canaries
 from proxy.migration.cutover import AUDIT, AuditLog, load_routing, routing_dict, save_routing
