@@ -86,7 +86,10 @@ def test_a_side_that_refuses_is_retried_from_the_journal_until_both_agree(
     behind it, applied nowhere; once the disk has room the journal lands it, and old and new
     agree on every document."""
     docs = python_reference()[:8]
-    rt = migrating(Runtime(demo_settings(tmp_path, writes={"retry_base_s": 0.2, "retry_max_s": 1.0}), models), docs)
+    rt = migrating(
+        Runtime(demo_settings(tmp_path, writes={"retry_base_s": 0.2, "retry_max_s": 1.0}), models),
+        docs,
+    )
     disk = FullDisk(rt.store("new"))
     edit = {"id": docs[0].doc_id, "text": "An edit the new index cannot take yet."}
     with LiveServer(create_app(rt)) as live:
