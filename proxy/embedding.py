@@ -23,14 +23,11 @@ from typing import Protocol
 import numpy as np
 
 from proxy.config import ModelConfig, resolve_path
+from proxy.document import text_sha256
 
 log = logging.getLogger("crossfade")
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".pt")
-
-
-def text_sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)

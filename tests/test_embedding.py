@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from proxy.config import ModelConfig
+from proxy.document import text_sha256
 from proxy.embedding import (
     Embedder,
     EmbeddingCache,
     QueryEmbedder,
     embed_documents_cached,
     load_embedder,
-    text_sha256,
 )
 from tests.conftest import demo_settings
 

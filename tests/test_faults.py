@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from proxy.demo import python_reference, write_eval_set
+from proxy.document import Doc, text_sha256
 from proxy.documents import (
     JournalBehind,
     WritePending,
@@ -24,7 +25,7 @@ from proxy.documents import (
     retry_journal,
     upsert_documents,
 )
-from proxy.ingest import Doc, ingest, text_sha256
+from proxy.ingest import ingest
 from proxy.migration.cutover import AUDIT, POINTER, AuditLog
 from proxy.migration.start import start_migration
 from proxy.migration.status import verify

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from proxy.demo import python_reference
+from proxy.document import Doc
 from proxy.documents import delete_documents, upsert_documents
 from proxy.embedding import Embedded, Embedder
-from proxy.ingest import Doc, ingest
+from proxy.ingest import ingest
 from proxy.migration.start import start_migration
 from proxy.migration.state import BACKFILL, HIT, SqliteState
 from proxy.migration.status import migration_status, verify

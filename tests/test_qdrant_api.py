@@ -19,8 +19,8 @@ from qdrant_client import models as qm
 from qdrant_client.http.exceptions import UnexpectedResponse
 
 from proxy.app import create_app
+from proxy.document import Doc
 from proxy.embedding import Embedder
-from proxy.ingest import Doc
 from proxy.migration.start import start_migration
 from proxy.migration.worker import Reembedder
 from proxy.runtime import Runtime

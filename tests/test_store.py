@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from proxy.config import IndexConfig
-from proxy.embedding import text_sha256
+from proxy.document import text_sha256
 from proxy.filters import Filter
 from proxy.sparse import Bm25Encoder
 from proxy.store import FingerprintMismatch, IndexInfo, PointWrite, VectorStore, point_id

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import orjson
 
-from proxy.ingest import CorpusError, parse_doc
+from proxy.document import CorpusError, parse_doc
 from proxy.sqlite import durable_sqlite
 
 _BATCH = 10_000
