@@ -12,16 +12,11 @@ from functools import cached_property
 from typing import Any
 
 from proxy.config import Settings
-from proxy.embedding import (
-    Embedder,
-    EmbeddingCache,
-    QueryEmbedder,
-    load_embedder,
-    load_query_embedder,
-)
+from proxy.embedding import EmbeddingCache, QueryEmbedder, load_embedder, load_query_embedder
 from proxy.journal import WriteJournal
 from proxy.migration.fitted import load_fit
 from proxy.migration.state import SqliteState
+from proxy.model import Embedder
 from proxy.search import Coverage, Searcher
 from proxy.sparse import Bm25Encoder
 from proxy.store import VectorStore, open_store

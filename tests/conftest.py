@@ -22,7 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from proxy.config import Settings, load_settings  # noqa: E402
-from proxy.embedding import Embedder, default_model_cache, load_embedder  # noqa: E402
+from proxy.embedding import default_model_cache, load_embedder  # noqa: E402
+from proxy.model import Embedder  # noqa: E402
 from proxy.runtime import Runtime  # noqa: E402
 
 # One ONNX export of the new model for the whole suite (the session's `models` use this

@@ -26,8 +26,8 @@ from proxy.cli import main
 from proxy.config import resolve_path
 from proxy.demo import python_reference, write_eval_set
 from proxy.document import Doc
-from proxy.embedding import Embedder
 from proxy.migration.start import start_migration
+from proxy.model import Embedder
 from proxy.runtime import Runtime
 from tests.conftest import ROOT, RW, LiveServer, demo_settings, wait_for_full_coverage
 

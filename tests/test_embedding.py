@@ -10,13 +10,8 @@ import pytest
 
 from proxy.config import ModelConfig
 from proxy.document import text_sha256
-from proxy.embedding import (
-    Embedder,
-    EmbeddingCache,
-    QueryEmbedder,
-    embed_documents_cached,
-    load_embedder,
-)
+from proxy.embedding import EmbeddingCache, QueryEmbedder, embed_documents_cached, load_embedder
+from proxy.model import Embedder
 from tests.conftest import demo_settings
 
 PAIRS = [

@@ -15,12 +15,12 @@ import pytest
 from proxy.demo import python_reference
 from proxy.document import Doc
 from proxy.documents import delete_documents, upsert_documents
-from proxy.embedding import Embedded, Embedder
 from proxy.ingest import ingest
 from proxy.migration.start import start_migration
 from proxy.migration.state import BACKFILL, HIT, SqliteState
 from proxy.migration.status import migration_status, verify
 from proxy.migration.worker import Reembedder, set_control
+from proxy.model import Embedded, Embedder
 from proxy.runtime import Runtime
 from proxy.store import FingerprintMismatch, PointWrite
 from tests.conftest import demo_settings, drain

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from proxy.clock import now_iso
-from proxy.embedding import ModelUnavailable
+from proxy.model import ModelUnavailable
 from proxy.runtime import SIDES, Runtime
 from proxy.store import FingerprintMismatch
 

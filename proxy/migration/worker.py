@@ -34,10 +34,10 @@ from typing import Any
 from proxy.clock import now_iso
 from proxy.config import MigrationConfig
 from proxy.document import Doc, doc_of
-from proxy.embedding import Embedded, Embedder, ModelUnavailable
 from proxy.migration.canary import drift_message
 from proxy.migration.spend import add_spend, spend_status
 from proxy.migration.state import BACKFILL, MigrationState
+from proxy.model import Embedded, Embedder, ModelUnavailable
 from proxy.point import make_point
 from proxy.runtime import Runtime
 from proxy.store import IndexUnavailable
