@@ -19,7 +19,8 @@ from proxy.migration.state import SqliteState
 from proxy.model import Embedder
 from proxy.search import Coverage, Searcher
 from proxy.sparse import Bm25Encoder
-from proxy.store import VectorStore, open_store
+from proxy.store import VectorStore
+from proxy.store.factory import open_store
 
 SIDES = ("old", "new")
 
