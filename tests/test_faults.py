@@ -284,7 +284,7 @@ def test_audit_log_survives_a_torn_line_and_an_unrecorded_switch(tmp_path: Path)
     its audit entry: the log stays readable, later entries are not swallowed, and the switch
     is recorded as recovered at the next start."""
     from proxy.config import Mode
-    from proxy.router import Routing
+    from proxy.routing import Routing
 
     log = AuditLog(tmp_path / AUDIT)
     log.append({"action": "cutover", "to": {"mode": "new", "generation": 1}})

@@ -30,7 +30,7 @@ from proxy.migration.start import start_migration
 from proxy.migration.status import compare_indexes, migration_status, verify
 from proxy.migration.worker import Reembedder
 from proxy.point import make_point
-from proxy.router import Routing
+from proxy.routing import Routing
 from proxy.runtime import Runtime
 from tests.conftest import (
     ROOT,

@@ -181,7 +181,7 @@ def test_server_backend_mirrors_the_serving_pointer_to_an_alias(
 
     from proxy.config import Mode, load_settings
     from proxy.migration.control import ControlPlane
-    from proxy.router import Routing
+    from proxy.routing import Routing
     from proxy.runtime import Runtime
     from tests.conftest import ROOT
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from proxy.config import Mode
 from proxy.migration.cutover import AuditLog, describe, routing_dict
-from proxy.router import Routing
+from proxy.routing import Routing
 from proxy.runtime import Runtime
 from proxy.store.adopted import AdoptedStore
 

@@ -26,7 +26,7 @@ from proxy.migration.canary import record_canaries
 from proxy.migration.cutover import AUDIT, AuditLog, load_routing, routing_dict, save_routing
 from proxy.migration.worker import set_control
 from proxy.point import make_point
-from proxy.router import Routing
+from proxy.routing import Routing
 from proxy.runtime import Runtime
 
 STRATEGY_MODE = {"lazy": Mode.FUSED, "shadow": Mode.SHADOW, "rebuild": Mode.OLD}
