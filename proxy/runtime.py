@@ -31,7 +31,7 @@ class Runtime:
         # Already-loaded models may be handed in (tests and tools that build several runtimes).
         self._models: dict[str, Embedder] = dict(models or {})
         self._stores: dict[str, VectorStore] = {}
-        # Document writes run one at a time (see proxy/documents.py).
+        # Document writes run one at a time (see proxy/writes.py).
         self.write_lock = threading.Lock()
         self._drift: tuple[float, dict[str, Any]] = (float("-inf"), {})
 

@@ -18,19 +18,19 @@ import pytest
 
 from proxy.demo import python_reference, write_eval_set
 from proxy.document import Doc, text_sha256
-from proxy.documents import (
-    JournalBehind,
-    WritePending,
-    replay_journal,
-    retry_journal,
-    upsert_documents,
-)
 from proxy.ingest import ingest
 from proxy.migration.cutover import AUDIT, POINTER, AuditLog
 from proxy.migration.start import start_migration
 from proxy.migration.status import verify
 from proxy.migration.worker import Reembedder
 from proxy.runtime import SIDES, Runtime
+from proxy.writes import (
+    JournalBehind,
+    WritePending,
+    replay_journal,
+    retry_journal,
+    upsert_documents,
+)
 from tests.conftest import RW, ProxyProcess, demo_settings, drain, wait_for
 
 N = 40

@@ -22,7 +22,6 @@ from proxy.cli import main
 from proxy.config import ConfigError, Mode, load_settings
 from proxy.demo import python_reference
 from proxy.document import Doc
-from proxy.documents import upsert_documents
 from proxy.ingest import ingest
 from proxy.migration.cutover import AUDIT, AuditLog, decide
 from proxy.migration.finish import why_not_finish
@@ -32,6 +31,7 @@ from proxy.migration.worker import Reembedder
 from proxy.point import make_point
 from proxy.routing import Routing
 from proxy.runtime import Runtime
+from proxy.writes import upsert_documents
 from tests.conftest import (
     ROOT,
     RW,

@@ -14,7 +14,6 @@ import pytest
 
 from proxy.demo import python_reference
 from proxy.document import Doc
-from proxy.documents import delete_documents, upsert_documents
 from proxy.ingest import ingest
 from proxy.migration.start import start_migration
 from proxy.migration.state import BACKFILL, HIT, SqliteState
@@ -23,6 +22,7 @@ from proxy.migration.worker import Reembedder, set_control
 from proxy.model import Embedded, Embedder
 from proxy.runtime import Runtime
 from proxy.store import FingerprintMismatch, PointWrite
+from proxy.writes import delete_documents, upsert_documents
 from tests.conftest import demo_settings, drain
 
 N = 40

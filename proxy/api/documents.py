@@ -14,10 +14,10 @@ from pydantic import Field
 from proxy.api.errors import error
 from proxy.api.services import Svc
 from proxy.document import MAX_TEXT_CHARS, CorpusError, Doc, parse_doc
-from proxy.documents import JournalBehind, WritePending, delete_documents, upsert_documents
 from proxy.filters import StrictBody
 from proxy.migration.canary import ModelDrift
 from proxy.runtime import Runtime
+from proxy.writes import JournalBehind, WritePending, delete_documents, upsert_documents
 
 router = APIRouter()
 

@@ -11,10 +11,10 @@ from contextlib import asynccontextmanager, suppress
 from fastapi import FastAPI
 
 from proxy.api.services import Services
-from proxy.documents import replay_journal, retry_journal
 from proxy.migration.canary import check_canaries
 from proxy.migration.fitted import load_fit
 from proxy.security import redact_access_log
+from proxy.writes import replay_journal, retry_journal
 
 log = logging.getLogger("crossfade")
 
@@ -58,7 +58,7 @@ def recover_writes(sv: Services) -> None:
 
 async def retry_writes(sv: Services, every_s: float = 1.0) -> None:
     """Retry the write journal's batches an index refused, when their backoff is up, until
-    every index has them (proxy/documents.py); on the write threads, never the search ones."""
+    every index has them (proxy/writes.py); on the write threads, never the search ones."""
     loop = asyncio.get_running_loop()
     while True:
         try:
