@@ -62,7 +62,8 @@ from loadtest.harness import free_port, wait_ready  # noqa: E402
 from loadtest.servers import SERVED_NAME, FaultProxy, Infinity, infinity_installed  # noqa: E402
 from proxy.config import load_settings  # noqa: E402
 from proxy.demo import python_reference  # noqa: E402
-from proxy.ingest import Doc, ingest  # noqa: E402
+from proxy.document import Doc  # noqa: E402
+from proxy.ingest import ingest  # noqa: E402
 from proxy.runtime import Runtime  # noqa: E402
 
 KEY = "chaos-admin-key"

@@ -36,11 +36,12 @@ sys.path.insert(0, str(ROOT))
 from loadtest.servers import SERVED_NAME, Infinity, infinity_installed  # noqa: E402
 from proxy.beir import load_beir  # noqa: E402
 from proxy.config import ModelConfig, load_settings  # noqa: E402
-from proxy.embedding import Embedder, embed_documents_cached, load_embedder  # noqa: E402
+from proxy.embedding import embed_documents_cached, load_embedder  # noqa: E402
 from proxy.evaluation import score_run  # noqa: E402
 from proxy.ingest import ingest  # noqa: E402
 from proxy.migration.start import start_migration  # noqa: E402
 from proxy.migration.worker import Reembedder  # noqa: E402
+from proxy.model import Embedder  # noqa: E402
 from proxy.runtime import Runtime  # noqa: E402
 
 

@@ -34,8 +34,10 @@ from loadtest.bench import queries  # noqa: E402
 from loadtest.harness import free_port, run_load, wait_ready  # noqa: E402
 from proxy.beir import load_beir  # noqa: E402
 from proxy.config import load_settings  # noqa: E402
+from proxy.document import Doc  # noqa: E402
 from proxy.embedding import embed_documents_cached  # noqa: E402
-from proxy.ingest import Doc, ensure_index, make_point  # noqa: E402
+from proxy.ingest import ensure_index  # noqa: E402
+from proxy.point import make_point  # noqa: E402
 from proxy.runtime import Runtime  # noqa: E402
 
 

@@ -40,8 +40,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.config import FusionConfig, Mode
-from proxy.embedding import ModelUnavailable
 from proxy.filters import Filter
+from proxy.model import ModelUnavailable
 from proxy.search import MISSING, Searcher, SearchResult, lists_for
 from proxy.store import IndexUnavailable, VectorStore
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from proxy.document import Doc
 from proxy.evaluation import parse_qrels, parse_queries
-from proxy.ingest import Doc, read_jsonl
+from proxy.ingest import read_jsonl
 
 
 @dataclass

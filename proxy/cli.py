@@ -93,9 +93,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from proxy.documents import ingest_both, live_sides
     from proxy.ingest import ingest, read_jsonl
     from proxy.runtime import Runtime
+    from proxy.writes import ingest_both, live_sides
 
     with Runtime(_settings(args)) as rt:
         docs, progress = read_jsonl(args.file), not args.quiet

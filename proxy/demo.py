@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from proxy.ingest import Doc
+from proxy.document import Doc
 
 
 def python_reference(max_chars: int = 1200) -> list[Doc]:

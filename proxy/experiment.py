@@ -21,12 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from proxy.beir import Beir, load_beir, qrels_file
+from proxy.clock import now_iso
 from proxy.config import FusionConfig, IndexConfig, IndexesConfig, Settings
+from proxy.document import Doc, doc_of
 from proxy.embedding import embed_documents_cached
 from proxy.evaluation import Qrels, score_run
 from proxy.fusion import FusionParams, Profile, default_profile, fuse, params_for, plain_rrf
-from proxy.ingest import Doc, Progress, doc_of, ingest, make_point, now_iso
+from proxy.ingest import Progress, ingest
 from proxy.migration.start import start_migration
+from proxy.point import make_point
 from proxy.runtime import Runtime
 from proxy.search import Candidates, Searcher
 from proxy.tuning import MIN_FIT_QUERIES, Steps, fit_profile, split_for_fitting

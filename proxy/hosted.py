@@ -1,6 +1,6 @@
 """Hosted embedding models: one adapter for every server that speaks `/v1/embeddings`
 (OpenAI, Azure, HuggingFace TEI, Infinity, Ollama, vLLM), through the official `openai` async
-client, behind the same provider protocol as the local models (proxy/embedding.py).
+client, behind the same provider protocol as the local models (proxy/model.py).
 
 One instance serves both the query path and the re-embed worker. Its calls run on an event
 loop of its own (a daemon thread), so callers on any thread get plain blocking methods, and
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from proxy.config import ModelConfig
-from proxy.embedding import Embedded, ModelUnavailable, count_tokens, make_fingerprint
+from proxy.model import Embedded, ModelUnavailable, count_tokens, make_fingerprint
 
 log = logging.getLogger("crossfade.hosted")
 MAX_BACKOFF_S = 30.0

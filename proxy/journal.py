@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from proxy.migration.state import durable_sqlite
+from proxy.sqlite import durable_sqlite
 
 UPSERT = "upsert"
 DELETE = "delete"

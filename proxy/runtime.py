@@ -12,19 +12,15 @@ from functools import cached_property
 from typing import Any
 
 from proxy.config import Settings
-from proxy.embedding import (
-    Embedder,
-    EmbeddingCache,
-    QueryEmbedder,
-    load_embedder,
-    load_query_embedder,
-)
+from proxy.embedding import EmbeddingCache, QueryEmbedder, load_embedder, load_query_embedder
 from proxy.journal import WriteJournal
 from proxy.migration.fitted import load_fit
 from proxy.migration.state import SqliteState
+from proxy.model import Embedder
 from proxy.search import Coverage, Searcher
 from proxy.sparse import Bm25Encoder
-from proxy.store import VectorStore, open_store
+from proxy.store import VectorStore
+from proxy.store.factory import open_store
 from proxy.threads import lower_priority
 
 SIDES = ("old", "new")
@@ -36,9 +32,9 @@ class Runtime:
         # Already-loaded models may be handed in (tests and tools that build several runtimes).
         self._models: dict[str, Embedder] = dict(models or {})
         self._stores: dict[str, VectorStore] = {}
-        # Document writes run one at a time (see proxy/documents.py).
+        # Document writes run one at a time (see proxy/writes.py).
         self.write_lock = threading.Lock()
-        # Written since the last flush (proxy/documents.py flush_writes).
+        # Written since the last flush (proxy/writes.py flush_writes).
         self.unflushed = False
         self._drift: tuple[float, dict[str, Any]] = (float("-inf"), {})
 

@@ -21,9 +21,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from proxy.config import FusionConfig, Mode
-from proxy.embedding import ModelUnavailable, QueryEmbedder
+from proxy.embedding import QueryEmbedder
 from proxy.filters import Filter
 from proxy.fusion import Fused, FusionParams, Profile, fuse, params_for
+from proxy.model import ModelUnavailable
 from proxy.sparse import Bm25Encoder
 from proxy.store import IndexUnavailable, VectorStore
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from proxy.embedding import Embedder, load_embedder
+from proxy.embedding import load_embedder
+from proxy.model import Embedder
 from proxy.runtime import Runtime
 from tests.helpers import demo_settings
 

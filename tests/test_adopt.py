@@ -25,9 +25,9 @@ from proxy.app import create_app
 from proxy.cli import main
 from proxy.config import resolve_path
 from proxy.demo import python_reference, write_eval_set
-from proxy.embedding import Embedder
-from proxy.ingest import Doc
+from proxy.document import Doc
 from proxy.migration.start import start_migration
+from proxy.model import Embedder
 from proxy.runtime import Runtime
 from tests.helpers import ROOT, RW, LiveServer, demo_settings, wait_for_full_coverage
 

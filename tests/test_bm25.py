@@ -16,7 +16,7 @@ from rank_bm25 import BM25Okapi
 
 from proxy.config import IndexConfig
 from proxy.demo import python_reference
-from proxy.embedding import text_sha256
+from proxy.document import text_sha256
 from proxy.sparse import Bm25Encoder
 from proxy.store import IndexInfo, PointWrite, VectorStore
 from proxy.store.edge import EdgeStore

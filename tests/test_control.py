@@ -20,7 +20,7 @@ from proxy.ingest import ingest
 from proxy.migration.cutover import AUDIT, AuditLog, decide, load_routing
 from proxy.migration.start import start_migration
 from proxy.migration.worker import Reembedder
-from proxy.router import Routing, bucket, rank_biased_overlap, route
+from proxy.routing import Routing, bucket, rank_biased_overlap, route
 from proxy.runtime import Runtime
 from proxy.store import point_id
 from tests.helpers import LiveServer, cli_config, demo_settings, drain

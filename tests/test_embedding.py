@@ -9,14 +9,9 @@ import numpy as np
 import pytest
 
 from proxy.config import ModelConfig
-from proxy.embedding import (
-    Embedder,
-    EmbeddingCache,
-    QueryEmbedder,
-    embed_documents_cached,
-    load_embedder,
-    text_sha256,
-)
+from proxy.document import text_sha256
+from proxy.embedding import EmbeddingCache, QueryEmbedder, embed_documents_cached, load_embedder
+from proxy.model import Embedder
 from tests.helpers import demo_settings
 
 PAIRS = [

@@ -17,7 +17,14 @@ import httpx
 import pytest
 
 from proxy.demo import python_reference, write_eval_set
-from proxy.documents import (
+from proxy.document import Doc, text_sha256
+from proxy.ingest import ingest
+from proxy.migration.cutover import AUDIT, POINTER, AuditLog
+from proxy.migration.start import start_migration
+from proxy.migration.status import verify
+from proxy.migration.worker import Reembedder
+from proxy.runtime import SIDES, Runtime
+from proxy.writes import (
     JournalBehind,
     WritePending,
     flush_writes,
@@ -25,12 +32,6 @@ from proxy.documents import (
     retry_journal,
     upsert_documents,
 )
-from proxy.ingest import Doc, ingest, text_sha256
-from proxy.migration.cutover import AUDIT, POINTER, AuditLog
-from proxy.migration.start import start_migration
-from proxy.migration.status import verify
-from proxy.migration.worker import Reembedder
-from proxy.runtime import SIDES, Runtime
 from tests.helpers import RW, ProxyProcess, demo_settings, drain, wait_for
 
 N = 40
@@ -285,7 +286,7 @@ def test_audit_log_survives_a_torn_line_and_an_unrecorded_switch(tmp_path: Path)
     its audit entry: the log stays readable, later entries are not swallowed, and the switch
     is recorded as recovered at the next start."""
     from proxy.config import Mode
-    from proxy.router import Routing
+    from proxy.routing import Routing
 
     log = AuditLog(tmp_path / AUDIT)
     log.append({"action": "cutover", "to": {"mode": "new", "generation": 1}})

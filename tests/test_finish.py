@@ -11,10 +11,11 @@ import pytest
 
 from proxy.app import create_app
 from proxy.demo import python_reference, write_eval_set
-from proxy.embedding import Embedder, load_embedder
+from proxy.embedding import load_embedder
 from proxy.ingest import ingest
 from proxy.migration.start import start_migration
 from proxy.migration.worker import Reembedder
+from proxy.model import Embedder
 from proxy.runtime import Runtime
 from tests.helpers import RW, LiveServer, demo_settings, drain
 

@@ -26,7 +26,7 @@ from proxy.availability import IndexState, serving_plan
 from proxy.cli import spend_lines
 from proxy.config import FusionConfig, Mode, ModelConfig
 from proxy.demo import python_reference
-from proxy.embedding import Embedder, ModelUnavailable, load_embedder
+from proxy.embedding import load_embedder
 from proxy.hosted import RateLimiter, backoff_s, retry_after_s
 from proxy.ingest import ingest
 from proxy.metrics import Metrics
@@ -35,6 +35,7 @@ from proxy.migration.plan import plan
 from proxy.migration.start import start_migration
 from proxy.migration.status import migration_status, verify
 from proxy.migration.worker import Reembedder, set_control
+from proxy.model import Embedder, ModelUnavailable
 from proxy.runtime import Runtime
 from tests.helpers import RW, LiveServer, drain, hosted_settings, wait_for
 

@@ -22,10 +22,12 @@ from proxy.app import create_app
 from proxy.cli import main
 from proxy.config import Settings
 from proxy.demo import python_reference, write_eval_set
-from proxy.embedding import Embedder, load_embedder
-from proxy.ingest import ingest, make_point
+from proxy.embedding import load_embedder
+from proxy.ingest import ingest
 from proxy.migration.start import start_migration
 from proxy.migration.worker import Reembedder
+from proxy.model import Embedder
+from proxy.point import make_point
 from proxy.runtime import Runtime
 from proxy.store import FingerprintMismatch, point_id
 from proxy.store.edge import META_FILE

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from proxy.cli import main
-from proxy.ingest import CorpusError, ingest, read_jsonl
+from proxy.document import CorpusError
+from proxy.ingest import ingest, read_jsonl
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
 from tests.helpers import cli_config, demo_settings, free_port

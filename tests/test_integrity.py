@@ -21,15 +21,17 @@ from proxy.app import create_app
 from proxy.cli import main
 from proxy.config import ConfigError, Mode, load_settings
 from proxy.demo import python_reference
-from proxy.documents import upsert_documents
-from proxy.ingest import Doc, ingest, make_point
+from proxy.document import Doc
+from proxy.ingest import ingest
 from proxy.migration.cutover import AUDIT, AuditLog, decide
 from proxy.migration.finish import why_not_finish
 from proxy.migration.start import start_migration
 from proxy.migration.status import compare_indexes, migration_status, verify
 from proxy.migration.worker import Reembedder
-from proxy.router import Routing
+from proxy.point import make_point
+from proxy.routing import Routing
 from proxy.runtime import Runtime
+from proxy.writes import upsert_documents
 from tests.helpers import (
     ROOT,
     RW,

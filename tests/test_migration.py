@@ -13,15 +13,16 @@ import numpy as np
 import pytest
 
 from proxy.demo import python_reference
-from proxy.documents import delete_documents, upsert_documents
-from proxy.embedding import Embedded, Embedder
-from proxy.ingest import Doc, ingest
+from proxy.document import Doc
+from proxy.ingest import ingest
 from proxy.migration.start import start_migration
 from proxy.migration.state import BACKFILL, HIT, SqliteState
 from proxy.migration.status import migration_status, verify
 from proxy.migration.worker import Reembedder, set_control
+from proxy.model import Embedded, Embedder
 from proxy.runtime import Runtime
 from proxy.store import FingerprintMismatch, PointWrite
+from proxy.writes import delete_documents, upsert_documents
 from tests.helpers import demo_settings, drain
 
 N = 40

@@ -19,10 +19,10 @@ from qdrant_client import models as qm
 from qdrant_client.http.exceptions import UnexpectedResponse
 
 from proxy.app import create_app
-from proxy.embedding import Embedder
-from proxy.ingest import Doc
+from proxy.document import Doc
 from proxy.migration.start import start_migration
 from proxy.migration.worker import Reembedder
+from proxy.model import Embedder
 from proxy.runtime import Runtime
 from tests.helpers import RW_KEY, LiveServer
 from tests.qdrant_app import AppRun, run_app

@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from proxy.embedding import Embedder, load_embedder, load_query_embedder, query_loss
-from proxy.ingest import Doc, doc_of, make_point
+from proxy.document import Doc, doc_of
+from proxy.embedding import load_embedder, load_query_embedder, query_loss
 from proxy.migration.worker import Reembedder
+from proxy.model import Embedder
 from proxy.onnx_export import MIN_COSINE, cosines
+from proxy.point import make_point
 from proxy.runtime import Runtime
 from proxy.store import FingerprintMismatch, IndexInfo
 from tests.helpers import demo_settings

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from proxy.config import IndexConfig
-from proxy.embedding import text_sha256
+from proxy.document import text_sha256
 from proxy.filters import Filter
 from proxy.sparse import Bm25Encoder
 from proxy.store import FingerprintMismatch, IndexInfo, PointWrite, VectorStore, point_id
@@ -181,7 +181,7 @@ def test_server_backend_mirrors_the_serving_pointer_to_an_alias(
 
     from proxy.config import Mode, load_settings
     from proxy.migration.control import ControlPlane
-    from proxy.router import Routing
+    from proxy.routing import Routing
     from proxy.runtime import Runtime
     from tests.helpers import ROOT
 

@@ -14,11 +14,11 @@ from starlette.convertors import PathConvertor, register_url_convertor
 
 from proxy.api.errors import error
 from proxy.api.services import Svc
-from proxy.documents import JournalBehind, WritePending, delete_documents, upsert_documents
+from proxy.document import MAX_TEXT_CHARS, CorpusError, Doc, parse_doc
 from proxy.filters import StrictBody
-from proxy.ingest import MAX_TEXT_CHARS, CorpusError, Doc, parse_doc
 from proxy.migration.canary import ModelDrift
 from proxy.runtime import Runtime
+from proxy.writes import JournalBehind, WritePending, delete_documents, upsert_documents
 
 router = APIRouter()
 

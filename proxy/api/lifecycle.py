@@ -11,10 +11,10 @@ from contextlib import asynccontextmanager, suppress
 from fastapi import FastAPI
 
 from proxy.api.services import Services
-from proxy.documents import flush_writes, replay_journal, retry_journal
 from proxy.migration.canary import check_canaries
 from proxy.migration.fitted import load_fit
 from proxy.security import redact_access_log
+from proxy.writes import flush_writes, replay_journal, retry_journal
 
 log = logging.getLogger("crossfade")
 
@@ -60,7 +60,7 @@ def recover_writes(sv: Services) -> None:
 
 async def retry_writes(sv: Services, every_s: float = 1.0) -> None:
     """Retry the write journal's batches an index refused, when their backoff is up, until
-    every index has them (proxy/documents.py); on the write threads, never the search ones."""
+    every index has them (proxy/writes.py); on the write threads, never the search ones."""
     loop = asyncio.get_running_loop()
     while True:
         try:
@@ -71,7 +71,7 @@ async def retry_writes(sv: Services, every_s: float = 1.0) -> None:
 
 
 async def flush_every(sv: Services) -> None:
-    """Flush what was written every `writes.flush_interval_s` (proxy/documents.py)."""
+    """Flush what was written every `writes.flush_interval_s` (proxy/writes.py)."""
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(sv.settings.writes.flush_interval_s)

@@ -16,10 +16,10 @@ from proxy.api.errors import OrjsonResponse, error, refuse_new
 from proxy.api.services import Services, Svc, access
 from proxy.availability import DEGRADED_HEADER, search_available
 from proxy.config import Mode
-from proxy.embedding import ModelUnavailable
 from proxy.filters import Filter, StrictBody
 from proxy.migration.cutover import new_too_early
 from proxy.migration.state import HIT
+from proxy.model import ModelUnavailable
 from proxy.search import SearchResult
 from proxy.security import Access
 from proxy.store import IndexUnavailable

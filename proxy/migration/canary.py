@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from proxy.embedding import ModelUnavailable
-from proxy.ingest import now_iso
+from proxy.clock import now_iso
+from proxy.model import ModelUnavailable
 from proxy.runtime import SIDES, Runtime
 from proxy.store import FingerprintMismatch
 

@@ -22,7 +22,7 @@ from proxy.migration.cutover import (
 )
 from proxy.migration.finish import FinishRefused, finish_migration
 from proxy.migration.worker import control_state, set_control
-from proxy.router import Routing, overlap_at_k, rank_biased_overlap, route
+from proxy.routing import Routing, overlap_at_k, rank_biased_overlap, route
 from proxy.runtime import Runtime
 from proxy.search import Searcher
 

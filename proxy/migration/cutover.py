@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from proxy.beir import Beir
+from proxy.clock import now_iso
 from proxy.config import CutoverConfig, Mode, Settings
 from proxy.evaluation import score_run
-from proxy.ingest import now_iso
-from proxy.router import Routing
+from proxy.routing import Routing
 from proxy.search import Searcher
 from proxy.store import write_json_atomic
 

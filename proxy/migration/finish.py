@@ -1,6 +1,6 @@
 """`crossfade migrate finish`: end a migration after its cutover.
 
-Dual writes stop (the old index is no longer live, proxy/documents.py), the old index or the
+Dual writes stop (the old index is no longer live, proxy/writes.py), the old index or the
 old vector is retired (dropped, or kept and said so), rollback is no longer possible, and the
 audit log records it. What is left is a state the next migration starts from: the former new
 index becomes `indexes.old` (and its model `models.old`) in the config, and `migrate start`
@@ -18,7 +18,7 @@ from typing import Any
 
 from proxy.config import Mode
 from proxy.migration.cutover import AuditLog, describe, routing_dict
-from proxy.router import Routing
+from proxy.routing import Routing
 from proxy.runtime import Runtime
 from proxy.store.adopted import AdoptedStore
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from proxy.embedding import count_tokens
+from proxy.model import count_tokens
 from proxy.runtime import Runtime
 
 

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from proxy.clock import now_iso
 from proxy.config import Mode
-from proxy.ingest import Progress, doc_of, ensure_index, make_point, now_iso
+from proxy.document import doc_of
+from proxy.ingest import Progress, ensure_index
 from proxy.migration.adoption import adopt_old
 from proxy.migration.canary import record_canaries
 from proxy.migration.cutover import AUDIT, AuditLog, load_routing, routing_dict, save_routing
 from proxy.migration.worker import set_control
-from proxy.router import Routing
+from proxy.point import make_point
+from proxy.routing import Routing
 from proxy.runtime import Runtime
 
 STRATEGY_MODE = {"lazy": Mode.FUSED, "shadow": Mode.SHADOW, "rebuild": Mode.OLD}

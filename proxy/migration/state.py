@@ -13,12 +13,13 @@ claimed by a worker that dies comes back once its lease expires.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
+
+from proxy.sqlite import durable_sqlite
 
 HIT = 0  # returned by a search: re-embed first
 BACKFILL = 1  # found by the background sweep
@@ -59,18 +60,6 @@ class MigrationState(Protocol):
     def unembeddable(self, shown: int = 20) -> dict[str, Any]: ...
 
     def unembeddable_ids(self) -> set[str]: ...
-
-
-def durable_sqlite(path: str | Path, *schema: str) -> sqlite3.Connection:
-    """SQLite in WAL mode with fsync on every commit (a `kill -9` loses nothing committed),
-    autocommit unless a statement says BEGIN, shared across threads (callers hold a lock)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    for statement in schema:
-        db.execute(statement)
-    return db
 
 
 class SqliteState:

@@ -28,12 +28,14 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.clock import now_iso
 from proxy.config import MigrationConfig
-from proxy.embedding import Embedded, Embedder, ModelUnavailable
-from proxy.ingest import Doc, doc_of, make_point, now_iso
+from proxy.document import Doc, doc_of
 from proxy.migration.canary import drift_message
 from proxy.migration.spend import add_spend, spend_status
 from proxy.migration.state import BACKFILL, MigrationState
+from proxy.model import Embedded, Embedder, ModelUnavailable
+from proxy.point import make_point
 from proxy.runtime import Runtime
 from proxy.store import IndexUnavailable
 from proxy.threads import lower_priority

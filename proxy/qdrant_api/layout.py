@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.config import Settings
-from proxy.ingest import CorpusError, Doc, parse_doc
+from proxy.document import CorpusError, Doc, parse_doc
 from proxy.qdrant_api import Unsupported
 from proxy.store.adopted import InvalidDocId, adopted_point_id
 

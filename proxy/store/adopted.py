@@ -31,7 +31,7 @@ import numpy as np
 from qdrant_client import models as qm
 
 from proxy.config import IndexConfig, Settings
-from proxy.embedding import text_sha256
+from proxy.document import text_sha256
 from proxy.store import IndexInfo, IndexUnavailable, PointWrite, check_fingerprints
 from proxy.store import write_json_atomic as _write_json
 from proxy.store.server import _RETRY_S, ServerStore

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import orjson
 
-from proxy.ingest import CorpusError, parse_doc
+from proxy.document import CorpusError, parse_doc
+from proxy.sqlite import durable_sqlite
 
 _BATCH = 10_000
 
@@ -153,8 +154,6 @@ class EditedTexts:
     neither lost nor re-embedded from the file's older text."""
 
     def __init__(self, path: Path) -> None:
-        from proxy.migration.state import durable_sqlite
-
         self._db = durable_sqlite(
             path, "CREATE TABLE IF NOT EXISTS edited (id TEXT PRIMARY KEY, text TEXT NOT NULL)"
         )

@@ -25,9 +25,12 @@ from typing import Any
 import numpy as np
 
 from proxy.availability import probe
-from proxy.ingest import CorpusError, Doc, Progress, make_point, now_iso
+from proxy.clock import now_iso
+from proxy.document import CorpusError, Doc
+from proxy.ingest import Progress
 from proxy.journal import DELETE, UPSERT, Batch
 from proxy.migration.canary import refuse_drifted
+from proxy.point import make_point
 from proxy.runtime import SIDES, Runtime
 
 log = logging.getLogger("crossfade")
