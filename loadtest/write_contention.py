@@ -21,7 +21,13 @@ unique (no query-cache hits):
       whose write returns sends the next), so the write threads are busy and the rest queue;
   A'  no writes again, once B's writes have drained.
 
-Baseline = A and A' pooled (drift on a shared machine falls on both sides). Exit 1 if
+Baseline = A and A' pooled (drift on a shared machine falls on both sides). The model server
+shares these two cores: in B it embeds every write's documents, work a hosted model does
+elsewhere. So that the ratio measures what queued writes cost the proxy, not the model
+server's share of the CPU, A and A' carry the same model-server work (`--model-load`, on by
+default): as many clients as the proxy has write threads each send one batch of `--batch`
+texts straight to the model server every `--delay-s`, the rate B's writes reach it at. Both
+ratios are reported; `--no-model-load` measures without it. Exit 1 if
 p99(B) / p99(baseline) > `--max-ratio` (1.5), if a search failed, or if B's writes were not
 slow (each must take at least `--delay-s`) or not all acknowledged.
 
@@ -59,7 +65,7 @@ from loadtest.chaos import (  # noqa: E402
     write_headers,
 )
 from loadtest.harness import free_port  # noqa: E402
-from loadtest.servers import FaultProxy, Infinity, infinity_installed  # noqa: E402
+from loadtest.servers import SERVED_NAME, FaultProxy, Infinity, infinity_installed  # noqa: E402
 from proxy.demo import python_reference  # noqa: E402
 
 
@@ -101,6 +107,32 @@ async def searches(
         "degraded": degraded,
         "seconds": round(time.monotonic() - t0, 1),
     }
+
+
+class ModelLoad:
+    """`clients` tasks, each sending one batch of `batch` texts straight to the model server
+    every `every_s` (what B's writes make it embed), until `stop()`."""
+
+    def __init__(self, url: str, clients: int, batch: int, every_s: float, texts: list[str]):
+        self.url, self.clients, self.batch, self.every_s = url, clients, batch, every_s
+        self.texts, self.sent = texts, 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self, http: httpx.AsyncClient) -> None:
+        self._tasks = [asyncio.create_task(self._client(http, c)) for c in range(self.clients)]
+
+    async def _client(self, http: httpx.AsyncClient, c: int) -> None:
+        rng = random.Random(c)
+        while True:
+            await asyncio.sleep(self.every_s)
+            texts = [f"{rng.choice(self.texts)} [load {c}-{self.sent}]" for _ in range(self.batch)]
+            await http.post(self.url, json={"model": SERVED_NAME, "input": texts})
+            self.sent += 1
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 def first_line(text: str) -> str:
@@ -203,7 +235,13 @@ async def bench(url: str, fault: FaultProxy, args: Any) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
         await searches(http, qs, 40, args.searchers, "warm")  # connections, first batches
         fault.delay_s = args.delay_s  # the model is slow for document batches from here on
+        texts = [first_line(d.text) for d in docs]
+        load = ModelLoad(fault.upstream + "/embeddings", args.write_threads, args.batch,
+                         args.delay_s, texts)  # fmt: skip
+        if args.model_load:
+            load.start(http)
         a1 = await searches(http, qs, args.searches, args.searchers, "a1")
+        await load.stop()
         writers = Writers(http, docs, args.writes, args.batch, hdrs)
         writers.start()
         await asyncio.sleep(1.0)  # every writer has sent its first write
@@ -214,7 +252,10 @@ async def bench(url: str, fault: FaultProxy, args: Any) -> dict[str, Any]:
         t = time.monotonic()
         await writers.stop()
         drain_s = time.monotonic() - t
+        if args.model_load:
+            load.start(http)
         a2 = await searches(http, qs, args.searches, args.searchers, "a2")
+        await load.stop()
     base = a1["ms"] + a2["ms"]
     p_base, p_b = percentiles(base), percentiles(b["ms"])
     lat = [s for s, _ in writers.done]
@@ -249,6 +290,7 @@ async def bench(url: str, fault: FaultProxy, args: Any) -> dict[str, Any]:
         "searches_failed": len(a1["failed"]) + len(b["failed"]) + len(a2["failed"]),
     }
     out["attribution"] = attribution(a1, b, a2, writers.landed, fault, args.batch)
+    out["baseline_model_load"] = {"on": args.model_load, "batches_sent": load.sent}
     out["p99_ratio"] = round(p_b["p99_ms"] / p_base["p99_ms"], 3)
     out["p50_ratio"] = round(p_b["p50_ms"] / p_base["p50_ms"], 3)
     return out
@@ -262,6 +304,15 @@ def main() -> int:
     ap.add_argument("--searches", type=int, default=1000, help="searches per phase")
     ap.add_argument("--searchers", type=int, default=4, help="concurrent search clients")
     ap.add_argument("--max-ratio", type=float, default=1.5)
+    ap.add_argument(
+        "--model-load",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="A and A' carry the model-server work B's writes cause (see above)",
+    )
+    ap.add_argument(
+        "--write-threads", type=int, default=4, help="the proxy's writes.threads (its default)"
+    )
     ap.add_argument(
         "--api-key",
         default=os.environ.get("CROSSFADE_CHAOS_API_KEY") or KEY,
@@ -304,7 +355,8 @@ def main() -> int:
             fault.stop()
         server.stop()
     out["config"] = {k: getattr(args, k) for k in ("writes", "batch", "delay_s", "searches",
-                                                   "searchers", "max_ratio")}  # fmt: skip
+                                                   "searchers", "max_ratio", "model_load",
+                                                   "write_threads")}  # fmt: skip
     out["machine"] = {"cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg()}
     w, b = out["writes"], out["with_writes_queued"]
     checks = {
