@@ -517,17 +517,16 @@ def search_figures(run: Run, warmup_s: float) -> dict[str, Any]:
 
 
 def run_verify(rt: Runtime) -> dict[str, Any]:
-    """`crossfade verify` on the stopped proxy's data; its `disagreements` (old against new,
-    by id) once it reports them."""
+    """`crossfade verify` on the stopped proxy's data, with its count of documents old and new
+    disagree on (by id: in one only, another text, other metadata)."""
     from proxy.migration.status import verify
 
     try:
         out = verify(rt)
     except Exception as e:  # a crash of verify is a finding, reported
         return {"ok": False, "error": f"{type(e).__name__}: {e}"}
-    if "disagreements" in out:
-        d = out["disagreements"]
-        out["disagreements_count"] = d if isinstance(d, int) else len(d)
+    compared = out.get("disagreements")  # None: no old index to compare (retired)
+    out["disagreements_count"] = compared["count"] if compared else 0
     return out
 
 
