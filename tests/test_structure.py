@@ -21,6 +21,7 @@ LEAVES = {
     "proxy.clock",  # now_iso
     "proxy.config",  # Settings and the config models
     "proxy.document",  # Doc, parse_doc, the bounds, CorpusError
+    "proxy.errors",  # the exception tree, each error with its HTTP status
     "proxy.filters",  # the filter tree
     "proxy.model",  # the model-provider protocol and fingerprints
     "proxy.sqlite",  # durable_sqlite
