@@ -47,7 +47,6 @@ from proxy.store import IndexUnavailable, VectorStore
 
 log = logging.getLogger("crossfade")
 SIDE_OF = {"old": "old", "new": "new", "bm25": "new"}
-DEGRADED_HEADER = "X-Crossfade-Degraded"
 
 
 @dataclass(frozen=True)

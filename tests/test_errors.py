@@ -1,6 +1,7 @@
 """The exception tree (proxy/errors.py): every error carries its HTTP status and is rendered
-the same way in either shape. Pure: no server, no model (the HTTP answers themselves are
-asserted in test_api, test_qdrant_api, test_gate, test_integrity, test_degraded, ...)."""
+the same way in either shape; the migration headers. Pure: no server, no model (the HTTP
+answers themselves are asserted in test_api, test_qdrant_api, test_gate, test_integrity,
+test_degraded, ...)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import json
 import pytest
 
 from proxy.api.errors import refused
-from proxy.config import ConfigError
+from proxy.api.search import migration_headers
+from proxy.config import ConfigError, Mode
 from proxy.document import CorpusError
 from proxy.errors import CrossfadeError, Invalid
 from proxy.migration.adoption import AdoptionRefused
@@ -66,3 +68,13 @@ def test_qdrant_shape_words_errors_as_qdrant_does() -> None:
     )
     bad = qdrant_refused(Unsupported("'order_by' is not supported"))
     assert json.loads(bad.body)["status"]["error"] == "Bad request: 'order_by' is not supported"
+
+
+def test_migration_headers() -> None:
+    assert migration_headers(Mode.FUSED, 3, 0.25) == {
+        "X-Crossfade-Mode": "fused",
+        "X-Crossfade-Generation": "3",
+        "X-Crossfade-Coverage": "0.2500",
+    }
+    marked = migration_headers(Mode.NEW, 4, 1.0, "old index unreachable")
+    assert marked["X-Crossfade-Degraded"] == "old index unreachable"

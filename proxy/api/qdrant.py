@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 
 from proxy.api.documents import erase_documents, write_documents
 from proxy.api.errors import noticed
-from proxy.api.search import query_problem, serve_search
+from proxy.api.search import migration_headers, query_problem, serve_search
 from proxy.api.services import Services, Svc, access
 from proxy.errors import CrossfadeError, Invalid, NotFound
 from proxy.qdrant_api import Unsupported
@@ -115,11 +115,8 @@ def read_store(sv: Services) -> VectorStore:
 
 def headers(sv: Services) -> dict[str, str]:
     """crossfade's migration headers for answers that are not a routed search."""
-    return {
-        "X-Crossfade-Mode": sv.control.routing.mode.value,
-        "X-Crossfade-Generation": str(sv.control.routing.generation),
-        "X-Crossfade-Coverage": f"{sv.searcher.coverage.value:.4f}",
-    }
+    routing = sv.control.routing
+    return migration_headers(routing.mode, routing.generation, sv.searcher.coverage.value)
 
 
 def points(

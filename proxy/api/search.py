@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from proxy.api.errors import OrjsonResponse, refuse_new
 from proxy.api.services import Services, Svc, access
-from proxy.availability import DEGRADED_HEADER, search_available
+from proxy.availability import search_available
 from proxy.config import Mode
 from proxy.errors import Conflict, Forbidden, Invalid, Unavailable
 from proxy.filters import Filter, StrictBody
@@ -76,6 +76,22 @@ class SearchResponse(BaseModel):
     )
 
 
+def migration_headers(
+    mode: Mode, generation: int, coverage: float, degraded: str | None = None
+) -> dict[str, str]:
+    """crossfade's migration headers, on every answer of a search and of Qdrant's API: the
+    mode served, the routing's generation, the new index's coverage, and why the answer is
+    degraded when it is."""
+    out = {
+        "X-Crossfade-Mode": mode.value,
+        "X-Crossfade-Generation": str(generation),
+        "X-Crossfade-Coverage": f"{coverage:.4f}",
+    }
+    if degraded:
+        out["X-Crossfade-Degraded"] = degraded
+    return out
+
+
 @dataclass
 class Served:
     mode: Mode
@@ -86,15 +102,7 @@ class Served:
     degraded: str
 
     def headers(self) -> dict[str, str]:
-        """crossfade's migration headers, on every answer of a search."""
-        out = {
-            "X-Crossfade-Mode": self.mode.value,
-            "X-Crossfade-Generation": str(self.generation),
-            "X-Crossfade-Coverage": f"{self.result.coverage:.4f}",
-        }
-        if self.degraded:
-            out[DEGRADED_HEADER] = self.degraded
-        return out
+        return migration_headers(self.mode, self.generation, self.result.coverage, self.degraded)
 
 
 async def serve_search(
