@@ -1,7 +1,7 @@
 """The exception tree (proxy/errors.py): every error carries its HTTP status and is rendered
-the same way in either shape; the migration headers. Pure: no server, no model (the HTTP
-answers themselves are asserted in test_api, test_qdrant_api, test_gate, test_integrity,
-test_degraded, ...)."""
+the same way in either shape; the migration headers and the once-a-second cache. Pure: no
+server, no model (the HTTP answers themselves are asserted in test_api, test_qdrant_api,
+test_gate, test_integrity, test_degraded, ...)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from proxy.api.search import migration_headers
 from proxy.config import ConfigError, Mode
 from proxy.document import CorpusError
 from proxy.errors import CrossfadeError, Invalid
+from proxy.every import Every
 from proxy.migration.adoption import AdoptionRefused
 from proxy.migration.canary import ModelDrift
 from proxy.migration.finish import FinishRefused
@@ -78,3 +79,12 @@ def test_migration_headers() -> None:
     }
     marked = migration_headers(Mode.NEW, 4, 1.0, "old index unreachable")
     assert marked["X-Crossfade-Degraded"] == "old index unreachable"
+
+
+def test_every_recomputes_once_per_period_and_after_clear() -> None:
+    calls = []
+    every = Every(3600.0, lambda: calls.append(1) or len(calls))
+    assert every.get() == 1 and every.get() == 1 and len(calls) == 1
+    every.clear()
+    assert every.get() == 2 and not every.stale()
+    assert Every(0.0, lambda: 5).stale()  # a period of 0: stale at once
