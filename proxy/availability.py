@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.config import FusionConfig, Mode
+from proxy.every import Every
 from proxy.filters import Filter
 from proxy.model import ModelUnavailable
 from proxy.search import MISSING, Searcher, SearchResult, lists_for
@@ -47,7 +48,6 @@ from proxy.store import IndexUnavailable, VectorStore
 
 log = logging.getLogger("crossfade")
 SIDE_OF = {"old": "old", "new": "new", "bm25": "new"}
-DEGRADED_HEADER = "X-Crossfade-Degraded"
 
 
 @dataclass(frozen=True)
@@ -158,21 +158,20 @@ class Health:
     ) -> None:
         self._store = store
         self.sides = tuple(sides)
-        self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         self._executor = concurrent.futures.ThreadPoolExecutor(
             len(self.sides), thread_name_prefix="index-probe"
         )
         self._running: dict[str, concurrent.futures.Future[IndexState]] = {}
-        self._state: dict[str, IndexState] | None = None
-        self._at = float("-inf")
+        # The last probe's answer (or a request's finding since), asked again after ttl_s.
+        self._state: Every[dict[str, IndexState]] = Every(ttl_s)
         self._inflight: asyncio.Future[dict[str, IndexState]] | None = None
         self.model_ttl_s = model_ttl_s
         self._models_down: dict[str, tuple[float, str]] = {}
 
     async def check(self) -> dict[str, IndexState]:
-        if self._state is not None and time.monotonic() - self._at < self.ttl_s:
-            return self._state
+        if not self._state.stale():
+            return self._state.value or {}
         if self._inflight is None or self._inflight.done():
             self._inflight = asyncio.ensure_future(self._probe_all())
         return await asyncio.shield(self._inflight)
@@ -180,7 +179,7 @@ class Health:
     async def _probe_all(self) -> dict[str, IndexState]:
         states = await asyncio.gather(*(self._probe(s) for s in self.sides))
         self._set(dict(zip(self.sides, states, strict=True)))
-        return self._state or {}
+        return self._state.value or {}
 
     async def _probe(self, side: str) -> IndexState:
         store = self._store(side)
@@ -204,8 +203,9 @@ class Health:
 
     def mark_down(self, e: IndexUnavailable) -> None:
         """A request found `e.side` down between probes: serve without it from now on."""
-        if self._state is not None and e.side in self._state:
-            self._set({**self._state, e.side: IndexState(False, None, str(e))})
+        known = self._state.value
+        if known is not None and e.side in known:
+            self._set({**known, e.side: IndexState(False, None, str(e))})
 
     def mark_model_down(self, e: ModelUnavailable) -> None:
         """A model's API failed a query: serve without its list for `model_ttl_s`, then try
@@ -224,14 +224,14 @@ class Health:
         return {side: why for side, (_, why) in self._models_down.items()}
 
     def _set(self, state: dict[str, IndexState]) -> None:
-        before = self._state or {}
+        before = self._state.value or {}
         for side, st in state.items():
             was = before.get(side)
             if not st.reachable and (was is None or was.reachable):
                 log.warning("%s", st.error)
             elif st.reachable and was is not None and not was.reachable:
                 log.warning("%s index reachable again", side)
-        self._state, self._at = state, time.monotonic()
+        self._state.put(state)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -759,6 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from proxy.config import ConfigError
+    from proxy.errors import CrossfadeError
 
     args = build_parser().parse_args(argv)
     try:
@@ -766,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"crossfade: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, RuntimeError, ValueError) as e:
+    except (CrossfadeError, FileNotFoundError, RuntimeError, ValueError) as e:
         print(f"crossfade: error: {e}", file=sys.stderr)
         return 1
 

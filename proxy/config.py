@@ -27,6 +27,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from proxy.errors import CrossfadeError
+
 
 class Mode(StrEnum):
     OLD = "old"
@@ -709,8 +711,9 @@ class Settings(BaseSettings):
         return p if p.is_absolute() else Path(self.data_dir) / p
 
 
-class ConfigError(Exception):
-    """A config that cannot be used, with the dotted field names at fault."""
+class ConfigError(CrossfadeError):
+    """A config that cannot be used, with the dotted field names at fault (found at start-up,
+    never answered over HTTP: the root's status)."""
 
 
 def resolve_path(value: str) -> str:

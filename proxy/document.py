@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.errors import Invalid
+
 
 def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -37,8 +39,8 @@ def doc_of(payload: dict[str, Any]) -> Doc:
     return Doc(payload["doc_id"], payload["text"], payload.get("metadata") or {})
 
 
-class CorpusError(ValueError):
-    pass
+class CorpusError(Invalid, ValueError):
+    """A document crossfade can't store as given (422); a ValueError to its callers."""
 
 
 MAX_ID_CHARS = 512

@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from proxy.config import ModelConfig
+from proxy.errors import Unavailable
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Fingerprint:
         return f"{self.name}@{digest[:12]}"
 
 
-class ModelUnavailable(RuntimeError):
+class ModelUnavailable(Unavailable, RuntimeError):
     """A model that cannot answer now (a hosted API refusing, failing or too slow). A fault
     to serve around or retry later; `side` is set by whoever knows which model it is."""
 

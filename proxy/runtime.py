@@ -6,13 +6,13 @@ index) never pays for the new one."""
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import Any
 
 from proxy.config import Settings
 from proxy.embedding import EmbeddingCache, QueryEmbedder, load_embedder, load_query_embedder
+from proxy.every import Every
 from proxy.journal import WriteJournal
 from proxy.migration.fitted import load_fit
 from proxy.migration.state import SqliteState
@@ -36,19 +36,18 @@ class Runtime:
         self.write_lock = threading.Lock()
         # Written since the last flush (proxy/writes.py flush_writes).
         self.unflushed = False
-        self._drift: tuple[float, dict[str, Any]] = (float("-inf"), {})
+        self._drift: Every[dict[str, Any]] = Every(
+            1.0, lambda: dict(self.state.get("model_drift") or {})
+        )
 
     def model_drift(self) -> dict[str, Any]:
         """Models whose canary drifted (proxy/migration/canary.py), per side; read from the
         migration state at most once a second (every vector write asks)."""
-        at, alarms = self._drift
-        if time.monotonic() - at > 1.0:
-            alarms = dict(self.state.get("model_drift") or {})
-            self._drift = (time.monotonic(), alarms)
-        return alarms
+        return self._drift.get()
 
     def drift_changed(self) -> None:
-        self._drift = (float("-inf"), {})
+        """A drift alarm was raised or lifted here: the next write reads it afresh."""
+        self._drift.clear()
 
     def model(self, side: str) -> Embedder:
         if side not in self._models:

@@ -22,6 +22,7 @@ from typing import Any
 
 from proxy.config import FusionConfig, Mode
 from proxy.embedding import QueryEmbedder
+from proxy.every import Every
 from proxy.filters import Filter
 from proxy.fusion import Fused, FusionParams, Profile, fuse, params_for
 from proxy.model import ModelUnavailable
@@ -63,7 +64,8 @@ class SearchResult:
 
 class Coverage:
     """Share of documents in the new index that hold a new-model vector, recounted at most
-    every `refresh_s` seconds (a count per query would cost more than the query)."""
+    every `refresh_s` seconds (a count per query would cost more than the query): off the
+    event loop, one recount at a time (queries arriving meanwhile share it)."""
 
     def __init__(
         self,
@@ -78,7 +80,7 @@ class Coverage:
         self.value = 0.0
         self.total = 0
         self.migrated = 0
-        self._at = float("-inf")
+        self._counted: Every[float] = Every(refresh_s)
         self._lock = asyncio.Lock()
 
     def recount(self) -> float:
@@ -92,8 +94,7 @@ class Coverage:
                 self.value = self.migrated / self.total if self.total else 0.0
         except IndexUnavailable as e:  # keep the last count; try again after refresh_s
             log.debug("coverage not recounted: %s", e)
-        self._at = time.monotonic()
-        return self.value
+        return self._counted.put(self.value)
 
     async def refresh(self) -> float:
         async with self._lock:
@@ -101,9 +102,9 @@ class Coverage:
         return self.value
 
     async def get(self) -> float:
-        if time.monotonic() - self._at >= self.refresh_s:
+        if self._counted.stale():
             async with self._lock:
-                if time.monotonic() - self._at >= self.refresh_s:
+                if self._counted.stale():
                     await asyncio.to_thread(self.recount)
         return self.value
 

@@ -27,6 +27,7 @@ import numpy as np
 from proxy.availability import probe
 from proxy.clock import now_iso
 from proxy.document import CorpusError, Doc
+from proxy.errors import Unavailable
 from proxy.ingest import Progress
 from proxy.journal import DELETE, UPSERT, Batch
 from proxy.migration.canary import refuse_drifted
@@ -36,21 +37,30 @@ from proxy.runtime import SIDES, Runtime
 log = logging.getLogger("crossfade")
 
 
-class WritePending(RuntimeError):
+class WritePending(Unavailable, RuntimeError):
     """An index refused its part of a batch: the batch stays in the write journal, retried
-    until every index has it. `applied`: the indexes that have it already."""
+    until every index has it (first after `retry_after_s`). `applied`: the indexes that have
+    it already."""
 
-    def __init__(self, batch: int, applied: Sequence[str], left: Sequence[str], why: str) -> None:
+    def __init__(
+        self,
+        batch: int,
+        applied: Sequence[str],
+        left: Sequence[str],
+        why: str,
+        retry_after_s: float | None = None,
+    ) -> None:
         self.batch, self.applied, self.left = batch, list(applied), list(left)
         where = f"applied to {' and '.join(applied)}, " if applied else ""
         super().__init__(
             f"write batch {batch} {where}not yet to the {' and '.join(left)} index ({why}): "
             "it stays in the write journal and is retried until every index has it; sending "
-            "it again is safe"
+            "it again is safe",
+            retry_after_s=retry_after_s,
         )
 
 
-class JournalBehind(RuntimeError):
+class JournalBehind(Unavailable, RuntimeError):
     """An earlier batch is not in every index yet: a later write waits (applied nowhere)."""
 
     def __init__(self, batch: Batch, retry_in_s: float) -> None:
@@ -58,7 +68,8 @@ class JournalBehind(RuntimeError):
         super().__init__(
             f"this write was not applied: an earlier write (batch {batch.batch}) is not in "
             f"every index yet ({batch.error}); it is retried in {retry_in_s:.0f}s, writes "
-            "resume once it lands"
+            "resume once it lands",
+            retry_after_s=retry_in_s,
         )
 
 
@@ -91,7 +102,7 @@ def upsert_documents(rt: Runtime, docs: Sequence[Doc]) -> list[str]:
     """Write `docs` to every live index; returns the indexes written."""
     sides = live_sides(rt, [d.doc_id for d in docs])
     if not sides:
-        raise RuntimeError("no index exists yet: ingest into the old index first")
+        raise Unavailable("no index exists yet: ingest into the old index first")
     for side in sides:  # refused whole, before the journal: no index half-written
         refuse_drifted(rt, side)
     texts = [d.text for d in docs]
@@ -242,7 +253,8 @@ def _apply(
             )
             rt.journal.retry_later(batch, _brief(e), left, keep)
             log.error("write batch %d: the %s index refused it, retried later: %s", batch, side, e)
-            raise WritePending(batch, sides[:n], left, _brief(e)) from e
+            retry = rt.settings.writes.retry_base_s
+            raise WritePending(batch, sides[:n], left, _brief(e), retry) from e
     rt.journal.applied(batch)  # cleared by the next flush_writes
     rt.unflushed = True
     # Given text (or gone): no longer documents that can't be re-embedded.

@@ -21,6 +21,8 @@ LEAVES = {
     "proxy.clock",  # now_iso
     "proxy.config",  # Settings and the config models
     "proxy.document",  # Doc, parse_doc, the bounds, CorpusError
+    "proxy.errors",  # the exception tree, each error with its HTTP status
+    "proxy.every",  # Every: a value recomputed at most once per so many seconds
     "proxy.filters",  # the filter tree
     "proxy.model",  # the model-provider protocol and fingerprints
     "proxy.sqlite",  # durable_sqlite

@@ -10,11 +10,12 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from pydantic import Field
 
-from proxy.api.errors import error, refuse_new
+from proxy.api.errors import refuse_new
 from proxy.api.search import FORCE_NEW
 from proxy.api.services import GUARDED, Services, Svc
 from proxy.beir import load_beir
 from proxy.config import Mode
+from proxy.errors import Conflict, Invalid
 from proxy.filters import StrictBody
 from proxy.migration.canary import accept_drift, check_canaries, drift_alarms
 from proxy.migration.cutover import new_too_early, routing_dict, why_no_cutover
@@ -89,7 +90,7 @@ async def get_routing(sv: Svc) -> Any:
 async def set_mode(sv: Svc, body: ModeIn) -> Any:
     why = await refusal(sv, body.mode, body.force)
     if why:
-        return error(409, why)
+        raise Conflict(why)
     target = replace(sv.control.routing, mode=body.mode)
     action = "set mode (forced)" if forced(sv, body.mode, body.force) else "set mode"
     return await sv.control.switch(target, action, body.actor or "admin")
@@ -100,7 +101,7 @@ async def set_split(sv: Svc, body: SplitIn) -> Any:
     if body.mode is not None and body.percent > 0:
         why = await refusal(sv, body.mode, body.force)
         if why:
-            return error(409, why)
+            raise Conflict(why)
     target = replace(
         sv.control.routing,
         split_mode=body.mode,
@@ -123,18 +124,22 @@ async def cutover(sv: Svc, body: CutoverIn) -> Any:
                 load_beir, beir, body.split or settings.cutover.eval_split, False
             )
         except (OSError, ValueError) as e:
-            return error(422, f"cannot read labelled queries from {beir!r}: {e}")
+            raise Invalid(f"cannot read labelled queries from {beir!r}: {e}") from e
     why = sv.searcher.ready_for(Mode.NEW) or why_no_cutover(sv.control.routing)
     if why:
-        return error(409, why)
+        raise Conflict(why)
     ok, result = await sv.control.cutover(sv.searcher, data, body.force, body.actor or "admin")
-    return result if ok else error(409, "cutover refused by the gate", gate=result)
+    if not ok:
+        raise Conflict("cutover refused by the gate", gate=result)
+    return result
 
 
 @router.post("/admin/rollback", responses=WRITE)
 async def rollback(sv: Svc, body: ActorIn | None = None) -> Any:
     ok, result = await sv.control.rollback((body.actor if body else None) or "admin")
-    return result if ok else error(409, result["error"])
+    if not ok:
+        raise Conflict(result["error"])
+    return result
 
 
 @router.post("/admin/finish", responses=WRITE)
@@ -142,7 +147,9 @@ async def finish(sv: Svc, body: FinishIn | None = None) -> Any:
     body = body or FinishIn()
     ok, result = await sv.control.finish(body.actor or "admin", body.now, body.drop)
     sv.retired.clear()  # searches see the retirement from now on, not a second later
-    return result if ok else error(409, result["error"])
+    if not ok:
+        raise Conflict(result["error"])
+    return result
 
 
 @router.post("/admin/canary", responses={400: {}, 401: {}, 413: {}, 422: {}})

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from proxy.errors import CrossfadeError
 from proxy.store import IndexUnavailable
 
 
@@ -22,6 +23,19 @@ def error(
     status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> OrjsonResponse:
     return OrjsonResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+def refused(e: CrossfadeError) -> OrjsonResponse:
+    """Any of crossfade's errors in crossfade's shape: its status, message, details and
+    Retry-After."""
+    return error(e.status, str(e), e.headers() or None, **e.details)
+
+
+def noticed(request: Request, e: CrossfadeError) -> None:
+    """What an error answered by a route tells the proxy: an index found unreachable is
+    served without from now on (every route, either shape)."""
+    if isinstance(e, IndexUnavailable):
+        request.app.state.services.health.mark_down(e)
 
 
 def refuse_new(why: str) -> str:
@@ -49,7 +63,9 @@ def install_handlers(app: FastAPI) -> None:
         out.headers.update(exc.headers or {})  # e.g. Allow on a 405
         return out
 
-    @app.exception_handler(IndexUnavailable)
-    async def unavailable(request: Request, exc: IndexUnavailable) -> OrjsonResponse:
-        request.app.state.services.health.mark_down(exc)
-        return error(503, str(exc))
+    # Every error of proxy.errors raised by a route of crossfade's API (Qdrant's routes
+    # render theirs in Qdrant's shape: proxy.api.qdrant.QdrantRoute).
+    @app.exception_handler(CrossfadeError)
+    async def crossfade_error(request: Request, exc: CrossfadeError) -> OrjsonResponse:
+        noticed(request, exc)
+        return refused(exc)

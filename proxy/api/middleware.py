@@ -9,8 +9,16 @@ from fastapi import FastAPI
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy.api.errors import OrjsonResponse, error
-from proxy.qdrant_api.answers import failed
+from proxy.api.errors import OrjsonResponse, refused
+from proxy.errors import (
+    BadRequest,
+    CrossfadeError,
+    Forbidden,
+    TooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from proxy.qdrant_api.answers import refused as qdrant_refused
 from proxy.security import KIND, Access, Keyring, host_allowed, presented_key
 
 
@@ -21,12 +29,15 @@ class BodyLimit:
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit = app, limit
 
+    def too_large(self) -> TooLarge:
+        return TooLarge(f"request body over {self.limit} bytes")
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await error(413, f"request body over {self.limit} bytes")(scope, receive, send)
+            return await refused(self.too_large())(scope, receive, send)
         seen, over, started = 0, False, False
 
         async def limited() -> Message:
@@ -52,10 +63,10 @@ class BodyLimit:
             if not over:
                 raise
         if over and not started:
-            await error(413, f"request body over {self.limit} bytes")(scope, receive, send)
+            await refused(self.too_large())(scope, receive, send)
 
 
-class _TooLarge(Exception):
+class _TooLarge(Exception):  # the stream passed the limit: stops the app's read
     pass
 
 
@@ -115,7 +126,8 @@ class Gate:
             return await self.app(scope, receive, send)
         headers = scope.get("headers") or []
         need, qdrant = self.route(scope)
-        refuse: Callable[[int, str], OrjsonResponse] = failed if qdrant else error  # type: ignore[assignment]
+        # In the shape of the route's API: Qdrant's for its surface, crossfade's elsewhere.
+        refuse: Callable[[CrossfadeError], OrjsonResponse] = qdrant_refused if qdrant else refused
         host = next((v.decode("latin-1") for k, v in headers if k == b"host"), None)
         if not host_allowed(host, self.hosts):
             shown = (host or "")[:100]
@@ -123,7 +135,7 @@ class Gate:
                 f"Host {shown!r} is not allowed here (server.allowed_hosts: "
                 f"{', '.join(self.hosts)}); add it to server.allowed_hosts"
             )
-            return await refuse(400, message)(scope, receive, send)
+            return await refuse(BadRequest(message))(scope, receive, send)
         if need is Access.READ and not self.reads_need_key:
             need = Access.OPEN
         if need is not Access.OPEN:
@@ -131,14 +143,14 @@ class Gate:
             granted = self.keys.grant(key)
             if granted is None:
                 message = f"{MISSING if key is None else UNKNOWN}: {NEEDS[need]}"
-                return await refuse(401, message)(scope, receive, send)
+                return await refuse(Unauthorized(message))(scope, receive, send)
             if granted < need:
                 message = f"{DENIED[need]}: a {KIND[granted]} key can't do this; {NEEDS[need]}"
-                return await refuse(403, message)(scope, receive, send)
+                return await refuse(Forbidden(message))(scope, receive, send)
         if scope["method"] in STATE_CHANGING:
             problem = body_problem(headers)
             if problem:
-                return await refuse(415, problem)(scope, receive, send)
+                return await refuse(UnsupportedMediaType(problem))(scope, receive, send)
         await self.app(scope, receive, send)
 
 

@@ -19,9 +19,11 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from qdrant_client.http import models as qm
 from starlette.exceptions import HTTPException
 
-from proxy.api.documents import WriteRefused, erase_documents, write_documents
-from proxy.api.search import SearchRefused, query_problem, serve_search
+from proxy.api.documents import erase_documents, write_documents
+from proxy.api.errors import noticed
+from proxy.api.search import migration_headers, query_problem, serve_search
 from proxy.api.services import Services, Svc, access
+from proxy.errors import CrossfadeError, Invalid, NotFound
 from proxy.qdrant_api import Unsupported
 from proxy.qdrant_api.answers import (
     API_VERSION,
@@ -31,6 +33,7 @@ from proxy.qdrant_api.answers import (
     QdrantOk,
     failed,
     not_found,
+    refused,
 )
 from proxy.qdrant_api.answers import ok as answer
 from proxy.qdrant_api.filters import to_filter
@@ -38,18 +41,15 @@ from proxy.qdrant_api.layout import AppLayout
 from proxy.qdrant_api.queries import SEND_A_DOCUMENT, Query, parse_query, refuse_vectors
 from proxy.qdrant_api.queries import select_payload as select
 from proxy.security import Access
-from proxy.store import IndexUnavailable, VectorStore
+from proxy.store import VectorStore
 
 FIELDS = ("text", "metadata")
 MAX_POINTS = 1024  # per upsert, retrieve or delete request
 
 
-class NotFound(Exception):
-    pass
-
-
 class QdrantRoute(APIRoute):
-    """Errors of these routes in Qdrant's shape and status codes, body parsing errors too."""
+    """Errors of these routes in Qdrant's shape: every error of proxy.errors with its status
+    (and Retry-After), body parsing errors too."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -64,19 +64,9 @@ class QdrantRoute(APIRoute):
                 return failed(400, f"Format error in JSON body: {where}: {first['msg']}", t0)
             except HTTPException as e:  # FastAPI's: a body that is not JSON
                 return failed(e.status_code, f"Format error in JSON body: {e.detail}", t0)
-            except Unsupported as e:
-                return failed(400, f"Bad request: {e}", t0)
-            except NotFound as e:
-                return failed(404, not_found(str(e)), t0)
-            except SearchRefused as e:
-                return failed(e.status, e.message, t0)
-            except WriteRefused as e:
-                out = failed(e.status, e.message, t0)
-                out.headers.update(e.headers())
-                return out
-            except IndexUnavailable as e:
-                request.app.state.services.health.mark_down(e)
-                return failed(503, f"Service unavailable: {e}", t0)
+            except CrossfadeError as e:
+                noticed(request, e)
+                return refused(e, t0)
 
         return route
 
@@ -109,7 +99,7 @@ def collection_of(sv: Services) -> str:
 
 def check(sv: Services, name: str) -> AppLayout:
     if name != collection_of(sv):
-        raise NotFound(name)
+        raise NotFound(not_found(name))
     return AppLayout.of(sv.settings)
 
 
@@ -125,11 +115,8 @@ def read_store(sv: Services) -> VectorStore:
 
 def headers(sv: Services) -> dict[str, str]:
     """crossfade's migration headers for answers that are not a routed search."""
-    return {
-        "X-Crossfade-Mode": sv.control.routing.mode.value,
-        "X-Crossfade-Generation": str(sv.control.routing.generation),
-        "X-Crossfade-Coverage": f"{sv.searcher.coverage.value:.4f}",
-    }
+    routing = sv.control.routing
+    return migration_headers(routing.mode, routing.generation, sv.searcher.coverage.value)
 
 
 def points(
@@ -263,16 +250,14 @@ async def queries(
     layout = check(sv, name)
     conf = sv.settings.qdrant_api
     if len(searches) > conf.max_batch_searches:
-        raise SearchRefused(
-            422,
+        raise Invalid(
             f"a batch holds at most {conf.max_batch_searches} searches "
             f"(qdrant_api.max_batch_searches), not {len(searches)}: split it",
         )
     qs = [parse_query(s, layout, conf.max_limit) for s in searches]
     asked = sum(q.limit + q.offset for q in qs)
     if batch and asked > conf.max_batch_limit:
-        raise SearchRefused(
-            422,
+        raise Invalid(
             f"the batch asks for {asked} results (offset + limit summed over its searches), "
             f"over {conf.max_batch_limit} (qdrant_api.max_batch_limit): ask for fewer or "
             "smaller searches",
@@ -421,9 +406,7 @@ async def delete(sv: Svc, collection_name: str, raw: dict[str, Any] = QdrantBody
     if isinstance(body, qm.PointIdsList):
         ids = list(dict.fromkeys(layout.doc_id(i) for i in body.points))
         if len(ids) > bound:
-            raise WriteRefused(
-                422, f"{len(ids)} ids, over {bound} per delete (qdrant_api.max_delete_points)"
-            )
+            raise Invalid(f"{len(ids)} ids, over {bound} per delete (qdrant_api.max_delete_points)")
     else:  # every point the filter matches, in pages, up to one past the bound
         flt, ids, start = to_filter(body.filter, layout), [], None
         store = read_store(sv)
@@ -434,8 +417,7 @@ async def delete(sv: Svc, collection_name: str, raw: dict[str, Any] = QdrantBody
             if start is None:
                 break
         if len(ids) > bound:
-            raise WriteRefused(
-                422,
+            raise Invalid(
                 f"the filter matches more than {bound} points (qdrant_api.max_delete_points); "
                 "nothing was deleted: narrow the filter and delete in parts",
             )

@@ -12,10 +12,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from proxy.api.errors import OrjsonResponse, error, refuse_new
+from proxy.api.errors import OrjsonResponse, refuse_new
 from proxy.api.services import Services, Svc, access
-from proxy.availability import DEGRADED_HEADER, search_available
+from proxy.availability import search_available
 from proxy.config import Mode
+from proxy.errors import Conflict, Forbidden, Invalid, Unavailable
 from proxy.filters import Filter, StrictBody
 from proxy.migration.cutover import new_too_early
 from proxy.migration.state import HIT
@@ -75,12 +76,20 @@ class SearchResponse(BaseModel):
     )
 
 
-class SearchRefused(Exception):
-    """A search that cannot be served as asked: 409 (`new` too early) or 503 (no index)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
+def migration_headers(
+    mode: Mode, generation: int, coverage: float, degraded: str | None = None
+) -> dict[str, str]:
+    """crossfade's migration headers, on every answer of a search and of Qdrant's API: the
+    mode served, the routing's generation, the new index's coverage, and why the answer is
+    degraded when it is."""
+    out = {
+        "X-Crossfade-Mode": mode.value,
+        "X-Crossfade-Generation": str(generation),
+        "X-Crossfade-Coverage": f"{coverage:.4f}",
+    }
+    if degraded:
+        out["X-Crossfade-Degraded"] = degraded
+    return out
 
 
 @dataclass
@@ -93,15 +102,7 @@ class Served:
     degraded: str
 
     def headers(self) -> dict[str, str]:
-        """crossfade's migration headers, on every answer of a search."""
-        out = {
-            "X-Crossfade-Mode": self.mode.value,
-            "X-Crossfade-Generation": str(self.generation),
-            "X-Crossfade-Coverage": f"{self.result.coverage:.4f}",
-        }
-        if self.degraded:
-            out[DEGRADED_HEADER] = self.degraded
-        return out
+        return migration_headers(self.mode, self.generation, self.result.coverage, self.degraded)
 
 
 async def serve_search(
@@ -124,13 +125,13 @@ async def serve_search(
         # After `migrate finish --keep` the old index stays on disk, unused: no longer written
         # (its answers can be stale), so only the operator may still read it, to compare.
         if not sv.is_admin(request):
-            raise SearchRefused(403, retired_refusal(served_mode))
+            raise Forbidden(retired_refusal(served_mode), problems=[{"field": "body.mode"}])
         reembed = False  # nothing is migrating any more
     early = (
         new_too_early(await s.coverage.get(), settings.cutover) if served_mode is Mode.NEW else None
     )
     if early and mode is Mode.NEW and not force:
-        raise SearchRefused(409, refuse_new(early))
+        raise Conflict(refuse_new(early), problems=[{"field": "body.mode"}])
     t0 = time.perf_counter()
     res, plan = await search_available(
         s,
@@ -143,7 +144,7 @@ async def serve_search(
         bm25_alone=settings.server.bm25_when_model_down,
     )
     if res is None:
-        raise SearchRefused(503, plan.error or "no index to search")
+        raise Unavailable(plan.error or "no index to search")
     took = time.perf_counter() - t0
     sv.metrics.search_latency.labels(served_mode.value).observe(took)
     if reembed and served_mode is Mode.FUSED and "new" in plan.lists and sv.lazy_enabled():
@@ -205,15 +206,11 @@ def query_problem(sv: Services, query: str) -> str | None:
 async def search(sv: Svc, req: SearchRequest, request: Request) -> Any:
     problem = query_problem(sv, req.query)
     if problem:
-        return error(422, problem, problems=[{"field": "body.query"}])
+        raise Invalid(problem, problems=[{"field": "body.query"}])
     fields = ("text", "metadata") if req.with_text else ("metadata",)
-    try:
-        out = await serve_search(
-            sv, request, req.query, req.k, req.filter, fields, req.mode, req.force, req.reembed
-        )
-    except SearchRefused as e:
-        extra = {"problems": [{"field": "body.mode"}]} if e.status in (403, 409) else {}
-        return error(e.status, e.message, **extra)
+    out = await serve_search(
+        sv, request, req.query, req.k, req.filter, fields, req.mode, req.force, req.reembed
+    )
     warnings = await sv.searcher.filter_warnings(req.filter, out.lists)
     res = out.result
     payloads = res.payloads

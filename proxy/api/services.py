@@ -5,14 +5,14 @@ route needs (`access`), and the full status."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Request
 
 from proxy.availability import Health
 from proxy.config import Settings
+from proxy.every import Every
 from proxy.metrics import Metrics
 from proxy.migration.control import ControlPlane, available_actions
 from proxy.migration.cutover import routing_dict
@@ -25,33 +25,7 @@ from proxy.search import Searcher
 from proxy.security import Access, Keyring, admin_key, presented_key
 
 ADMIN_REFUSED = "admin endpoints need the admin key ('Authorization: Bearer <admin key>')"
-T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class Every(Generic[T]):
-    """A value recomputed at most once per `seconds` (not per request): a persisted switch,
-    the figures behind /metrics."""
-
-    def __init__(self, seconds: float, compute: Callable[[], T] | None = None) -> None:
-        self.seconds, self.compute = seconds, compute
-        self.at, self.value = float("-inf"), None
-
-    def stale(self) -> bool:
-        return time.monotonic() - self.at >= self.seconds
-
-    def put(self, value: T) -> T:
-        self.value, self.at = value, time.monotonic()
-        return value
-
-    def get(self) -> T:
-        if self.stale():
-            assert self.compute is not None
-            return self.put(self.compute())
-        return self.value  # type: ignore[return-value]
-
-    def clear(self) -> None:
-        self.at = float("-inf")
 
 
 def access(level: Access) -> Callable[[F], F]:

@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from proxy.errors import Conflict
 from proxy.runtime import Runtime
 from proxy.store import IndexInfo
 from proxy.store.adopted import AdoptedStore
 
 
-class AdoptionRefused(RuntimeError):
+class AdoptionRefused(Conflict, RuntimeError):
     """The collection can't be migrated as configured; nothing was written."""
 
 

@@ -17,14 +17,15 @@ from datetime import datetime
 from typing import Any
 
 from proxy.config import Mode
+from proxy.errors import Conflict
 from proxy.migration.cutover import AuditLog, describe, routing_dict
 from proxy.routing import Routing
 from proxy.runtime import Runtime
 from proxy.store.adopted import AdoptedStore
 
 
-class FinishRefused(RuntimeError):
-    pass
+class FinishRefused(Conflict, RuntimeError):
+    """Not yet (the guard period) or not from here (no cutover): nothing was changed."""
 
 
 def last_cutover_at(audit: AuditLog) -> float | None:

@@ -9,6 +9,12 @@
 The routes are in proxy/api/qdrant.py.
 """
 
+from proxy.errors import BadRequest
 
-class Unsupported(ValueError):
-    """A request crossfade can't serve as Qdrant would: answered 400, naming what."""
+
+class Unsupported(BadRequest, ValueError):
+    """A request crossfade can't serve as Qdrant would: answered 400, naming what (in
+    Qdrant's words: "Bad request: ...")."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"Bad request: {message}")

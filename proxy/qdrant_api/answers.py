@@ -11,6 +11,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from proxy.api.errors import OrjsonResponse
+from proxy.errors import CrossfadeError
+from proxy.store import IndexUnavailable
 
 # The REST API served is qdrant-client's of this version (its models parse every request).
 API_VERSION = version("qdrant-client")
@@ -36,9 +38,19 @@ def ok(result: Any, t0: float, headers: dict[str, str] | None = None) -> OrjsonR
     return OrjsonResponse(body, headers=headers)
 
 
-def failed(status: int, message: str, t0: float | None = None) -> OrjsonResponse:
+def failed(
+    status: int, message: str, t0: float | None = None, headers: dict[str, str] | None = None
+) -> OrjsonResponse:
     took = round(time.perf_counter() - t0, 6) if t0 is not None else 0.0
-    return OrjsonResponse({"status": {"error": message}, "time": took}, status_code=status)
+    body = {"status": {"error": message}, "time": took}
+    return OrjsonResponse(body, status_code=status, headers=headers)
+
+
+def refused(e: CrossfadeError, t0: float | None = None) -> OrjsonResponse:
+    """Any of crossfade's errors in Qdrant's shape: its status, message and Retry-After (an
+    unreachable index in Qdrant's words, "Service unavailable: ...")."""
+    message = f"Service unavailable: {e}" if isinstance(e, IndexUnavailable) else str(e)
+    return failed(e.status, message, t0, e.headers() or None)
 
 
 def not_found(collection: str) -> str:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from proxy.errors import Conflict, Unavailable
 from proxy.filters import Filter, FilterTree
 
 NAMESPACE = uuid.UUID("6f0c6c39-3f1a-4a57-9f39-1bd0a7e0c0de")
@@ -34,11 +35,11 @@ def point_id(doc_id: str) -> str:
     return str(uuid.uuid5(NAMESPACE, doc_id))
 
 
-class FingerprintMismatch(ValueError):
+class FingerprintMismatch(Conflict, ValueError):
     """A dense vector from another model than the one the index is bound to (bilingual write)."""
 
 
-class IndexUnavailable(RuntimeError):
+class IndexUnavailable(Unavailable, RuntimeError):
     """An index that cannot be reached now (refused, timed out, server error). A fault to
     retry later, never taken to mean that the index does not exist."""
 

@@ -32,6 +32,7 @@ from qdrant_client import models as qm
 
 from proxy.config import IndexConfig, Settings
 from proxy.document import text_sha256
+from proxy.errors import Invalid
 from proxy.store import IndexInfo, IndexUnavailable, PointWrite, check_fingerprints
 from proxy.store import write_json_atomic as _write_json
 from proxy.store.server import _RETRY_S, ServerStore
@@ -40,7 +41,7 @@ from proxy.store.texts import EditedTexts, TextSource
 BINDINGS = "bindings"
 
 
-class InvalidDocId(ValueError):
+class InvalidDocId(Invalid, ValueError):
     """A doc id that an adopted collection cannot key a point by (not an integer or UUID)."""
 
 
