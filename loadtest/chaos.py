@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from loadtest.harness import free_port, wait_ready  # noqa: E402
-from loadtest.servers import SERVED_NAME, FaultProxy, Infinity, infinity_installed  # noqa: E402
+from loadtest.servers import FaultProxy, Infinity, hosted_model, infinity_installed  # noqa: E402
 from proxy.config import load_settings  # noqa: E402
 from proxy.demo import python_reference  # noqa: E402
 from proxy.document import Doc  # noqa: E402
@@ -73,24 +73,12 @@ DOCUMENT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # what the app names;
 # --- set-up ---------------------------------------------------------------------------------
 
 
-def hosted_new(url: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "kind": "openai",
-        "base_url": url,
-        "model": SERVED_NAME,
-        "name": "all-MiniLM-L6-v2-hosted",
-        "batch_size": 16,
-        "max_length": 256,
-        **extra,
-    }
-
-
 def write_config(data_dir: Path, port: int, model_url: str, **new: Any) -> Path:
     """The demo config with the new model hosted at `model_url`, served on `port`."""
     cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     cfg["data_dir"] = str(data_dir)
     cfg["server"].update({"port": port, "admin_key": KEY})
-    cfg["models"]["new"] = hosted_new(model_url, **new)
+    cfg["models"]["new"] = hosted_model(model_url, **{"batch_size": 16, "max_length": 256, **new})
     cfg.pop("cutover", None)  # no labelled set: this run never cuts over
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / "crossfade.yaml"
@@ -533,6 +521,18 @@ def run_verify(rt: Runtime) -> dict[str, Any]:
 # --- main -----------------------------------------------------------------------------------
 
 
+def add_run_args(ap: argparse.ArgumentParser, name: str) -> None:
+    """The options every loadtest run of this kind takes: the write key, where it works and
+    where its report goes (under .crossfade/, named `name`)."""
+    ap.add_argument(
+        "--api-key",
+        default=os.environ.get("CROSSFADE_CHAOS_API_KEY") or KEY,
+        help="sent as `api-key` on writes (default $CROSSFADE_CHAOS_API_KEY, else the admin key)",
+    )
+    ap.add_argument("--work", default=str(ROOT / ".crossfade" / name))
+    ap.add_argument("--out", default=str(ROOT / ".crossfade" / f"{name}.json"))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seconds", type=float, default=150, help="how long the clients run")
@@ -548,13 +548,7 @@ def main() -> int:
     ap.add_argument("--backfill-share", type=float, default=0.9, help="re-embedded before serving")
     ap.add_argument("--max-ratio", type=float, default=2.0)
     ap.add_argument("--settle-timeout-s", type=float, default=300)
-    ap.add_argument(
-        "--api-key",
-        default=os.environ.get("CROSSFADE_CHAOS_API_KEY") or KEY,
-        help="sent as `api-key` on writes (default $CROSSFADE_CHAOS_API_KEY, else the admin key)",
-    )
-    ap.add_argument("--work", default=str(ROOT / ".crossfade" / "chaos"))
-    ap.add_argument("--out", default=str(ROOT / ".crossfade" / "chaos.json"))
+    add_run_args(ap, "chaos")
     args = ap.parse_args()
     if args.outage_at is None:
         args.outage_at = max(args.warmup_s + 30, (args.seconds - args.outage_s) / 2)

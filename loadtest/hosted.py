@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from loadtest.servers import SERVED_NAME, Infinity, infinity_installed  # noqa: E402
+from loadtest.servers import Infinity, hosted_model, infinity_installed  # noqa: E402
 from proxy.beir import load_beir  # noqa: E402
 from proxy.config import ModelConfig, load_settings  # noqa: E402
 from proxy.embedding import embed_documents_cached, load_embedder  # noqa: E402
@@ -46,16 +46,13 @@ from proxy.runtime import Runtime  # noqa: E402
 
 
 def hosted_cfg(url: str, in_flight: int, tpm: float = 0.0) -> dict[str, Any]:
-    return {
-        "kind": "openai",
-        "base_url": url,
-        "model": SERVED_NAME,
-        "name": "all-MiniLM-L6-v2-hosted",
-        "batch_size": 16,
-        "max_concurrent_requests": in_flight,
-        "tokens_per_minute": tpm,
-        "max_length": 256,
-    }
+    return hosted_model(
+        url,
+        batch_size=16,
+        max_concurrent_requests=in_flight,
+        tokens_per_minute=tpm,
+        max_length=256,
+    )
 
 
 def runtime(settings: Any, old: Embedder, url: str, in_flight: int, tpm: float = 0.0) -> Runtime:

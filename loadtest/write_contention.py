@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from loadtest.chaos import (  # noqa: E402
-    KEY,
+    add_run_args,
     percentiles,
     prepare,
     queries_from,
@@ -313,13 +313,7 @@ def main() -> int:
     ap.add_argument(
         "--write-threads", type=int, default=4, help="the proxy's writes.threads (its default)"
     )
-    ap.add_argument(
-        "--api-key",
-        default=os.environ.get("CROSSFADE_CHAOS_API_KEY") or KEY,
-        help="sent as `api-key` on writes (default $CROSSFADE_CHAOS_API_KEY, else the admin key)",
-    )
-    ap.add_argument("--work", default=str(ROOT / ".crossfade" / "write-contention"))
-    ap.add_argument("--out", default=str(ROOT / ".crossfade" / "write-contention.json"))
+    add_run_args(ap, "write-contention")
     args = ap.parse_args()
     if args.batch <= args.searchers:
         ap.error("--batch must exceed --searchers: a micro-batch of queries must never be delayed")

@@ -183,18 +183,11 @@ class ProxyProcess:
 
 def hosted_settings(data_dir: Path, base_url: str, **new: Any) -> Settings:
     """The demo config with a hosted new model (kind: openai) at `base_url`."""
-    from loadtest.servers import SERVED_NAME
+    from loadtest.servers import hosted_model
 
     data = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     data["data_dir"] = str(data_dir)
-    data["models"]["new"] = {
-        "kind": "openai",
-        "base_url": base_url,
-        "model": SERVED_NAME,
-        "name": "all-MiniLM-L6-v2-hosted",
-        "batch_size": 8,
-        "max_concurrent_requests": 4,
-        "backoff_s": 0.05,
-        **new,
-    }
+    data["models"]["new"] = hosted_model(
+        base_url, **{"batch_size": 8, "max_concurrent_requests": 4, "backoff_s": 0.05, **new}
+    )
     return load_settings(None, **data)
