@@ -179,7 +179,10 @@ def _catch_up(rt: Runtime, force: bool = False, unflushed: bool = False) -> int:
         except Exception as e:  # e.g. the model down while re-embedding a crash's batch
             wait = rt.journal.retry_later(b.batch, _brief(e), sides)
             raise JournalBehind(b, wait) from e
-        log.warning("write batch %d is now in every index (after %d retries)", b.batch, b.attempts)
+        if b.attempts:
+            log.warning(
+                "write batch %d is in every index now, after %d retries", b.batch, b.attempts
+            )
     return len(pending)
 
 
