@@ -1,5 +1,6 @@
 """Document writes through the proxy: applied to every live index with that index's own model
-(dual write), BM25 kept current, durable (flushed) before the call returns.
+(dual write), BM25 kept current, durable before the call returns (the journal fsynced; the
+indexes flushed together by `flush_writes`, the journal keeping each batch until then).
 
 A write is embedded for every index first, outside any lock (a slow or failing model delays
 that write and nothing else); a model that fails there leaves the write applied nowhere. Then,
