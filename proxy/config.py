@@ -652,6 +652,56 @@ class QdrantApiConfig(Strict):
     )
 
 
+class VectorClientsConfig(Strict):
+    """Apps that send vectors, not text (LangChain's and LlamaIndex's Qdrant stores, Chroma
+    clients, qdrant-client without cloud inference). Two ways they still migrate: crossfade is
+    their embeddings API (`/v1/embeddings`) and remembers which text each vector it returned
+    came from, so the vector comes back as text; or a map from the old model's space into the
+    new one, fitted on the migrated documents' (old vector, new vector) pairs."""
+
+    remember_texts: int = Field(
+        100_000,
+        ge=0,
+        le=10_000_000,
+        description="Most (vector -> text) entries remembered from `/v1/embeddings` answers, "
+        "least recently used dropped first; 0 = remember none. Memory only, never logged or "
+        "written to disk.",
+    )
+    remember_ttl_s: float = Field(
+        3600.0,
+        gt=0,
+        le=7 * 86_400,
+        description="How long a vector returned by `/v1/embeddings` is recognised as its text.",
+    )
+    remember_max_chars: int = Field(
+        8192,
+        ge=1,
+        le=1_000_000,
+        description="Longest text remembered; a longer one is embedded but not remembered (its "
+        "vector then takes the vector path).",
+    )
+    adapter: Literal["auto", "off"] = Field(
+        "auto",
+        description="The old -> new query map: 'auto' = fitted as coverage grows and used while "
+        "its fidelity on held-out pairs passes `adapter_min_fidelity`; 'off' = old-model vectors "
+        "are searched in the old index only.",
+    )
+    write_min_cosine: float = Field(
+        0.98,
+        gt=0,
+        le=1,
+        description="A vector written with its text is taken as the old model's when the old "
+        "model's embedding of that text is at least this similar (a vector crossfade returned "
+        "from `/v1/embeddings` for that text needs no check); less is the bilingual write: 409.",
+    )
+    after_finish: Literal["adapt", "refuse"] = Field(
+        "adapt",
+        description="After `migrate finish`, an old-model query vector crossfade can't tie to a "
+        "text: 'adapt' = searched in the new index through the map (or refused if there is no "
+        "usable map); 'refuse' = 400 naming the model to embed with.",
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CROSSFADE_", env_nested_delimiter="__", extra="forbid"
@@ -674,6 +724,7 @@ class Settings(BaseSettings):
     plan: PlanConfig = Field(default_factory=PlanConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     qdrant_api: QdrantApiConfig = Field(default_factory=QdrantApiConfig)
+    vector_clients: VectorClientsConfig = Field(default_factory=VectorClientsConfig)
     writes: WritesConfig = Field(default_factory=WritesConfig)
     bm25_avg_len: float = Field(
         256.0, gt=0, description="Expected document length in tokens for BM25 normalisation."
