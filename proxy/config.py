@@ -216,6 +216,12 @@ class AdoptConfig(Strict):
         "metadata",
         description="Payload field holding the metadata object; null = every other payload key.",
     )
+    text_json_key: str | None = Field(
+        None,
+        description="The text field holds a JSON string and the text is this key of it "
+        "(LlamaIndex: text_field `_node_content`, text_json_key `text`, metadata_field null); "
+        "the field itself is kept as the app wrote it, its text rewritten on an edit.",
+    )
     text_source: str | None = Field(
         None,
         description="JSONL of {id, text} for a collection without stored text; relative paths "
@@ -236,6 +242,12 @@ class AdoptConfig(Strict):
         description="A stored vector matches the old model if its re-embedded text is at least "
         "this similar.",
     )
+
+    @model_validator(mode="after")
+    def _json_text_needs_field(self) -> AdoptConfig:
+        if self.text_json_key is not None and self.text_field is None:
+            raise ValueError("'text_json_key' names a key inside 'text_field': set both")
+        return self
 
 
 class IndexConfig(Strict):
@@ -624,11 +636,13 @@ class QdrantApiConfig(Strict):
         description="Collection name the apps use; it maps to the migration. Default: the "
         "old index's collection (an adopted collection's own name).",
     )
-    raw_vectors: Literal["refuse", "pass"] = Field(
-        "refuse",
-        description="A query with a vector instead of a Document: 'refuse' = 400 asking for a "
-        "Document (a vector can't be migrated); 'pass' = search the index whose vector name "
-        "and dimension it fits (the old one if both do), unfused.",
+    raw_vectors: Literal["serve", "refuse", "pass"] = Field(
+        "serve",
+        description="A query with a vector instead of a Document: 'serve' = as an app's own "
+        "vector (one crossfade returned from /v1/embeddings served as its text; an old-model "
+        "one through the query map, see `vector_clients`); 'refuse' = 400 asking for a "
+        "Document; 'pass' = search the index whose vector name and dimension it fits (the old "
+        "one if both do), unfused.",
     )
     max_limit: int = Field(
         1000, ge=1, le=10_000, description="Largest offset + limit a query may ask for."
@@ -686,6 +700,21 @@ class VectorClientsConfig(Strict):
         "its fidelity on held-out pairs passes `adapter_min_fidelity`; 'off' = old-model vectors "
         "are searched in the old index only.",
     )
+    adapter_min_fidelity: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="(placeholder) fidelity the map needs on held-out pairs to be used.",
+    )
+    adapter_min_pairs: int = Field(
+        200, ge=10, description="(placeholder) migrated documents needed before a first fit."
+    )
+    adapter_max_pairs: int = Field(
+        20_000, ge=10, description="(placeholder) most pairs one fit reads."
+    )
+    adapter_refit_growth: float = Field(
+        0.25, gt=0, description="(placeholder) refit when migrated grew by this share."
+    )
     write_min_cosine: float = Field(
         0.98,
         gt=0,
@@ -693,6 +722,12 @@ class VectorClientsConfig(Strict):
         description="A vector written with its text is taken as the old model's when the old "
         "model's embedding of that text is at least this similar (a vector crossfade returned "
         "from `/v1/embeddings` for that text needs no check); less is the bilingual write: 409.",
+    )
+    app_model: Literal["old", "new"] = Field(
+        "old",
+        description="Which model the apps' own query vectors come from when its dimension "
+        "fits both: the old one (their own) until they move to the new one, after `migrate "
+        "finish`; a vector of the other model's dimension is taken as that model's.",
     )
     after_finish: Literal["adapt", "refuse"] = Field(
         "adapt",

@@ -20,6 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
+from proxy.adapter import vector_params
 from proxy.config import FusionConfig, Mode
 from proxy.embedding import QueryEmbedder
 from proxy.every import Every
@@ -282,6 +285,50 @@ class Searcher:
         serving = self.serving_store(lists)
         payloads = await asyncio.to_thread(serving.retrieve, [h.doc_id for h in hits], fields)
         return SearchResult(mode=mode, coverage=coverage, hits=hits, payloads=payloads)
+
+    async def search_vector(
+        self,
+        vector: np.ndarray,
+        mapped: np.ndarray | None,
+        k: int,
+        mode: Mode,
+        lists: tuple[str, ...],
+        flt: Filter | None = None,
+        fields: tuple[str, ...] = ("text", "metadata"),
+    ) -> SearchResult:
+        """An old-model query vector (an app that embeds its queries itself): searched as it is
+        in the old index, and through the query map (`mapped`) in the new one, fused as
+        proxy/adapter.py says (no BM25: there is no text). `lists`: ("old",), ("old", "new")
+        or ("new",) (after `migrate finish`)."""
+        coverage = await self.coverage.get()
+        if lists == ("old",):
+            assert self.old_store is not None
+            rows = await asyncio.to_thread(self.old_store.query_dense, vector, k, flt, fields)
+            hits = [
+                Fused(doc_id=p["doc_id"], score=s, ranks={"old": r}, migrated=False)
+                for r, (p, s) in enumerate(rows, start=1)
+            ]
+            return SearchResult(mode, coverage, hits, {p["doc_id"]: p for p, _ in rows})
+        assert mapped is not None and self.new_store is not None
+        depth = max(self.fusion.candidates, k)
+        jobs: dict[str, Any] = {
+            "new": asyncio.to_thread(self.new_store.search_dense, mapped, depth, flt)
+        }
+        if "old" in lists:
+            assert self.old_store is not None
+            jobs["old"] = asyncio.to_thread(self.old_store.search_dense, vector, depth, flt)
+        found = await asyncio.gather(*jobs.values())
+        ranked = {n: [d for d, _ in r] for n, r in zip(jobs, found, strict=True)}
+        migrated = set(ranked["new"])
+        if "old" in ranked and coverage < 1.0:
+            migrated |= await asyncio.to_thread(self.new_store.with_dense, ranked["old"])
+        elif coverage >= 1.0:
+            migrated |= set(ranked.get("old", ()))
+        hits = fuse(ranked, replace(vector_params(self.fusion, coverage), lists=lists), migrated, k)
+        payloads = await asyncio.to_thread(
+            self.new_store.retrieve, [h.doc_id for h in hits], fields
+        )
+        return SearchResult(mode, coverage, hits, payloads)
 
     def serving_store(self, lists: tuple[str, ...]) -> VectorStore:
         """The index whose payloads answer a search over `lists` (the new one holds every

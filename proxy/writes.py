@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -90,24 +90,35 @@ def live_sides(rt: Runtime, doc_ids: Sequence[str] = ()) -> list[str]:
     return sides
 
 
-def _embed(rt: Runtime, sides: Sequence[str], texts: list[str]) -> dict[str, np.ndarray]:
+def _embed(
+    rt: Runtime,
+    sides: Sequence[str],
+    texts: list[str],
+    given: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
     out = {}
     for side in sides:
+        if given and side in given:  # the app's own vectors, checked to be this side's model's
+            out[side] = given[side]
+            continue
         model = rt.model(side)
         model.configure_thread()  # writes run on pool threads: pin the model's thread count
         out[side] = model.embed_documents(texts)
     return out
 
 
-def upsert_documents(rt: Runtime, docs: Sequence[Doc]) -> list[str]:
-    """Write `docs` to every live index; returns the indexes written."""
+def upsert_documents(
+    rt: Runtime, docs: Sequence[Doc], given: Mapping[str, np.ndarray] | None = None
+) -> list[str]:
+    """Write `docs` to every live index; returns the indexes written. `given`: per side, the
+    vectors of `docs` already known to be that side's model's (proxy/app_vectors.py)."""
     sides = live_sides(rt, [d.doc_id for d in docs])
     if not sides:
         raise Unavailable("no index exists yet: ingest into the old index first")
     for side in sides:  # refused whole, before the journal: no index half-written
         refuse_drifted(rt, side)
     texts = [d.text for d in docs]
-    vectors = _embed(rt, sides, texts)  # no lock held: a slow model holds up this write only
+    vectors = _embed(rt, sides, texts, given)  # no lock held: a slow model holds up this only
     items = [asdict(d) for d in docs]
     with rt.write_lock:
         _catch_up(rt)

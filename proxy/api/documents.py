@@ -7,14 +7,17 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import numpy as np
 from fastapi import APIRouter
 from pydantic import Field
 from starlette.convertors import PathConvertor, register_url_convertor
 
 from proxy.api.services import Svc
+from proxy.app_vectors import Model, check_app_vectors
 from proxy.document import MAX_TEXT_CHARS, Doc, parse_doc
 from proxy.errors import Invalid
 from proxy.filters import StrictBody
+from proxy.remembered import Remembered
 from proxy.runtime import Runtime
 from proxy.writes import delete_documents, upsert_documents
 
@@ -48,6 +51,31 @@ async def write_documents(rt: Runtime, docs: list[Doc]) -> list[str]:
     if len({d.doc_id for d in docs}) != len(docs):
         raise Invalid("duplicate ids in one batch")
     return await _on_write_pool(rt, upsert_documents, docs)
+
+
+async def write_app_vectors(
+    rt: Runtime,
+    docs: list[Doc],
+    vectors: list[np.ndarray],
+    recall: Callable[[np.ndarray], Remembered | None],
+    where: list[str],
+) -> list[str]:
+    """Upsert `docs` that came with the app's own vectors: checked to be the app's model's
+    (409 otherwise, nothing written), then dual-written, that model's index with the app's
+    vectors, every other with its own model's."""
+    if len({d.doc_id for d in docs}) != len(docs):
+        raise Invalid("duplicate ids in one batch")
+
+    def run(rt: Runtime) -> list[str]:
+        side = rt.settings.vector_clients.app_model
+        m = rt.model(side)
+        m.configure_thread()
+        model = Model(side, m.fingerprint.name, m.fingerprint.dim, m.embed_documents)
+        min_cosine = rt.settings.vector_clients.write_min_cosine
+        check_app_vectors([d.text for d in docs], vectors, model, recall, min_cosine, where)
+        return upsert_documents(rt, docs, {side: np.stack(vectors)})
+
+    return await _on_write_pool(rt, run)
 
 
 async def erase_documents(rt: Runtime, doc_ids: list[str]) -> dict[str, int]:

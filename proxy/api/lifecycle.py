@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from proxy.api.services import Services
 from proxy.migration.canary import check_canaries
 from proxy.migration.fitted import load_fit
+from proxy.migration.query_map import due, fit_map, load_map
 from proxy.security import redact_access_log
 from proxy.writes import flush_writes, replay_journal, retry_journal
 
@@ -36,6 +37,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         asyncio.create_task(watch_canaries(sv, checked)),
         asyncio.create_task(retry_writes(sv)),
         asyncio.create_task(flush_every(sv)),
+        asyncio.create_task(keep_query_map(sv)),
     ]
     yield
     for task in tasks:
@@ -79,6 +81,25 @@ async def flush_every(sv: Services) -> None:
             await loop.run_in_executor(sv.rt.write_pool, flush_writes, sv.rt)
         except Exception as e:  # an index down: its writes are still in the journal
             log.warning("flush: %s", e)
+
+
+async def keep_query_map(sv: Services, every_s: float = 5.0) -> None:
+    """The old -> new query map for apps that send old-model vectors: the stored one at
+    start-up, refitted off the event loop as coverage grows (proxy/migration/query_map.py)."""
+    rt, cfg = sv.rt, sv.settings.vector_clients
+    if cfg.adapter == "off":
+        return
+    with suppress(Exception):
+        sv.query_map = await asyncio.to_thread(load_map, rt)
+    while True:
+        try:
+            migrated = sv.searcher.coverage.migrated
+            if due(sv.query_map, migrated, cfg.adapter_min_pairs, cfg.adapter_max_pairs,
+                   cfg.adapter_refit_growth):  # fmt: skip
+                sv.query_map = await asyncio.to_thread(fit_map, rt) or sv.query_map
+        except Exception as e:  # an index down, or the old one retired: keep the last map
+            log.debug("query map not refitted: %s", e)
+        await asyncio.sleep(every_s)
 
 
 async def sample_history(sv: Services) -> None:

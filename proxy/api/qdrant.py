@@ -19,9 +19,9 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from qdrant_client.http import models as qm
 from starlette.exceptions import HTTPException
 
-from proxy.api.documents import erase_documents, write_documents
+from proxy.api.documents import erase_documents, write_app_vectors, write_documents
 from proxy.api.errors import noticed
-from proxy.api.search import migration_headers, query_problem, serve_search
+from proxy.api.search import migration_headers, query_problem, serve_search, serve_vector
 from proxy.api.services import Services, Svc, access
 from proxy.errors import CrossfadeError, Invalid, NotFound
 from proxy.qdrant_api import Unsupported
@@ -38,6 +38,7 @@ from proxy.qdrant_api.answers import (
 from proxy.qdrant_api.answers import ok as answer
 from proxy.qdrant_api.filters import to_filter
 from proxy.qdrant_api.layout import AppLayout
+from proxy.qdrant_api.points import point_in
 from proxy.qdrant_api.queries import SEND_A_DOCUMENT, Query, parse_query, refuse_vectors
 from proxy.qdrant_api.queries import select_payload as select
 from proxy.security import Access
@@ -169,10 +170,12 @@ async def collection_info(sv: Svc, collection_name: str) -> Any:
     t0 = time.perf_counter()
     check(sv, collection_name)
     store = read_store(sv)
-    info = await asyncio.to_thread(store.info)
     count = await asyncio.to_thread(store.count)
+    # The app's vectors as its client checks them (LangChain's from_existing_collection: size
+    # and distance): its own model's, whichever index serves them behind the proxy.
+    app = sv.rt.model(sv.settings.vector_clients.app_model).fingerprint
     old = sv.settings.indexes.old
-    dense = {"size": info.dim if info else 0, "distance": "Cosine"}
+    dense = {"size": app.dim, "distance": "Cosine"}
     result = {
         "status": "green",
         "optimizer_status": "ok",
@@ -204,16 +207,44 @@ async def run_query(
         payloads, hdrs = served.result.payloads, served.headers()
     else:
         assert q.raw is not None
-        side, store = raw_vector_index(sv, q.raw.vector, q.raw.using)
         vec = np.asarray(q.raw.vector, dtype=np.float32)
-        found = await asyncio.to_thread(store.query_dense, vec, k, q.filter, FIELDS)
-        rows = [(p["doc_id"], s) for p, s in found]
-        payloads = {p["doc_id"]: p for p, _ in found}
-        hdrs = {**headers(sv), "X-Crossfade-Raw-Vector": side}
+        if sv.settings.qdrant_api.raw_vectors == "serve":
+            side = vector_model(sv, len(vec), q.raw.using)
+            served = await serve_vector(sv, request, vec, side, k, q.filter, FIELDS)
+            rows = [(h.doc_id, h.score) for h in served.result.hits]
+            payloads, hdrs = served.result.payloads, served.headers()
+        else:  # pass: the index the vector fits, unfused
+            side, store = raw_vector_index(sv, q.raw.vector, q.raw.using)
+            found = await asyncio.to_thread(store.query_dense, vec, k, q.filter, FIELDS)
+            rows = [(p["doc_id"], s) for p, s in found]
+            payloads = {p["doc_id"]: p for p, _ in found}
+            hdrs = {**headers(sv), "X-Crossfade-Raw-Vector": side, "X-Crossfade-Query": "raw"}
     rows = rows[q.offset :]
     if q.score_threshold is not None:
         rows = [(d, s) for d, s in rows if s >= q.score_threshold]
     return points(layout, rows, payloads, q.with_payload), hdrs
+
+
+def vector_model(sv: Services, dim: int, using: str | None) -> str:
+    """Which model of the migration an app's query vector comes from: the app's own
+    (`vector_clients.app_model`, the old one until the app moves) when the dimension fits it,
+    else the other one's if that fits; under the collection's vector name."""
+    names = {sv.settings.indexes.old.vector, sv.rt.store("new").vector}
+    if (using or "") not in names:
+        raise Unsupported(
+            f"vector name {using or ''!r}: this collection's is {sv.settings.indexes.old.vector!r}"
+        )
+    app = sv.settings.vector_clients.app_model
+    order = (app, "new" if app == "old" else "old")
+    dims = {side: sv.rt.model(side).fingerprint.dim for side in order}
+    for side in order:
+        if dims[side] == dim:
+            return side
+    models = sv.settings.models
+    raise Unsupported(
+        f"a query vector of {dim} dimensions is from no model of this migration "
+        f"({models.old.name}: {dims['old']}, {models.new.name}: {dims['new']}); {SEND_A_DOCUMENT}"
+    )
 
 
 def raw_vector_index(
@@ -353,18 +384,6 @@ async def retrieve(sv: Svc, collection_name: str, raw: dict[str, Any] = QdrantBo
 # --- writes ---------------------------------------------------------------------------------
 
 
-def document_text(vector: Any, where: str) -> str:
-    """The text of a point's Document (alone, or under one or more vector names)."""
-    docs = list(vector.values()) if isinstance(vector, dict) else [vector]
-    texts = {d.text for d in docs if isinstance(d, qm.Document)}
-    if len(texts) != 1 or len(docs) != sum(isinstance(d, qm.Document) for d in docs):
-        raise Unsupported(
-            f"{where}: the vector must be a Document ({{'text': ..., 'model': ...}}), one "
-            "text: crossfade embeds it with each index's own model"
-        )
-    return texts.pop()
-
-
 @router.put("/collections/{collection_name}/points", responses={**OK, **WRITE_ERRORS})
 async def upsert(sv: Svc, collection_name: str, raw: dict[str, Any] = QdrantBody) -> Any:
     t0 = time.perf_counter()
@@ -378,18 +397,30 @@ async def upsert(sv: Svc, collection_name: str, raw: dict[str, Any] = QdrantBody
         b = op.batch
         vectors = b.vectors if isinstance(b.vectors, list) else None
         if vectors is None:
-            raise Unsupported("batch vectors must be a list of Documents")
+            raise Unsupported("batch vectors must be a list (of vectors or Documents)")
         payloads = b.payloads or [None] * len(b.ids)
         if not len(b.ids) == len(vectors) == len(payloads):
             raise Unsupported("batch ids, vectors and payloads differ in length")
         items = list(zip(b.ids, vectors, payloads, strict=True))
     if not 1 <= len(items) <= MAX_POINTS:
         raise Unsupported(f"1 to {MAX_POINTS} points per request")
-    docs = [
-        layout.document(pid, document_text(vec, f"points[{i}]"), payload, f"points[{i}]")
-        for i, (pid, vec, payload) in enumerate(items)
+    name = sv.settings.indexes.old.vector
+    where = [f"points[{i}]" for i in range(len(items))]
+    given = [
+        point_in(vec, payload, layout, name, w)
+        for (_, vec, payload), w in zip(items, where, strict=True)
     ]
-    await write_documents(sv.rt, docs)
+    docs = [
+        layout.document(pid, g.text, payload, w)
+        for (pid, _, payload), g, w in zip(items, given, where, strict=True)
+    ]
+    if all(g.vector is None for g in given):
+        await write_documents(sv.rt, docs)
+    elif any(g.vector is None for g in given):
+        raise Unsupported("send either Documents or vectors in one request, not both")
+    else:
+        vecs = [g.vector for g in given if g.vector is not None]
+        await write_app_vectors(sv.rt, docs, vecs, sv.remembered.recall, where)
     return answer({"operation_id": 0, "status": "completed"}, t0, headers(sv))
 
 

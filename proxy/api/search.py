@@ -9,14 +9,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
+from proxy.adapter import usable
 from proxy.api.errors import OrjsonResponse, refuse_new
 from proxy.api.services import Services, Svc, access
 from proxy.availability import search_available
 from proxy.config import Mode
-from proxy.errors import Conflict, Forbidden, Invalid, Unavailable
+from proxy.errors import BadRequest, Conflict, Forbidden, Invalid, Unavailable
 from proxy.filters import Filter, StrictBody
 from proxy.migration.cutover import new_too_early
 from proxy.migration.state import HIT
@@ -100,9 +102,16 @@ class Served:
     lists: tuple[str, ...]
     took: float
     degraded: str
+    # Which path served the query: its text (`text`: sent as text, or a vector crossfade
+    # returned from /v1/embeddings), or an app's own vector (`vector-adapted`: the old index
+    # and the new one through the query map; `vector-old`: the old index alone;
+    # `vector-new`: a new-model vector, the new index alone).
+    query: str = "text"
 
     def headers(self) -> dict[str, str]:
-        return migration_headers(self.mode, self.generation, self.result.coverage, self.degraded)
+        out = migration_headers(self.mode, self.generation, self.result.coverage, self.degraded)
+        out["X-Crossfade-Query"] = self.query
+        return out
 
 
 async def serve_search(
@@ -147,10 +156,8 @@ async def serve_search(
         raise Unavailable(plan.error or "no index to search")
     took = time.perf_counter() - t0
     sv.metrics.search_latency.labels(served_mode.value).observe(took)
-    if reembed and served_mode is Mode.FUSED and "new" in plan.lists and sv.lazy_enabled():
-        unmigrated = [h.doc_id for h in res.hits if not h.migrated]
-        if unmigrated:
-            sv.in_background(asyncio.to_thread(sv.rt.state.enqueue, unmigrated, HIT))
+    if reembed:
+        enqueue_unmigrated(sv, served_mode, plan.lists, res)
     if (
         served_mode is Mode.SHADOW
         and not plan.degraded
@@ -161,6 +168,75 @@ async def serve_search(
     # New below the cutover's coverage (forced, by a switch or per request) is degraded.
     degraded = "; ".join(x for x in (plan.degraded, early and f"new index {early}") if x)
     return Served(served_mode, generation, res, plan.lists, took, degraded)
+
+
+def enqueue_unmigrated(sv: Services, mode: Mode, lists: tuple[str, ...], res: SearchResult) -> None:
+    """Lazy migration: the hits without a new vector are re-embedded first."""
+    if mode is Mode.FUSED and "new" in lists and sv.lazy_enabled():
+        unmigrated = [h.doc_id for h in res.hits if not h.migrated]
+        if unmigrated:
+            sv.in_background(asyncio.to_thread(sv.rt.state.enqueue, unmigrated, HIT))
+
+
+async def serve_vector(
+    sv: Services,
+    request: Request,
+    vector: np.ndarray,
+    side: str,
+    k: int,
+    flt: Any,
+    fields: tuple[str, ...],
+) -> Served:
+    """A query an app sent as a vector. One crossfade returned from /v1/embeddings is served
+    as its text (fused, BM25, lazy re-embeds: as `serve_search`). Another is the app's own
+    model's (`side`: which index's vector name and dimension it fits; the old one's when both
+    do): an old-model vector is searched in the old index and, through the query map while
+    its fidelity passes, in the new one, fused; a new-model vector in the new index."""
+    known = sv.remembered.recall(vector)
+    if known is not None and query_problem(sv, known.text) is None:
+        return await serve_search(sv, request, known.text, k, flt, fields)
+    s, cfg = sv.searcher, sv.settings.vector_clients
+    client = request.headers.get(sv.settings.routing.client_key_header)
+    mode, generation = sv.control.route(client, None)
+    qmap = sv.query_map if usable(sv.query_map, cfg) else None
+    if side == "new":
+        lists, path = ("new",), "vector-new"
+    elif sv.retired.get():
+        if cfg.after_finish == "refuse" or qmap is None:
+            raise BadRequest(after_finish_refusal(sv, qmap is None))
+        lists, path = ("new",), "vector-adapted"
+    elif mode in (Mode.OLD, Mode.SHADOW) or qmap is None or s.ready_for(Mode.FUSED):
+        lists, path = ("old",), "vector-old"
+    else:
+        lists, path = ("old", "new"), "vector-adapted"
+    mapped = vector if side == "new" else qmap.apply(vector) if qmap and "new" in lists else None
+    t0, degraded = time.perf_counter(), ""
+    try:
+        res = await s.search_vector(vector, mapped, k, mode, lists, flt, fields)
+    except IndexUnavailable as e:
+        sv.health.mark_down(e)
+        if lists != ("old", "new") or e.side != "new":
+            raise Unavailable(str(e)) from e
+        lists, path, degraded = ("old",), "vector-old", "new index unreachable"
+        res = await s.search_vector(vector, None, k, mode, lists, flt, fields)
+    took = time.perf_counter() - t0
+    sv.metrics.search_latency.labels(mode.value).observe(took)
+    enqueue_unmigrated(sv, mode, lists, res)
+    return Served(mode, generation, res, lists, took, degraded, query=path)
+
+
+def after_finish_refusal(sv: Services, no_map: bool) -> str:
+    models = sv.settings.models
+    why = (
+        "no query map passes its fidelity threshold"
+        if no_map
+        else "vector_clients.after_finish is 'refuse'"
+    )
+    return (
+        f"a query vector of the old model ({models.old.name}) can't be served: the migration "
+        f"finished and {why}. Embed queries with {models.new.name}, or send the text (a "
+        "Document, or take vectors from crossfade's /v1/embeddings)"
+    )
 
 
 async def shadow_compare(sv: Services, query: str, served: list[str], flt: Any) -> None:

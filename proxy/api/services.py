@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Request
 
+from proxy.adapter import QueryMap
 from proxy.availability import Health
 from proxy.config import Settings
 from proxy.every import Every
@@ -18,8 +19,10 @@ from proxy.migration.control import ControlPlane, available_actions
 from proxy.migration.cutover import routing_dict
 from proxy.migration.finish import retired
 from proxy.migration.history import History
+from proxy.migration.query_map import map_status
 from proxy.migration.status import migration_status
 from proxy.migration.worker import Reembedder, control_state
+from proxy.remembered import RememberedTexts
 from proxy.runtime import Runtime
 from proxy.search import Searcher
 from proxy.security import Access, Keyring, admin_key, presented_key
@@ -53,6 +56,12 @@ class Services:
         self.health = Health(rt.store)
         self.background: set[asyncio.Task[Any]] = set()
         self.canary: Any = None  # the last canary check, per hosted model
+        vc = rt.settings.vector_clients
+        self.remembered = RememberedTexts(
+            vc.remember_texts, vc.remember_ttl_s, vc.remember_max_chars
+        )
+        # The old -> new query map (proxy/migration/query_map.py), swapped whole when refitted.
+        self.query_map: QueryMap | None = None
         self._searcher: Searcher | None = None
         self._lazy = Every(1.0, lambda: control_state(rt.state, rt.settings.migration)["lazy"])
         self.retired = Every(1.0, lambda: retired(rt))  # cleared by a finish in this process
@@ -100,6 +109,8 @@ class Services:
         out["shadow"] = control.shadow.summary()
         out["canary"] = self.canary
         out["last_gate"] = control.last_gate
+        # Apps that send vectors: the query map and the texts behind returned vectors.
+        out["query_map"] = map_status(self.query_map, self.rt)
         return out
 
     async def figures(self) -> dict[str, Any]:

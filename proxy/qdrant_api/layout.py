@@ -16,7 +16,7 @@ from typing import Any
 from proxy.config import Settings
 from proxy.document import CorpusError, Doc, parse_doc
 from proxy.qdrant_api import Unsupported
-from proxy.store.adopted import InvalidDocId, adopted_point_id
+from proxy.store.adopted import InvalidDocId, adopted_point_id, json_text
 
 PointId = int | str
 
@@ -26,13 +26,14 @@ class AppLayout:
     adopted: bool
     text_field: str | None = "text"
     metadata_field: str | None = "metadata"
+    text_json_key: str | None = None  # LlamaIndex: the text inside `_node_content`'s JSON
 
     @classmethod
     def of(cls, settings: Settings) -> AppLayout:
         adopt = settings.indexes.old.adopt
         if adopt is None:
             return cls(adopted=False)
-        return cls(True, adopt.text_field, adopt.metadata_field)
+        return cls(True, adopt.text_field, adopt.metadata_field, adopt.text_json_key)
 
     # --- ids --------------------------------------------------------------------------
     def point_id(self, doc_id: str) -> PointId:
@@ -57,9 +58,25 @@ class AppLayout:
         if not self.adopted:
             return {"doc_id": view["doc_id"], "text": text, "metadata": meta}
         out: dict[str, Any] = {self.metadata_field: meta} if self.metadata_field else meta
-        if self.text_field and text is not None:
-            out[self.text_field] = text
+        if self.text_field and text is not None and not self.text_json_key:
+            out[self.text_field] = text  # (a JSON text field is in the metadata as written)
         return out
+
+    def text_in(self, payload: dict[str, Any] | None) -> str | None:
+        """The text an app's payload carries (LangChain's `page_content`, the text inside
+        LlamaIndex's `_node_content`), or None."""
+        if not self.text_field or not payload:
+            return None
+        text = payload.get(self.text_field)
+        if self.text_json_key:
+            text = json_text(text, self.text_json_key)
+        return text if isinstance(text, str) else None
+
+    def text_where(self) -> str:
+        """Where this layout keeps the text, for a refusal that names it."""
+        if self.text_json_key:
+            return f"payload[{self.text_field!r}] (JSON) key {self.text_json_key!r}"
+        return f"payload[{self.text_field!r}]" if self.text_field else "nowhere (text_source)"
 
     def document(self, pid: PointId, text: str, payload: dict[str, Any] | None, where: str) -> Doc:
         """A point the app upserts (its Document's text, its payload) as a crossfade document."""
@@ -78,7 +95,7 @@ class AppLayout:
             except InvalidDocId as e:
                 raise Unsupported(str(e)) from None
         if self.metadata_field is None:
-            if self.text_field:
+            if self.text_field and not self.text_json_key:
                 payload.pop(self.text_field, None)
             return doc_id, payload
         meta = payload.pop(self.metadata_field, None) or {}

@@ -134,6 +134,15 @@ class VectorStore(Protocol):
 
     def with_dense(self, doc_ids: Sequence[str]) -> set[str]: ...
 
+    def dense_vectors(self, doc_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The dense vectors of those of `doc_ids` that hold one (float32)."""
+        ...
+
+    def dense_sample(self, limit: int) -> dict[str, np.ndarray]:
+        """Up to `limit` points holding a dense vector, with it, in scroll order (the pairs
+        the old -> new query map is fitted on)."""
+        ...
+
     def retrieve(
         self, doc_ids: Sequence[str], fields: Sequence[str] | None = None
     ) -> dict[str, dict[str, Any]]: ...

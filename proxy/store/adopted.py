@@ -68,9 +68,14 @@ class Layout:
     metadata_field: str | None  # None: every other payload key is metadata
     texts: TextSource | None = None
     edited: EditedTexts | None = None  # with `texts`: texts written through the proxy
+    # The text field holds a JSON string (LlamaIndex's `_node_content`) with the text under
+    # this key; the field stays in the metadata as written (the app reads its nodes from it).
+    text_json_key: str | None = None
 
     def text_of(self, doc_id: str, payload: dict[str, Any]) -> Any:
         text = payload.get(self.text_field) if self.text_field else None
+        if text is not None and self.text_json_key:
+            text = json_text(text, self.text_json_key)
         if text is None and self.edited is not None:
             text = self.edited.get(doc_id)
         if text is None and self.texts is not None:
@@ -79,7 +84,8 @@ class Layout:
 
     def why_no_text(self, doc_id: str) -> str:
         if self.texts is None:
-            return f"no text stored under {self.text_field!r}"
+            where = f"{self.text_field}.{self.text_json_key}" if self.text_json_key else None
+            return f"no text stored under {where or self.text_field!r}"
         return self.texts.problem(doc_id) or f"no line in {self.texts.path}"
 
     def view(self, doc_id: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -90,7 +96,7 @@ class Layout:
         if self.metadata_field:
             meta = payload.get(self.metadata_field)
         else:
-            meta = {k: v for k, v in payload.items() if k != self.text_field}
+            meta = {k: v for k, v in payload.items() if k != self.text_field or self.text_json_key}
         out["metadata"] = meta if isinstance(meta, dict) else {}
         return out
 
@@ -100,7 +106,11 @@ class Layout:
             out[self.metadata_field] = p.metadata
         else:
             out.update(p.metadata)
-        if self.text_field:
+        if self.text_field and self.text_json_key:
+            out[self.text_field] = with_json_text(
+                p.metadata.get(self.text_field), self.text_json_key, p.text, p.doc_id
+            )
+        elif self.text_field:
             out[self.text_field] = p.text
         return out
 
@@ -109,6 +119,31 @@ class Layout:
             rest = path.removeprefix("metadata.")
             return f"{self.metadata_field}.{rest}" if self.metadata_field else rest
         return path
+
+
+def json_text(field: Any, key: str) -> str | None:
+    """The text inside a JSON-string field (LlamaIndex's `_node_content`), or None."""
+    try:
+        node = json.loads(field) if isinstance(field, str) else None
+    except ValueError:
+        return None
+    text = node.get(key) if isinstance(node, dict) else None
+    return text if isinstance(text, str) else None
+
+
+def with_json_text(field: Any, key: str, text: str, doc_id: str) -> str:
+    """The JSON-string field with `text` under `key`: as written when it already holds that
+    text (byte for byte: the app parses it back), rewritten on an edit, made when missing."""
+    if json_text(field, key) == text:
+        return str(field)
+    try:
+        node = json.loads(field) if isinstance(field, str) else None
+    except ValueError:
+        node = None
+    if not isinstance(node, dict):
+        node = {"id_": doc_id}
+    node[key] = text
+    return json.dumps(node)
 
 
 class AdoptedStore(ServerStore):
@@ -231,6 +266,11 @@ class AdoptedStore(ServerStore):
         # writes under the write lock, so no document write comes in between).
         if not self.layout.text_field and self.layout.text_of(p.doc_id, {}) != p.text:
             return
+        if self.layout.text_json_key:  # the text sits inside a JSON string: read and compare
+            with self._guard():
+                recs = self.client.retrieve(self.collection, [self._pid(p.doc_id)], True)
+            if not recs or self.layout.text_of(p.doc_id, recs[0].payload or {}) != p.text:
+                return
         super()._update_if_same_text(p)
 
     def why_no_text(self, doc_id: str) -> str:
@@ -238,8 +278,8 @@ class AdoptedStore(ServerStore):
 
     def _same_text(self, p: PointWrite) -> qm.Filter | None:
         """Conditional write: only while the stored text is still the one embedded."""
-        if not self.layout.text_field:
-            return None  # the text comes from a fixed source: it cannot change under us
+        if not self.layout.text_field or self.layout.text_json_key:
+            return None  # a fixed source, or compared by _update_if_same_text (write lock held)
         return qm.Filter(
             must=[qm.FieldCondition(key=self.layout.text_field, match=qm.MatchValue(value=p.text))]
         )
@@ -442,7 +482,7 @@ def open_adopted(settings: Settings, which: str, placement: dict[str, Any] | Non
         )
     texts = load_texts(settings)
     edited = _edited(str(settings.data_path("edited-texts.sqlite"))) if texts else None
-    layout = Layout(adopt.text_field, adopt.metadata_field, texts, edited)
+    layout = Layout(adopt.text_field, adopt.metadata_field, texts, edited, adopt.text_json_key)
     bindings = settings.data_path(BINDINGS)
     if which == "old":
         return AdoptedStore("old", old_cfg, layout, bindings, shared)

@@ -388,6 +388,30 @@ class EdgeStore:
         """In place: the ids already seeded (holding the BM25 vector)."""
         return self._holding(doc_ids, self.sparse_vector)
 
+    def _dense_of(self, recs: list[qe.Record], doc_of: dict[str, str]) -> dict[str, np.ndarray]:
+        out = {}
+        for r in recs:
+            v = r.vector.get(self.vector) if isinstance(r.vector, dict) else r.vector
+            doc = doc_of.get(str(r.id)) or (r.payload or {}).get("doc_id")
+            if v is not None and doc is not None:
+                out[doc] = np.asarray(v, dtype=np.float32)
+        return out
+
+    def dense_vectors(self, doc_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        if not doc_ids:
+            return {}
+        by_point = {point_id(d): d for d in doc_ids}
+        return self._dense_of(self.shard.retrieve(list(by_point), False, [self.vector]), by_point)
+
+    def dense_sample(self, limit: int) -> dict[str, np.ndarray]:
+        flt = qe.Filter(must=[qe.HasVectorCondition(self.vector)])
+        recs, _ = self.shard.scroll(
+            qe.ScrollRequest(
+                limit=limit, filter=flt, with_payload=["doc_id"], with_vector=[self.vector]
+            )
+        )
+        return self._dense_of(recs, {})
+
     def _bookkeeping(self, payloads: list[dict[str, Any]], all_hold: bool = False) -> None:
         """An index added in place keeps no bookkeeping in the points (the payload's belongs
         to the shard's first vector): what it would say follows from the binding, since every

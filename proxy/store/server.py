@@ -370,6 +370,39 @@ class ServerStore:
             )
         return {v["doc_id"] for v in map(self._view, recs) if v}
 
+    def _dense_of(self, recs: Sequence[Any]) -> dict[str, np.ndarray]:
+        out = {}
+        for r in recs:
+            v = r.vector.get(self.vector) if isinstance(r.vector, dict) else r.vector
+            view = self._view(r)
+            if v is not None and view:
+                out[view["doc_id"]] = np.asarray(v, dtype=np.float32)
+        return out
+
+    def dense_vectors(self, doc_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        if not doc_ids:
+            return {}
+        with self._guard():
+            recs = self.client.retrieve(
+                self.collection,
+                [self._pid(d) for d in doc_ids],
+                with_payload=self._select(()),
+                with_vectors=[self.vector] if self.vector else True,
+            )
+        return self._dense_of(recs)
+
+    def dense_sample(self, limit: int) -> dict[str, np.ndarray]:
+        has = qm.Filter(must=[qm.HasVectorCondition(has_vector=self.vector)])
+        with self._guard():
+            recs, _ = self.client.scroll(
+                self.collection,
+                scroll_filter=has if self.vector else None,
+                limit=limit,
+                with_payload=self._select(()),
+                with_vectors=[self.vector] if self.vector else True,
+            )
+        return self._dense_of(recs)
+
     def retrieve(
         self, doc_ids: Sequence[str], fields: Sequence[str] | None = None
     ) -> dict[str, dict[str, Any]]:
