@@ -216,11 +216,12 @@ class AdoptConfig(Strict):
         "metadata",
         description="Payload field holding the metadata object; null = every other payload key.",
     )
-    text_json_key: str | None = Field(
-        None,
-        description="The text field holds a JSON string and the text is this key of it "
-        "(LlamaIndex: text_field `_node_content`, text_json_key `text`, metadata_field null); "
-        "the field itself is kept as the app wrote it, its text rewritten on an edit.",
+    text_format: Literal["plain", "llama-index"] = Field(
+        "plain",
+        description="'plain': the text field holds the text. 'llama-index': it holds "
+        "LlamaIndex's node as JSON (text_field `_node_content`, metadata_field null), and the "
+        "document's text is what LlamaIndex embeds for the node (its metadata and text through "
+        "the node's own templates); the field is kept as the app wrote it.",
     )
     text_source: str | None = Field(
         None,
@@ -244,9 +245,9 @@ class AdoptConfig(Strict):
     )
 
     @model_validator(mode="after")
-    def _json_text_needs_field(self) -> AdoptConfig:
-        if self.text_json_key is not None and self.text_field is None:
-            raise ValueError("'text_json_key' names a key inside 'text_field': set both")
+    def _node_needs_field(self) -> AdoptConfig:
+        if self.text_format == "llama-index" and self.text_field is None:
+            raise ValueError("text_format 'llama-index' reads the node JSON in 'text_field'")
         return self
 
 

@@ -65,8 +65,13 @@ def settings_for(tmp: Path, url: str, collection: str, adopt: dict[str, Any]) ->
             "new": demo.models.old.model_dump(),
         },
         indexes={
-            "old": {"backend": "qdrant", "url": url, "collection": collection, "vector": "",
-                    "adopt": adopt},
+            "old": {
+                "backend": "qdrant",
+                "url": url,
+                "collection": collection,
+                "vector": "",
+                "adopt": adopt,
+            },
             "new": {"backend": "qdrant", "url": url, "collection": f"{collection}_l3"},
         },  # fmt: skip
         server={"admin_key": KEY},
@@ -88,9 +93,7 @@ def client_of(url: str, seen: list[str]) -> Iterator[QdrantClient]:
         if "X-Crossfade-Query" in response.headers:
             seen.append(response.headers["X-Crossfade-Query"])
 
-    client = QdrantClient(
-        url=url, api_key=RW_KEY, timeout=120, event_hooks={"response": [record]}
-    )
+    client = QdrantClient(url=url, api_key=RW_KEY, timeout=120, event_hooks={"response": [record]})
     try:
         yield client
     finally:
@@ -117,8 +120,12 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 def check_in_both(
     rt: Runtime, collection: str, point: str, text: str, models: dict[str, Embedder]
 ) -> None:
-    """The point is in the old and the new collection, each with its own model's vector."""
+    """The point is in the old and the new collection, each with its own model's vector of the
+    document's text (as the app's layout gives it: LlamaIndex embeds metadata with it)."""
     client = rt.store("old").client  # type: ignore[attr-defined]
+    stored = rt.store("old").retrieve([point], ["text"])[point]["text"]
+    assert text in stored
+    text = stored
     for coll, side in ((collection, "old"), (f"{collection}_l3", "new")):
         vec = vector_of(client, coll, point)
         assert vec is not None, f"{point} missing from {coll}"
@@ -286,5 +293,79 @@ def test_a_vector_from_another_model_is_refused_and_changes_nothing(
             )  # fmt: skip
             assert r.status_code == 400 and "page_content" in r.text, r.text
         assert {s: rt.store(s).count() for s in ("old", "new")} == before
+    finally:
+        rt.close()
+
+
+def write_llama_index(path: Path, docs: list[Doc], embed_model: Any) -> None:
+    """What a LlamaIndex app writes: node ids, the unnamed vector, the node as JSON under
+    `_node_content` (its text inside), metadata and doc ids as top-level keys."""
+    from llama_index.core import Document, StorageContext, VectorStoreIndex
+    from llama_index.vector_stores.qdrant import QdrantVectorStore
+
+    client = QdrantClient(path=str(path))
+    store = QdrantVectorStore(client=client, collection_name="notes")
+    VectorStoreIndex.from_documents(
+        [Document(text=d.text, metadata=d.metadata, doc_id=d.doc_id) for d in docs],
+        storage_context=StorageContext.from_defaults(vector_store=store),
+        embed_model=embed_model,
+    )
+    client.close()
+
+
+def llama_index_app(embed_model: Any) -> dict[str, Any]:
+    from llama_index.core import Document, VectorStoreIndex
+    from llama_index.core.vector_stores import MetadataFilter, MetadataFilters
+    from llama_index.vector_stores.qdrant import QdrantVectorStore
+
+    def app(client: QdrantClient) -> Any:
+        store = QdrantVectorStore(client=client, collection_name="notes")
+        return VectorStoreIndex.from_vector_store(store, embed_model=embed_model)
+
+    def search(index: Any, q: str, k: int, flt: Any) -> list[tuple[str, float]]:
+        found = index.as_retriever(similarity_top_k=k, filters=flt).retrieve(q)
+        assert all(n.node.get_content() for n in found)
+        return [(n.node.metadata.get("topic"), float(n.score)) for n in found]
+
+    def add(index: Any, text: str, stage: str, meta: dict[str, Any]) -> str:
+        before = set(index.vector_store.client.scroll("notes", limit=10_000)[0])
+        index.insert(Document(text=text, metadata=meta, doc_id=f"added-{stage}"))
+        flt = qm.Filter(
+            must=[qm.FieldCondition(key="doc_id", match=qm.MatchValue(value=f"added-{stage}"))]
+        )
+        recs, _ = index.vector_store.client.scroll("notes", scroll_filter=flt, limit=10)
+        assert len(recs) == 1 and recs[0] not in before
+        return str(recs[0].id)
+
+    def delete(index: Any, point: str) -> None:
+        recs = index.vector_store.client.retrieve("notes", [point])
+        index.delete_ref_doc(recs[0].payload["doc_id"])
+
+    return {
+        "app": app,
+        "search": search,
+        "add": add,
+        "delete": delete,
+        "topic_filter": lambda t: MetadataFilters(filters=[MetadataFilter(key="topic", value=t)]),
+    }
+
+
+def test_llama_index_local_model_through_a_whole_migration(
+    tmp_path: Path, models: dict[str, Embedder]
+) -> None:
+    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+
+    db = tmp_path / "qdrant"
+    embed_model = HuggingFaceEmbedding(model_name=resolve_path(L6))
+    write_llama_index(db, corpus(), embed_model)
+    adopt = {"text_field": "_node_content", "text_format": "llama-index", "metadata_field": None}
+    rt = Runtime(settings_for(tmp_path, f"local:{db}", "notes", adopt), swapped(models))
+    try:
+        start_migration(rt, progress=False, into="notes_l3")
+        seen = run_app_migration(
+            tmp_path, rt, "notes", **llama_index_app(embed_model), models=models,
+            expect="vector-adapted",
+        )  # fmt: skip
+        assert "vector-adapted" in seen
     finally:
         rt.close()

@@ -16,7 +16,7 @@ from typing import Any
 from proxy.config import Settings
 from proxy.document import CorpusError, Doc, parse_doc
 from proxy.qdrant_api import Unsupported
-from proxy.store.adopted import InvalidDocId, adopted_point_id, json_text
+from proxy.store.adopted import InvalidDocId, adopted_point_id, node_text
 
 PointId = int | str
 
@@ -26,14 +26,14 @@ class AppLayout:
     adopted: bool
     text_field: str | None = "text"
     metadata_field: str | None = "metadata"
-    text_json_key: str | None = None  # LlamaIndex: the text inside `_node_content`'s JSON
+    node_json: bool = False  # LlamaIndex: the text is the node's, in `_node_content`
 
     @classmethod
     def of(cls, settings: Settings) -> AppLayout:
         adopt = settings.indexes.old.adopt
         if adopt is None:
             return cls(adopted=False)
-        return cls(True, adopt.text_field, adopt.metadata_field, adopt.text_json_key)
+        return cls(True, adopt.text_field, adopt.metadata_field, adopt.text_format == "llama-index")
 
     # --- ids --------------------------------------------------------------------------
     def point_id(self, doc_id: str) -> PointId:
@@ -58,7 +58,7 @@ class AppLayout:
         if not self.adopted:
             return {"doc_id": view["doc_id"], "text": text, "metadata": meta}
         out: dict[str, Any] = {self.metadata_field: meta} if self.metadata_field else meta
-        if self.text_field and text is not None and not self.text_json_key:
+        if self.text_field and text is not None and not self.node_json:
             out[self.text_field] = text  # (a JSON text field is in the metadata as written)
         return out
 
@@ -68,14 +68,14 @@ class AppLayout:
         if not self.text_field or not payload:
             return None
         text = payload.get(self.text_field)
-        if self.text_json_key:
-            text = json_text(text, self.text_json_key)
+        if self.node_json:
+            text = node_text(text)
         return text if isinstance(text, str) else None
 
     def text_where(self) -> str:
         """Where this layout keeps the text, for a refusal that names it."""
-        if self.text_json_key:
-            return f"payload[{self.text_field!r}] (JSON) key {self.text_json_key!r}"
+        if self.node_json:
+            return f"payload[{self.text_field!r}] (LlamaIndex's node JSON, its 'text')"
         return f"payload[{self.text_field!r}]" if self.text_field else "nowhere (text_source)"
 
     def document(self, pid: PointId, text: str, payload: dict[str, Any] | None, where: str) -> Doc:
@@ -95,7 +95,7 @@ class AppLayout:
             except InvalidDocId as e:
                 raise Unsupported(str(e)) from None
         if self.metadata_field is None:
-            if self.text_field and not self.text_json_key:
+            if self.text_field and not self.node_json:
                 payload.pop(self.text_field, None)
             return doc_id, payload
         meta = payload.pop(self.metadata_field, None) or {}

@@ -68,14 +68,14 @@ class Layout:
     metadata_field: str | None  # None: every other payload key is metadata
     texts: TextSource | None = None
     edited: EditedTexts | None = None  # with `texts`: texts written through the proxy
-    # The text field holds a JSON string (LlamaIndex's `_node_content`) with the text under
-    # this key; the field stays in the metadata as written (the app reads its nodes from it).
-    text_json_key: str | None = None
+    # The text field holds LlamaIndex's node JSON (`_node_content`); it stays in the metadata
+    # as written (the app reads its nodes from it), the text is what LlamaIndex embeds.
+    node_json: bool = False
 
     def text_of(self, doc_id: str, payload: dict[str, Any]) -> Any:
         text = payload.get(self.text_field) if self.text_field else None
-        if text is not None and self.text_json_key:
-            text = json_text(text, self.text_json_key)
+        if text is not None and self.node_json:
+            text = node_text(text)
         if text is None and self.edited is not None:
             text = self.edited.get(doc_id)
         if text is None and self.texts is not None:
@@ -84,8 +84,7 @@ class Layout:
 
     def why_no_text(self, doc_id: str) -> str:
         if self.texts is None:
-            where = f"{self.text_field}.{self.text_json_key}" if self.text_json_key else None
-            return f"no text stored under {where or self.text_field!r}"
+            return f"no text stored under {self.text_field!r}"
         return self.texts.problem(doc_id) or f"no line in {self.texts.path}"
 
     def view(self, doc_id: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -96,7 +95,7 @@ class Layout:
         if self.metadata_field:
             meta = payload.get(self.metadata_field)
         else:
-            meta = {k: v for k, v in payload.items() if k != self.text_field or self.text_json_key}
+            meta = {k: v for k, v in payload.items() if k != self.text_field or self.node_json}
         out["metadata"] = meta if isinstance(meta, dict) else {}
         return out
 
@@ -106,10 +105,8 @@ class Layout:
             out[self.metadata_field] = p.metadata
         else:
             out.update(p.metadata)
-        if self.text_field and self.text_json_key:
-            out[self.text_field] = with_json_text(
-                p.metadata.get(self.text_field), self.text_json_key, p.text, p.doc_id
-            )
+        if self.text_field and self.node_json:
+            out[self.text_field] = with_node_text(p.metadata.get(self.text_field), p.text, p.doc_id)
         elif self.text_field:
             out[self.text_field] = p.text
         return out
@@ -121,28 +118,46 @@ class Layout:
         return path
 
 
-def json_text(field: Any, key: str) -> str | None:
-    """The text inside a JSON-string field (LlamaIndex's `_node_content`), or None."""
+def _node(field: Any) -> dict[str, Any] | None:
     try:
         node = json.loads(field) if isinstance(field, str) else None
     except ValueError:
         return None
-    text = node.get(key) if isinstance(node, dict) else None
-    return text if isinstance(text, str) else None
+    return node if isinstance(node, dict) else None
 
 
-def with_json_text(field: Any, key: str, text: str, doc_id: str) -> str:
-    """The JSON-string field with `text` under `key`: as written when it already holds that
-    text (byte for byte: the app parses it back), rewritten on an edit, made when missing."""
-    if json_text(field, key) == text:
+def node_text(field: Any) -> str | None:
+    """What LlamaIndex embeds for a node stored as JSON (its TextNode.get_content with
+    metadata mode EMBED): the metadata not excluded from embedding, through the node's
+    templates, then its text; the text alone when there is no metadata."""
+    node = _node(field)
+    text = node.get("text") if node else None
+    if node is None or not isinstance(text, str):
+        return None
+    meta = node.get("metadata") if isinstance(node.get("metadata"), dict) else {}
+    excluded = set(node.get("excluded_embed_metadata_keys") or ())
+    template = node.get("metadata_template") or "{key}: {value}"
+    sep = node.get("metadata_separator", "\n")
+    shown = sep.join(
+        template.format(key=k, value=str(v)) for k, v in meta.items() if k not in excluded
+    ).strip()
+    if not shown:
+        return text
+    return (
+        str(node.get("text_template") or "{metadata_str}\n\n{content}")
+        .format(content=text, metadata_str=shown)
+        .strip()
+    )
+
+
+def with_node_text(field: Any, text: str, doc_id: str) -> str:
+    """The node JSON for a document whose text is `text`: as written (byte for byte: the app
+    parses it back) when it already gives that text; else an edit made through crossfade's
+    own API, with plain text: the node's text replaced (made when there is no node)."""
+    if node_text(field) == text:
         return str(field)
-    try:
-        node = json.loads(field) if isinstance(field, str) else None
-    except ValueError:
-        node = None
-    if not isinstance(node, dict):
-        node = {"id_": doc_id}
-    node[key] = text
+    node = _node(field) or {"id_": doc_id, "metadata": {}}
+    node["text"] = text
     return json.dumps(node)
 
 
@@ -266,9 +281,9 @@ class AdoptedStore(ServerStore):
         # writes under the write lock, so no document write comes in between).
         if not self.layout.text_field and self.layout.text_of(p.doc_id, {}) != p.text:
             return
-        if self.layout.text_json_key:  # the text sits inside a JSON string: read and compare
-            with self._guard():
-                recs = self.client.retrieve(self.collection, [self._pid(p.doc_id)], True)
+        if self.layout.node_json:  # the text sits inside a JSON string: read and compare
+            # (called inside the caller's _guard: local mode's lock is held already)
+            recs = self.client.retrieve(self.collection, [self._pid(p.doc_id)], True)
             if not recs or self.layout.text_of(p.doc_id, recs[0].payload or {}) != p.text:
                 return
         super()._update_if_same_text(p)
@@ -278,7 +293,7 @@ class AdoptedStore(ServerStore):
 
     def _same_text(self, p: PointWrite) -> qm.Filter | None:
         """Conditional write: only while the stored text is still the one embedded."""
-        if not self.layout.text_field or self.layout.text_json_key:
+        if not self.layout.text_field or self.layout.node_json:
             return None  # a fixed source, or compared by _update_if_same_text (write lock held)
         return qm.Filter(
             must=[qm.FieldCondition(key=self.layout.text_field, match=qm.MatchValue(value=p.text))]
@@ -482,7 +497,8 @@ def open_adopted(settings: Settings, which: str, placement: dict[str, Any] | Non
         )
     texts = load_texts(settings)
     edited = _edited(str(settings.data_path("edited-texts.sqlite"))) if texts else None
-    layout = Layout(adopt.text_field, adopt.metadata_field, texts, edited, adopt.text_json_key)
+    node_json = adopt.text_format == "llama-index"
+    layout = Layout(adopt.text_field, adopt.metadata_field, texts, edited, node_json)
     bindings = settings.data_path(BINDINGS)
     if which == "old":
         return AdoptedStore("old", old_cfg, layout, bindings, shared)
