@@ -20,6 +20,7 @@ from proxy.migration.finish import retired
 from proxy.migration.history import History
 from proxy.migration.status import migration_status
 from proxy.migration.worker import Reembedder, control_state
+from proxy.remembered import RememberedTexts
 from proxy.runtime import Runtime
 from proxy.search import Searcher
 from proxy.security import Access, Keyring, admin_key, presented_key
@@ -53,6 +54,12 @@ class Services:
         self.health = Health(rt.store)
         self.background: set[asyncio.Task[Any]] = set()
         self.canary: Any = None  # the last canary check, per hosted model
+        # Texts of the vectors /v1/embeddings returned (memory only, bounded).
+        vc = rt.settings.vector_clients
+        self.remembered = RememberedTexts(
+            vc.remember_texts, vc.remember_ttl_s, vc.remember_max_chars
+        )
+        self.metrics.watch_remembered(self.remembered.stats)
         self._searcher: Searcher | None = None
         self._lazy = Every(1.0, lambda: control_state(rt.state, rt.settings.migration)["lazy"])
         self.retired = Every(1.0, lambda: retired(rt))  # cleared by a finish in this process
