@@ -171,6 +171,11 @@ class RememberedCollector(Collector):
             "Vectors returned by /v1/embeddings whose text is remembered",
             value=s["entries"],
         )
+        yield GaugeMetricFamily(
+            "crossfade_remembered_bytes",
+            "Their approximate memory (texts and per-entry overhead)",
+            value=s["approx_bytes"],
+        )
         recalls = CounterMetricFamily(
             "crossfade_remembered_recalls",
             "Vectors looked up among those /v1/embeddings returned, by result",

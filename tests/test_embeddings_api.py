@@ -320,8 +320,9 @@ def test_remembered_counts_reach_the_metrics(live: Live, models: dict) -> None:
     client(live.url).embeddings.create(model=name(models, "old"), input="counted")
     auth = {"Authorization": f"Bearer {RW_KEY}"}
     text = httpx.get(live.url + "/metrics", headers=auth, timeout=60).text
-    entries = live.remembered.stats()["entries"]
-    assert f"crossfade_remembered_texts {float(entries)}" in text
+    stats = live.remembered.stats()
+    assert f"crossfade_remembered_texts {float(stats['entries'])}" in text
+    assert f"crossfade_remembered_bytes {float(stats['approx_bytes'])}" in text
     assert 'crossfade_remembered_recalls_total{result="hit"}' in text
     # Texts over remember_max_chars are embedded, not remembered.
     long = "z" * (MAX_REMEMBERED_CHARS + 1)
@@ -339,8 +340,8 @@ def test_texts_never_reach_the_logs_even_at_debug(tmp_path: Path, models: dict) 
         start_migration(rt, progress=False)
     marker = "zebra-quartz-marmalade"
     texts = [f"{marker} {i}: a private sentence of the app" for i in range(4)]
-    proxy.start(env={"CROSSFADE_SERVER__LOG_LEVEL": "debug"})
     try:
+        proxy.start(env={"CROSSFADE_SERVER__LOG_LEVEL": "debug"})
         from langchain_openai import OpenAIEmbeddings
 
         emb = OpenAIEmbeddings(
