@@ -144,6 +144,17 @@ def test_one_text_a_fingerprint_id_and_the_model_list(live: Live, models: dict) 
 # -- the frameworks, unchanged ----------------------------------------------------------------
 
 
+def got_right(
+    live: Live, models: dict, side: str, texts: list[str], vectors: list[list[float]]
+) -> None:
+    """`vectors` are `side`'s model's own for `texts`, and each is remembered with its text
+    after a trip through JSON."""
+    assert cosines(vectors, models[side].embed_documents(texts)).min() > 0.9999
+    fp = models[side].fingerprint.id
+    for text, vector in zip(texts, vectors, strict=True):
+        assert live.remembered.recall(sent_back(vector)[0]) == Remembered(text, side, fp)
+
+
 def test_langchain_openai_embeddings_work_unchanged(live: Live, models: dict) -> None:
     from langchain_openai import OpenAIEmbeddings
 
@@ -154,14 +165,9 @@ def test_langchain_openai_embeddings_work_unchanged(live: Live, models: dict) ->
         check_embedding_ctx_length=False,
         max_retries=0,
     )
-    query = emb.embed_query("what does yield do?")
-    docs = emb.embed_documents(TEXTS)
-    own = models["old"].embed_documents(["what does yield do?", *TEXTS])
-    assert cosines([query, *docs], own).min() > 0.9999
-    fp = models["old"].fingerprint.id
-    assert live.remembered.recall(query) == Remembered("what does yield do?", "old", fp)
-    for text, vector in zip(TEXTS, docs, strict=True):
-        assert live.remembered.recall(sent_back(vector)[0]) == Remembered(text, "old", fp)
+    query = "what does yield do?"
+    got_right(live, models, "old", [query], [emb.embed_query(query)])
+    got_right(live, models, "old", TEXTS, emb.embed_documents(TEXTS))
 
 
 def test_llamaindex_openai_embedding_with_a_model_name_of_ours(live: Live, models: dict) -> None:
@@ -172,12 +178,9 @@ def test_llamaindex_openai_embedding_with_a_model_name_of_ours(live: Live, model
     emb = OpenAIEmbedding(
         model_name=name(models, "new"), api_base=live.url + "/v1", api_key=RW_KEY, max_retries=0
     )
-    query = emb.get_query_embedding("how do I open a file?")
-    docs = emb.get_text_embedding_batch(TEXTS)
-    own = models["new"].embed_documents(["how do I open a file?", *TEXTS])
-    assert cosines([query, *docs], own).min() > 0.9999
-    fp = models["new"].fingerprint.id
-    assert live.remembered.recall(query) == Remembered("how do I open a file?", "new", fp)
+    query = "how do I open a file?"
+    got_right(live, models, "new", [query], [emb.get_query_embedding(query)])
+    got_right(live, models, "new", TEXTS, emb.get_text_embedding_batch(TEXTS))
 
 
 # -- refusals, in OpenAI's shape --------------------------------------------------------------
