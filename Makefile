@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 # Material for MkDocs prints a banner about its future at every build; the build is offline.
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install infinity run test lint bench eval eval-runtimes replay cutover-load soak hosted chaos bench-writes docs clean
+.PHONY: install infinity run test lint bench eval eval-runtimes replay cutover-load soak hosted chaos bench-writes bench-remembered docs clean
 
 install: $(STAMP)
 
@@ -99,6 +99,11 @@ chaos: install infinity
 # them, in one run; exit 1 above 1.5x (~3 min).
 bench-writes: install infinity
 	$(PY) loadtest/write_contention.py
+
+# 60,000 distinct texts through /v1/embeddings with 20,000 remembered: the entries stop at
+# the cap and the server's RSS stays flat after it; exit 1 if not (~4 min).
+bench-remembered: install
+	$(PY) loadtest/remembered.py --texts 60000 --remember 20000
 
 # The documentation site (README.md + docs/, mkdocs.yml) into build/site, strict and offline;
 # the config reference page is generated from the config models as it builds (docs/hooks.py).

@@ -8,16 +8,18 @@ from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from starlette.routing import BaseRoute
 
-from proxy.api import admin, documents, migration, operations, qdrant, search
+from proxy.api import admin, documents, embeddings, migration, operations, qdrant, search
 from proxy.api.documents import DocumentIn, DocumentsIn
-from proxy.api.errors import install_handlers
+from proxy.api.embeddings import OpenAIRoute
+from proxy.api.errors import install_handlers, refused
 from proxy.api.lifecycle import lifespan
-from proxy.api.middleware import STATE_CHANGING, BodyLimit, Gate, route_of
+from proxy.api.middleware import STATE_CHANGING, BodyLimit, Gate, Refuse, route_of
 from proxy.api.qdrant import QdrantRoute
 from proxy.api.search import SearchRequest, SearchResponse
 from proxy.api.services import Services
 from proxy.api.services import admin as admin_dependency
 from proxy.metrics import RequestCounter
+from proxy.qdrant_api.answers import refused as qdrant_refused
 from proxy.runtime import Runtime
 from proxy.security import Access, allowed_hosts, reads_need_key
 
@@ -36,6 +38,16 @@ def need_of(route: BaseRoute) -> Access:
     if marked is not None:
         return Access(marked)
     return Access.WRITE if route.methods & STATE_CHANGING else Access.READ
+
+
+def shape_of(route: BaseRoute) -> Refuse:
+    """How the gate refuses a request to `route`: in the shape of the route's API (Qdrant's
+    for its surface, OpenAI's for the embeddings API, crossfade's elsewhere)."""
+    if isinstance(route, QdrantRoute):
+        return qdrant_refused
+    if isinstance(route, OpenAIRoute):
+        return embeddings.refused
+    return refused
 
 
 def document_refusals(route: APIRoute, need: Access) -> None:
@@ -61,14 +73,14 @@ def create_app(rt: Runtime) -> FastAPI:
     docs = list(app.routes)  # the framework's: /openapi.json, /docs, /redoc and their assets
     # The routers' routes themselves, not include_router's lazy wrappers: the gate and the
     # request counter look routes up by path.
-    for module in (operations, search, documents, migration, admin, qdrant):
+    for module in (operations, search, documents, migration, admin, qdrant, embeddings):
         app.router.routes.extend(module.router.routes)
     table = []
     for r in app.routes:
         need = Access.OPEN if any(r is d for d in docs) else need_of(r)
         if isinstance(r, APIRoute):
             document_refusals(r, need)
-        table.append((r, need, isinstance(r, QdrantRoute)))
+        table.append((r, need, shape_of(r)))
     app.add_middleware(BodyLimit, limit=server.max_body_bytes)
     app.add_middleware(
         Gate,

@@ -695,6 +695,20 @@ class VectorClientsConfig(Strict):
         description="Longest text remembered; a longer one is embedded but not remembered (its "
         "vector then takes the vector path).",
     )
+    embeddings_max_inputs: int = Field(
+        2048,
+        ge=1,
+        le=100_000,
+        description="Most texts one `/v1/embeddings` request may send (OpenAI's own limit is "
+        "2048); more is a 400. LangChain sends `chunk_size` (1000) a request.",
+    )
+    embeddings_max_chars: int = Field(
+        1_000_000,
+        ge=1,
+        le=100_000_000,
+        description="Most characters, all texts together, one `/v1/embeddings` request may "
+        "send; more is a 413. The body is also bounded by `server.max_body_bytes`.",
+    )
     adapter: Literal["auto", "off"] = Field(
         "auto",
         description="The old -> new query map: 'auto' = fitted as coverage grows and used while "

@@ -7,10 +7,12 @@ the migration status at scrape time."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Error kinds by HTTP status: a small fixed set, so the label's cardinality stays bounded.
@@ -117,6 +119,10 @@ class Metrics:
             "crossfade_http_errors", "HTTP error answers by kind", ["kind"], registry=r
         )
 
+    def watch_remembered(self, stats: Callable[[], dict[str, Any]]) -> None:
+        """The remembered texts of /v1/embeddings (proxy/remembered.py), read at each scrape."""
+        self.registry.register(RememberedCollector(stats))
+
     def update(self, status: dict[str, Any]) -> None:
         coverage = status["indexes"]["new"]["coverage"]
         if coverage is not None:  # None: the new index is unreachable, keep the last value
@@ -149,6 +155,35 @@ class Metrics:
         for m in ("old", "shadow", "fused", "new"):
             self.mode.labels(m).set(1 if routing["mode"] == m else 0)
         self.split.set(routing["split_percent"])
+
+
+class RememberedCollector(Collector):
+    """Entries held and recalls (hit: a vector crossfade returned came back and its text was
+    known; miss: it was not), from the store's own counts at scrape time."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats()
+        yield GaugeMetricFamily(
+            "crossfade_remembered_texts",
+            "Vectors returned by /v1/embeddings whose text is remembered",
+            value=s["entries"],
+        )
+        yield GaugeMetricFamily(
+            "crossfade_remembered_bytes",
+            "Their approximate memory (texts and per-entry overhead)",
+            value=s["approx_bytes"],
+        )
+        recalls = CounterMetricFamily(
+            "crossfade_remembered_recalls",
+            "Vectors looked up among those /v1/embeddings returned, by result",
+            labels=["result"],
+        )
+        recalls.add_metric(["hit"], s["hits"])
+        recalls.add_metric(["miss"], s["misses"])
+        yield recalls
 
 
 def error_kind(status: int) -> str | None:

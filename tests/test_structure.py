@@ -25,6 +25,7 @@ LEAVES = {
     "proxy.every",  # Every: a value recomputed at most once per so many seconds
     "proxy.filters",  # the filter tree
     "proxy.model",  # the model-provider protocol and fingerprints
+    "proxy.remembered",  # vector -> text of /v1/embeddings answers (numpy and stdlib only)
     "proxy.sqlite",  # durable_sqlite
     "proxy.store",  # the VectorStore protocol and its records
 }

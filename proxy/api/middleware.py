@@ -18,7 +18,6 @@ from proxy.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from proxy.qdrant_api.answers import refused as qdrant_refused
 from proxy.security import KIND, Access, Keyring, host_allowed, presented_key
 
 
@@ -88,6 +87,10 @@ SEND_JSON = (
 )
 
 
+Refuse = Callable[[CrossfadeError], OrjsonResponse]
+"""An error as a response, in the shape of one API (crossfade's, Qdrant's, OpenAI's)."""
+
+
 class Gate:
     """Every request, before routing and before its body is read:
 
@@ -100,14 +103,15 @@ class Gate:
        if it has a body, else 415: a cross-site form or `text/plain` POST (a CORS "simple
        request", no preflight) never reaches a route.
 
-    Refusals of the Qdrant surface's routes are in Qdrant's error shape. `routes`: each
-    route of the app (in the router's order), what it needs, and whether it is Qdrant's;
-    a request that matches none (404, 405) needs no key."""
+    Refusals are in the error shape of the route's API (Qdrant's for its surface, OpenAI's
+    for the embeddings API). `routes`: each route of the app (in the router's order), what
+    it needs, and how it refuses; a request that matches none (404, 405) needs no key and is
+    refused in crossfade's shape."""
 
     def __init__(
         self,
         app: ASGIApp,
-        routes: list[tuple[BaseRoute, Access, bool]],
+        routes: list[tuple[BaseRoute, Access, Refuse]],
         keys: Keyring,
         reads_need_key: bool,
         hosts: list[str],
@@ -115,19 +119,17 @@ class Gate:
         self.app, self.routes = app, routes
         self.keys, self.reads_need_key, self.hosts = keys, reads_need_key, hosts
 
-    def route(self, scope: Scope) -> tuple[Access, bool]:
-        for r, need, qdrant in self.routes:
+    def route(self, scope: Scope) -> tuple[Access, Refuse]:
+        for r, need, refuse in self.routes:
             if r.matches(scope)[0] is Match.FULL:
-                return need, qdrant
-        return Access.OPEN, False
+                return need, refuse
+        return Access.OPEN, refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = scope.get("headers") or []
-        need, qdrant = self.route(scope)
-        # In the shape of the route's API: Qdrant's for its surface, crossfade's elsewhere.
-        refuse: Callable[[CrossfadeError], OrjsonResponse] = qdrant_refused if qdrant else refused
+        need, refuse = self.route(scope)
         host = next((v.decode("latin-1") for k, v in headers if k == b"host"), None)
         if not host_allowed(host, self.hosts):
             shown = (host or "")[:100]

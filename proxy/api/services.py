@@ -56,10 +56,12 @@ class Services:
         self.health = Health(rt.store)
         self.background: set[asyncio.Task[Any]] = set()
         self.canary: Any = None  # the last canary check, per hosted model
+        # Texts of the vectors /v1/embeddings returned (memory only, bounded).
         vc = rt.settings.vector_clients
         self.remembered = RememberedTexts(
             vc.remember_texts, vc.remember_ttl_s, vc.remember_max_chars
         )
+        self.metrics.watch_remembered(self.remembered.stats)
         # The old -> new query map (proxy/migration/query_map.py), swapped whole when refitted.
         self.query_map: QueryMap | None = None
         self._searcher: Searcher | None = None
