@@ -328,13 +328,12 @@ def llama_index_app(embed_model: Any) -> dict[str, Any]:
         return [(n.node.metadata.get("topic"), float(n.score)) for n in found]
 
     def add(index: Any, text: str, stage: str, meta: dict[str, Any]) -> str:
-        before = set(index.vector_store.client.scroll("notes", limit=10_000)[0])
         index.insert(Document(text=text, metadata=meta, doc_id=f"added-{stage}"))
         flt = qm.Filter(
             must=[qm.FieldCondition(key="doc_id", match=qm.MatchValue(value=f"added-{stage}"))]
         )
         recs, _ = index.vector_store.client.scroll("notes", scroll_filter=flt, limit=10)
-        assert len(recs) == 1 and recs[0] not in before
+        assert len(recs) == 1
         return str(recs[0].id)
 
     def delete(index: Any, point: str) -> None:
@@ -367,5 +366,55 @@ def test_llama_index_local_model_through_a_whole_migration(
             expect="vector-adapted",
         )  # fmt: skip
         assert "vector-adapted" in seen
+    finally:
+        rt.close()
+
+
+class ProxyEmbeddings:
+    """LangChain's OpenAIEmbeddings pointed at crossfade's /v1/embeddings, built once the
+    proxy's URL is known (the app's only change: the base URL)."""
+
+    def __init__(self) -> None:
+        self.inner: Any = None
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.inner.embed_documents(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.inner.embed_query(text)
+
+
+def test_langchain_openai_embeddings_through_crossfade_are_served_as_text(
+    tmp_path: Path, models: dict[str, Embedder]
+) -> None:
+    """The app's embeddings come from crossfade's /v1/embeddings (the old model's, by name):
+    every vector it sends back, query or write, is known by its text."""
+    from langchain_core.embeddings import Embeddings
+    from langchain_openai import OpenAIEmbeddings
+
+    db = tmp_path / "qdrant"
+    write_langchain(db, corpus(), l6_langchain())  # written before, with the same model
+    rt = Runtime(settings_for(tmp_path, f"local:{db}", "docs", {}), swapped(models))
+    via = ProxyEmbeddings()
+    Embeddings.register(ProxyEmbeddings)
+    parts = langchain_app(via)
+    make = parts["app"]
+
+    def app(client: QdrantClient) -> Any:
+        url = str(client._client.rest_uri)  # type: ignore[attr-defined]
+        via.inner = OpenAIEmbeddings(
+            model="all-MiniLM-L6-v2",
+            base_url=url.rstrip("/") + "/v1",
+            api_key=RW_KEY,  # type: ignore[arg-type]
+            check_embedding_ctx_length=False,  # as for any non-OpenAI model: no tiktoken
+        )
+        return make(client)
+
+    try:
+        start_migration(rt, progress=False, into="docs_l3")
+        seen = run_app_migration(
+            tmp_path, rt, "docs", **{**parts, "app": app}, models=models, expect="text"
+        )
+        assert set(seen) == {"text"}, set(seen)
     finally:
         rt.close()
