@@ -273,6 +273,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"{'+'.join(fusion['impute_from'])}"
         + (f"; stored fit ignored: {fit['ignored']}" if fit.get("ignored") else "")
     )
+    qmap = out.get("query_map")  # served by a running proxy only
+    if qmap and qmap["fitted"]:
+        print(
+            f"query map (apps' old-model vectors): fitted on {qmap['pairs']} pairs, fidelity "
+            f"{qmap['fidelity']:g} (needs {qmap['min_fidelity']:g}): "
+            + ("used" if qmap["used"] else "not used, old index alone")
+        )
+    elif qmap:
+        print(f"query map: not fitted yet (needs {qmap['min_pairs']} migrated documents)")
     q, ctl, state = out["queue"], out["control"], out["worker_state"]
     worker = f"worker {state}"
     if state == "running":  # a rate only while documents are being re-embedded

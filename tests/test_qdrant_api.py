@@ -252,13 +252,29 @@ def test_same_app_against_qdrant_local_mode(setup: Any) -> None:
     assert all(set(t) <= known for t in ours.top10 + theirs.top10)
 
 
-def test_raw_vector_refused_by_default_with_a_qdrant_shaped_400(setup: Any) -> None:
+def test_raw_vector_refused_when_configured_with_a_qdrant_shaped_400(setup: Any) -> None:
+    """raw_vectors: refuse (the default, `serve`, is tests/test_vector_clients.py's)."""
+    cfg = setup.settings.model_copy(
+        update={
+            "qdrant_api": setup.settings.qdrant_api.model_copy(update={"raw_vectors": "refuse"})
+        }
+    )
+    rt = Runtime(cfg, setup.models)
     vec = setup.vector(setup.queries[0])
-    with pytest.raises(UnexpectedResponse) as e:
-        setup.client.query_points("docs", query=vec, limit=5)
-    assert e.value.status_code == 400 and "Document" in str(e.value.content)
-    r = httpx.post(setup.url + "/collections/docs/points/query", json={"query": vec}, timeout=60)
-    assert set(r.json()) == {"status", "time"} and "raw vector" in r.json()["status"]["error"]
+    try:
+        with LiveServer(create_app(rt)) as srv:
+            client = QdrantClient(url=srv.url, api_key=RW_KEY, timeout=120)
+            with pytest.raises(UnexpectedResponse) as e:
+                client.query_points("docs", query=vec, limit=5)
+            assert e.value.status_code == 400 and "Document" in str(e.value.content)
+            client.close()
+            r = httpx.post(
+                srv.url + "/collections/docs/points/query", json={"query": vec}, timeout=60
+            )
+            assert set(r.json()) == {"status", "time"}
+            assert "raw vector" in r.json()["status"]["error"]
+    finally:
+        rt.close()
 
 
 def test_raw_vector_passed_to_the_index_whose_model_made_it(setup: Any) -> None:
