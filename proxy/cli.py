@@ -510,7 +510,7 @@ def _coverages(text: str | None) -> list[int]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from proxy.experiment import evaluate, format_table
+    from proxy.experiment import evaluate, format_table, vector_share
 
     settings = _settings(args, EVAL_CONFIG)
     ev = evaluate(
@@ -529,12 +529,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"crossfade-tuned: {ev.how}", file=sys.stderr)
         print(orjson.dumps(profile_dict(ev.tuned)).decode(), file=sys.stderr)
     if args.json:
-        _print_json({"coverage": ev.result})
+        _print_json({"coverage": ev.result, "adapter": ev.adapter})
     else:
         print(f"{args.beir} split={args.split}: {ev.docs} docs, {len(ev.scored)} queries scored")
         for metric in ("ndcg@10", "recall@100"):
             print(f"\n{metric}")
             print(format_table(ev.result, metric))
+        print("\nvector: old-model query vectors (old index + query map, proxy/adapter.py)")
+        for pct, a in ev.adapter.items():
+            fit = (
+                f"fidelity {a['fidelity']:+.3f} (held-out neighbours: map {a['agreement']:.3f}"
+                f", old model {a['old_agreement']:.3f}, {a['held_out']} pairs)"
+                if "fidelity" in a
+                else "no map"
+            )
+            use = "served" if a["used"] else "not served: old index only"
+            print(f"{pct + '%':>8} {a['pairs']:>7} pairs, {fit}, {use}")
+        if ev.result:
+            top, share = vector_share(ev.result)
+            print(f"vector / crossfade nDCG@10 at {top}%: {share:.3f}")
     if args.plot:
         from proxy.plot import plot_quality
 

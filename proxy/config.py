@@ -716,19 +716,35 @@ class VectorClientsConfig(Strict):
         "are searched in the old index only.",
     )
     adapter_min_fidelity: float = Field(
-        0.5,
-        ge=0,
+        0.05,
+        ge=-1,
         le=1,
-        description="(placeholder) fidelity the map needs on held-out pairs to be used.",
+        description="Served only when the map's fidelity, measured on held-out (old, new) pairs, "
+        "reaches this: the mean overlap of each held-out document's 10 nearest neighbours through "
+        "the map with the new model's own 10, minus the same overlap for the old model's own "
+        "neighbours. 0 = the map sees the new model's neighbourhoods no better than the old model "
+        "does; 0.05 asks for a margin (docs/measurements/vector-clients.md).",
     )
-    adapter_min_pairs: int = Field(
-        200, ge=10, description="(placeholder) migrated documents needed before a first fit."
+    adapter_min_pairs: int | None = Field(
+        None,
+        ge=22,
+        le=10_000_000,
+        description="Fewest migrated documents (pairs) a map is served from; unset = twice the "
+        "old model's dimension (a d x d linear map from fewer pairs is barely constrained).",
     )
     adapter_max_pairs: int = Field(
-        20_000, ge=10, description="(placeholder) most pairs one fit reads."
+        50_000,
+        ge=22,
+        le=10_000_000,
+        description="Most pairs a map is fitted on (a seeded sample beyond): the fit's cost "
+        "grows with them, its quality no more once there are many times the dimension.",
     )
     adapter_refit_growth: float = Field(
-        0.25, gt=0, description="(placeholder) refit when migrated grew by this share."
+        0.25,
+        gt=0,
+        le=100,
+        description="The map is refitted when the migrated documents have grown by this share "
+        "since its last fit (0.25 = a quarter more pairs).",
     )
     write_min_cosine: float = Field(
         0.98,

@@ -16,6 +16,10 @@ LINES = {  # system -> (label, style); old/BM25/new are the references crossfade
         "crossfade, fitted on held-out-safe queries (--tune)",
         {"color": "#7a2eff", "lw": 2.0, "ls": "-.", "marker": "D"},
     ),
+    "vector": (
+        "old-model query vectors, through the query map",
+        {"color": "#0e9384", "lw": 1.8, "ls": "-.", "marker": "v"},
+    ),
     "rrf": ("plain RRF (old + new + BM25)", {"color": "#b54708", "lw": 1.8, "marker": "s"}),
     "old": ("old model only", {"color": "#667085", "lw": 1.8, "marker": "^"}),
     "new": ("new model only", {"color": "#12805c", "lw": 1.2, "ls": "--", "marker": "."}),

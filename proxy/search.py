@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from proxy.adapter import vector_params
+from proxy.adapter import fuse_vector
 from proxy.config import FusionConfig, Mode
 from proxy.embedding import QueryEmbedder
 from proxy.every import Every
@@ -298,8 +298,8 @@ class Searcher:
     ) -> SearchResult:
         """An old-model query vector (an app that embeds its queries itself): searched as it is
         in the old index, and through the query map (`mapped`) in the new one, fused as
-        proxy/adapter.py says (no BM25: there is no text). `lists`: ("old",), ("old", "new")
-        or ("new",) (after `migrate finish`)."""
+        proxy/adapter.py says: the sum of each list's z-scores (no BM25: there is no text).
+        `lists`: ("old",), ("old", "new") or ("new",) (after `migrate finish`)."""
         coverage = await self.coverage.get()
         if lists == ("old",):
             assert self.old_store is not None
@@ -317,14 +317,14 @@ class Searcher:
         if "old" in lists:
             assert self.old_store is not None
             jobs["old"] = asyncio.to_thread(self.old_store.search_dense, vector, depth, flt)
-        found = await asyncio.gather(*jobs.values())
-        ranked = {n: [d for d, _ in r] for n, r in zip(jobs, found, strict=True)}
-        migrated = set(ranked["new"])
-        if "old" in ranked and coverage < 1.0:
-            migrated |= await asyncio.to_thread(self.new_store.with_dense, ranked["old"])
-        elif coverage >= 1.0:
-            migrated |= set(ranked.get("old", ()))
-        hits = fuse(ranked, replace(vector_params(self.fusion, coverage), lists=lists), migrated, k)
+        found = dict(zip(jobs, await asyncio.gather(*jobs.values()), strict=True))
+        old_hits, new_hits = found.get("old", []), found["new"]
+        migrated = {d for d, _ in new_hits}
+        if coverage >= 1.0:
+            migrated |= {d for d, _ in old_hits}
+        elif old_hits:
+            migrated |= await asyncio.to_thread(self.new_store.with_dense, [d for d, _ in old_hits])
+        hits = fuse_vector(old_hits, new_hits, migrated, k)
         payloads = await asyncio.to_thread(
             self.new_store.retrieve, [h.doc_id for h in hits], fields
         )

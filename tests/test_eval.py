@@ -16,10 +16,11 @@ from proxy.evaluation import parse_qrels
 from proxy.experiment import (
     SYSTEMS,
     TUNED,
+    VECTOR,
     evaluate,
     score_systems,
     scratch_settings,
-    simulate_steps,
+    simulation,
 )
 from proxy.tuning import query_hash_half
 from tests.helpers import ROOT, SCIFACT
@@ -62,21 +63,27 @@ def make_subset(dst: Path, n_queries: int = 15, n_extra: int = 200, n_train: int
     return dst
 
 
-def eval_config(tmp_path: Path) -> Path:
+def eval_config(tmp_path: Path, extra: str = "") -> Path:
     cfg = tmp_path / "eval.yaml"
     cfg.write_text(
         (ROOT / "config" / "scifact.yaml")
         .read_text()
         .replace("data_dir: .crossfade/scifact", f"data_dir: {tmp_path / 'data'}")
+        + extra
     )
     return cfg
+
+
+# A subset's few hundred pairs are fewer than a map is served from by default (twice the
+# dimension) and measure its fidelity on a few dozen: served anyway, to run the vector path.
+SERVE_ANY_MAP = "vector_clients: {adapter_min_pairs: 50, adapter_min_fidelity: -1}\n"
 
 
 def test_eval_json_over_simulated_coverage(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     beir = make_subset(tmp_path / "beir", n_extra=100)
-    cfg = eval_config(tmp_path)
+    cfg = eval_config(tmp_path, SERVE_ANY_MAP)
     argv = [
         "--config",
         str(cfg),
@@ -89,7 +96,7 @@ def test_eval_json_over_simulated_coverage(
     ]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
-    assert list(out) == ["coverage"] and list(out["coverage"]) == ["0", "50", "100"]
+    assert list(out) == ["coverage", "adapter"] and list(out["coverage"]) == ["0", "50", "100"]
     for systems in out["coverage"].values():
         assert set(systems) == set(SYSTEMS)
         for metrics in systems.values():
@@ -100,6 +107,17 @@ def test_eval_json_over_simulated_coverage(
     assert cov["100"]["new"]["ndcg@10"] > cov["50"]["new"]["ndcg@10"] > 0
     # old-only and BM25 do not depend on coverage
     assert cov["0"]["old"] == cov["100"]["old"] and cov["0"]["bm25"] == cov["100"]["bm25"]
+    # the vector client: with no migrated pair there is no map, and its lists are the old
+    # index's own (the same search as the text path's old list); then a map fitted on the
+    # migrated documents, its fidelity measured on pairs held out of the fit
+    adapter = out["adapter"]
+    assert adapter["0"] == {"pairs": 0, "used": False}
+    assert cov["0"][VECTOR] == cov["0"]["old"]
+    docs = len((beir / "corpus.jsonl").read_text().splitlines())
+    assert adapter["100"]["pairs"] == docs and adapter["50"]["pairs"] == round(docs / 2)
+    for a in (adapter["50"], adapter["100"]):
+        assert a["used"] and 0 < a["held_out"] < a["pairs"]
+        assert a["fidelity"] == pytest.approx(a["agreement"] - a["old_agreement"], abs=1e-5)
     # a second run reuses the cached embeddings and the built old index: same figures,
     # and draws them as the quality-during-migration chart
     chart = tmp_path / "chart" / "quality.png"
@@ -133,10 +151,9 @@ def test_tune_never_scores_the_queries_it_fits(tmp_path: Path, models: dict) -> 
     for systems in ev.result.values():
         assert set(systems) == {*SYSTEMS, TUNED}
     # the same figures as an evaluation restricted to the scored queries: nothing else counted
+    sim = simulation(scratch_settings(settings, beir), load_beir(beir), [0, 100], progress=False)
     plain = score_systems(
-        simulate_steps(scratch_settings(settings, beir), load_beir(beir), [0, 100], progress=False),
-        {q: qrels[q] for q in ev.scored},
-        settings.fusion,
+        sim.steps, {q: qrels[q] for q in ev.scored}, settings.fusion, vector=sim.vector
     )
     assert {p: {s: m for s, m in r.items() if s != TUNED} for p, r in ev.result.items()} == plain
 

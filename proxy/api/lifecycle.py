@@ -10,10 +10,11 @@ from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
 
+from proxy.adapter import needs_refit
 from proxy.api.services import Services
 from proxy.migration.canary import check_canaries
 from proxy.migration.fitted import load_fit
-from proxy.migration.query_map import due, fit_map, load_map
+from proxy.migration.query_map import fit_map, load_map
 from proxy.security import redact_access_log
 from proxy.writes import flush_writes, replay_journal, retry_journal
 
@@ -93,9 +94,7 @@ async def keep_query_map(sv: Services, every_s: float = 5.0) -> None:
         sv.query_map = await asyncio.to_thread(load_map, rt)
     while True:
         try:
-            migrated = sv.searcher.coverage.migrated
-            if due(sv.query_map, migrated, cfg.adapter_min_pairs, cfg.adapter_max_pairs,
-                   cfg.adapter_refit_growth):  # fmt: skip
+            if needs_refit(sv.query_map, sv.searcher.coverage.migrated, cfg):
                 sv.query_map = await asyncio.to_thread(fit_map, rt) or sv.query_map
         except Exception as e:  # an index down, or the old one retired: keep the last map
             log.debug("query map not refitted: %s", e)

@@ -198,7 +198,8 @@ async def serve_vector(
     s, cfg = sv.searcher, sv.settings.vector_clients
     client = request.headers.get(sv.settings.routing.client_key_header)
     mode, generation = sv.control.route(client, None)
-    qmap = sv.query_map if usable(sv.query_map, cfg) else None
+    fps = sv.rt.fingerprints()
+    qmap = sv.query_map if usable(sv.query_map, cfg, fps["old"], fps["new"]) else None
     if side == "new":
         lists, path = ("new",), "vector-new"
     elif sv.retired.get():

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from proxy.adapter import QueryMap, fit_query_map, usable
+from proxy.adapter import MIN_FIT_PAIRS, QueryMap, fit_query_map, min_pairs, usable
 from proxy.clock import now_iso
 from proxy.runtime import Runtime
 
@@ -32,12 +32,12 @@ def load_map(rt: Runtime) -> QueryMap | None:
 
 def fit_map(rt: Runtime) -> QueryMap | None:
     """Fit on up to `adapter_max_pairs` migrated documents and store the map; None (nothing
-    stored) while fewer than `adapter_min_pairs` documents have both vectors."""
+    stored) while too few documents have both vectors to fit one."""
     cfg = rt.settings.vector_clients
     new = rt.store("new").dense_sample(cfg.adapter_max_pairs)
     old = rt.store("old").dense_vectors(list(new))
     ids = [d for d in new if d in old]
-    if len(ids) < cfg.adapter_min_pairs:
+    if len(ids) < MIN_FIT_PAIRS:
         return None
     fps = rt.fingerprints()
     m = fit_query_map(
@@ -48,34 +48,24 @@ def fit_map(rt: Runtime) -> QueryMap | None:
         fitted_at=now_iso(),
     )
     rt.state.set(KEY, m.to_json())
+    fps = rt.fingerprints()
     log.info(
         "query map fitted on %d pairs, fidelity %.3f (%s)",
         m.pairs,
         m.fidelity,
-        "used" if usable(m, cfg) else "not used: under vector_clients.adapter_min_fidelity",
+        "used" if usable(m, cfg, fps["old"], fps["new"]) else "not used yet (pairs or fidelity)",
     )
     return m
 
 
-def due(m: QueryMap | None, migrated: int, min_pairs: int, max_pairs: int, growth: float) -> bool:
-    """Whether to refit: none yet and enough pairs, or the migrated count grew by `growth`
-    (a share) since the pairs it was fitted on, until it was fitted on `max_pairs`."""
-    if migrated < min_pairs:
-        return False
-    if m is None:
-        return True
-    return m.pairs < max_pairs and migrated >= m.pairs * (1 + growth)
-
-
 def map_status(m: QueryMap | None, rt: Runtime) -> dict[str, Any]:
+    """The map as status shows it: fitted on how many pairs, its fidelity, whether it serves."""
     cfg = rt.settings.vector_clients
-    if m is None:
-        return {"fitted": False, "used": False, "min_pairs": cfg.adapter_min_pairs}
-    return {
-        "fitted": True,
-        "used": usable(m, cfg),
-        "pairs": m.pairs,
-        "fidelity": round(m.fidelity, 4),
+    fps = rt.fingerprints()
+    need = {
+        "min_pairs": min_pairs(cfg, rt.model("old").fingerprint.dim),
         "min_fidelity": cfg.adapter_min_fidelity,
-        "fitted_at": m.fitted_at,
     }
+    if m is None:
+        return {"fitted": False, "used": False, **need}
+    return {"fitted": True, "used": usable(m, cfg, fps["old"], fps["new"]), **m.summary(), **need}
