@@ -38,7 +38,7 @@ from proxy.ingest import Progress, ingest
 from proxy.migration.start import start_migration
 from proxy.point import make_point
 from proxy.runtime import Runtime
-from proxy.search import Candidates, Searcher
+from proxy.search import Candidates, Searcher, holding_new
 from proxy.tuning import MIN_FIT_QUERIES, Steps, fit_profile, split_for_fitting
 
 VECTOR = "vector"  # old-model query vectors: the old index + the query map (proxy/adapter.py)
@@ -196,12 +196,7 @@ class _VectorPath:
                 hits[q] = VectorHits(old, [], set())
                 continue
             found = new.search_dense(mapped[i], DEPTH)
-            holding = {d for d, _ in found}
-            if coverage < 1.0:  # at 100% every document holds a new vector
-                holding |= new.with_dense([d for d, _ in old])
-            else:
-                holding |= {d for d, _ in old}
-            hits[q] = VectorHits(old, found, holding)
+            hits[q] = VectorHits(old, found, holding_new(new, old, found, coverage))
         return VectorStep(qmap, used, hits)
 
 

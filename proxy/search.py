@@ -142,6 +142,20 @@ class PayloadFields:
         return out
 
 
+def holding_new(
+    store: VectorStore,
+    old_hits: list[tuple[str, float]],
+    new_hits: list[tuple[str, float]],
+    coverage: float,
+) -> set[str]:
+    """The hits of an old-model vector's two lists that hold a new vector: every hit of the
+    new list, and those of the old list the new index holds (at 100%: all of them)."""
+    held = {d for d, _ in new_hits}
+    if coverage >= 1.0:
+        return held | {d for d, _ in old_hits}
+    return held | store.with_dense([d for d, _ in old_hits]) if old_hits else held
+
+
 class Searcher:
     def __init__(
         self,

@@ -175,26 +175,27 @@ def test_fusion_sums_z_scores_and_imputes_the_unmigrated() -> None:
 
 @pytest.mark.slow
 def test_real_models_map_old_vectors_near_their_new_ones(models: dict[str, Embedder]) -> None:
-    """paraphrase-MiniLM-L3 -> all-MiniLM-L6 on 400 passages of the demo corpus: fitted on
-    300, the map puts the other 100 documents' old vectors nearer their own new vectors than
-    chance and than the old vectors as they are (same dimension, incompatible spaces)."""
+    """paraphrase-MiniLM-L3 -> all-MiniLM-L6 on 240 passages of the demo corpus (embedding
+    them is this test's time: ~0.1 s each at one thread): fitted on 180, the map puts the
+    other 60 documents' old vectors nearer their own new vectors than chance and than the old
+    vectors as they are (same dimension, incompatible spaces)."""
     docs = python_reference()
-    texts = [d.text for d in docs[:: max(1, len(docs) // 400)]][:400]
+    texts = [d.text for d in docs[:: max(1, len(docs) // 240)]][:240]
     old = models["old"].embed_documents(texts)
     new = models["new"].embed_documents(texts)
     fps = (models["old"].fingerprint.id, models["new"].fingerprint.id)
-    qmap = fit_query_map(old[:300], new[:300], *fps)
-    assert qmap.pairs == 300 and qmap.held_out == 60
-    held_old, held_new = old[300:], unit(new[300:])
+    qmap = fit_query_map(old[:180], new[:180], *fps)
+    assert qmap.pairs == 180 and qmap.held_out == 36
+    held_old, held_new = old[180:], unit(new[180:])
     sims = qmap.apply(held_old) @ held_new.T
     own = np.diag(sims)
     recall_at_1 = float(np.mean(sims.argmax(axis=1) == np.arange(len(sims))))
-    assert recall_at_1 > 10 / len(sims)  # chance is 1 in 100
+    assert recall_at_1 > 6 / len(sims)  # chance is 1 in 60
     assert own.mean() > np.median(sims, axis=1).mean() + 0.2
     as_is = np.diag(unit(held_old) @ held_new.T)
     assert own.mean() > as_is.mean()
-    # its fidelity (measured on 60 of the 300 by a map fitted on the other 240) says what
-    # the 100 documents it never saw show: the map sees the new model's neighbourhoods better
+    # its fidelity (measured on 36 of the 180 by a map fitted on the other 144) says what
+    # the 60 documents it never saw show: the map sees the new model's neighbourhoods better
     # than the old model's own vectors do
     unseen, old_own = neighbour_agreement(qmap.matrix, held_old, held_new)
     assert qmap.fidelity > 0 and unseen > old_own
