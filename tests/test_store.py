@@ -256,5 +256,5 @@ def test_edge_in_place_writes_touch_only_their_own_vector(tmp_path: Path) -> Non
     old.close()
     view.close()
     again = EdgeStore("new", tmp_path / "shard", IndexConfig(backend="edge", path="x", vector="v2"))
-    assert again.info() == INFO and again.count() == 5 and not again.shared
+    assert again.info() == INFO and again.count() == 5 and not again.in_place
     again.close()

@@ -96,9 +96,55 @@ class IndexInfo:
 
 
 class VectorStore(Protocol):
+    """What the proxy needs from an index. Adapters subclass it explicitly, so that the
+    capability members below have their defaults: a backend that lacks a capability leaves
+    the default, and callers ask the capability, never the adapter's type or attributes."""
+
     name: str
     vector: str
     sparse_vector: str
+    # The collection's name on its server ('' for an edge shard, which has none).
+    collection: str = ""
+
+    # --- capabilities (the defaults say "this backend can't") ----------------------------
+    # Calls go through a client that can fail as unreachable (IndexUnavailable) or hang: a
+    # health probe asks `ping()` on a thread of its own, with a timeout.
+    remote: bool = False
+    # The engine holds BM25 sparse vectors and ranks them itself (`search_sparse`); without
+    # it `search_sparse` raises, and a search leaves the BM25 list out.
+    sparse: bool = False
+    # Collection aliases on the server (`set_alias`, `alias_target`): the serving pointer
+    # mirrored for clients that read the store directly.
+    aliases: bool = False
+    # Another model's dense vector can join this index's points under a name of its own
+    # (`migrate start --in-place`: an edge shard, an adopted Qdrant collection).
+    named_vectors: bool = False
+    # An existing collection in its own layout, checked and bound by the adoption checks
+    # (proxy/migration/adoption.py; the adapter is proxy/store/adopted.py's AdoptedStore).
+    adopted: bool = False
+    # This index shares its points with the other side's (in place): it holds its own
+    # vectors only, and a point belongs to it once seeded (`seeded`).
+    in_place: bool = False
+
+    @property
+    def location(self) -> str:
+        """Where the index lives, in words (the audit log, `migrate finish`)."""
+        ...
+
+    def ping(self) -> None:
+        """Reachability probe, one small request (raises IndexUnavailable). An embedded
+        index has nothing to reach."""
+
+    def seeded(self, doc_ids: Sequence[str]) -> set[str]:
+        """In place: the ids among `doc_ids` already seeded into this index."""
+        raise NotImplementedError(f"index {self.name!r} is not in place")
+
+    def set_alias(self, alias: str, collection: str) -> None:
+        """Point `alias` at `collection` in one request (with `aliases`)."""
+        raise NotImplementedError(f"index {self.name!r} has no aliases")
+
+    def alias_target(self, alias: str) -> str | None:
+        raise NotImplementedError(f"index {self.name!r} has no aliases")
 
     def info(self) -> IndexInfo | None: ...
 
@@ -114,8 +160,7 @@ class VectorStore(Protocol):
 
     def check_ids(self, doc_ids: Sequence[str]) -> None:
         """Raise ValueError for an id this index can't key a point by (asked before a write
-        touches any index)."""
-        ...
+        touches any index). By default any doc id keys a point."""
 
     def search_dense(
         self, vector: np.ndarray, limit: int, flt: Filter | None = None
@@ -130,7 +175,9 @@ class VectorStore(Protocol):
 
     def search_sparse(
         self, sparse: Sparse, limit: int, flt: Filter | None = None
-    ) -> list[tuple[str, float]]: ...
+    ) -> list[tuple[str, float]]:
+        """BM25 ranking (with `sparse`)."""
+        raise NotImplementedError(f"index {self.name!r} holds no BM25 vectors")
 
     def with_dense(self, doc_ids: Sequence[str]) -> set[str]: ...
 

@@ -28,6 +28,7 @@ from proxy.store import (
     IndexUnavailable,
     PointWrite,
     Sparse,
+    VectorStore,
     check_fingerprints,
     fingerprint_counts,
     point_id,
@@ -124,7 +125,14 @@ def release_client(cfg: IndexConfig) -> None:
     client.close()
 
 
-class ServerStore:
+class ServerStore(VectorStore):
+    remote = True  # local mode too: its calls wait on one lock, so probes go off the loop
+    sparse = True  # BM25, with the server's IDF modifier
+    aliases = True
+    # (the server has named vectors, but crossfade's own layout migrates to a collection
+    # beside; in place is for an edge shard or an adopted collection)
+    named_vectors = False
+
     def __init__(self, name: str, cfg: IndexConfig, client: QdrantClient | None = None) -> None:
         self.name = name
         self.collection = cfg.collection
@@ -196,6 +204,10 @@ class ServerStore:
                 raise IndexUnavailable(failed.side, failed.where, failed.reason)
             self._load_info()
         return self._info
+
+    @property
+    def location(self) -> str:
+        return f"qdrant collection {self.collection!r}"
 
     def ping(self) -> None:
         """Reachability probe, one small request (raises IndexUnavailable). Reads the binding
@@ -299,9 +311,6 @@ class ServerStore:
 
     def why_no_text(self, doc_id: str) -> str:
         return "no stored text"
-
-    def check_ids(self, doc_ids: Sequence[str]) -> None:
-        """Any doc id keys a point (uuid5 of it)."""
 
     def delete(self, doc_ids: Sequence[str]) -> None:
         with self._guard():
