@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
+import re
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +26,7 @@ import numpy as np
 from proxy.errors import Conflict, Unavailable
 from proxy.filters import Filter, FilterTree
 
+log = logging.getLogger("crossfade.store")
 NAMESPACE = uuid.UUID("6f0c6c39-3f1a-4a57-9f39-1bd0a7e0c0de")
 PAYLOAD_FIELDS = ("doc_id", "text", "metadata", "text_sha256")
 # What a point says of its dense vector; all a re-embed writes besides the vector itself.
@@ -230,6 +234,61 @@ class VectorStore(Protocol):
     def close(self) -> None: ...
 
 
+# After a failed first contact, `info()` asks the server again at most this often.
+RETRY_S = 1.0
+
+
+class FirstContact:
+    """The binding of an index on a server, read at first contact: an unreachable server
+    doesn't stop start-up, and until it first answers, `info()` raises IndexUnavailable (the
+    index may well exist), asking again at most once per RETRY_S. An adapter reads its
+    binding in `_read_binding` and probes the server in `_heartbeat`; it calls
+    `_first_contact()` at the end of its constructor."""
+
+    _info: IndexInfo | None = None
+    _loaded = False
+    _failed: IndexUnavailable | None = None
+    _retry_at = 0.0
+
+    def _read_binding(self) -> IndexInfo | None:
+        """The binding as the server has it (raises IndexUnavailable)."""
+        raise NotImplementedError
+
+    def _heartbeat(self) -> None:
+        """One small request (raises IndexUnavailable)."""
+        raise NotImplementedError
+
+    def _first_contact(self) -> None:
+        try:
+            self._load_info()
+        except IndexUnavailable as e:
+            log.warning("%s (will retry)", e)
+
+    def _load_info(self) -> None:
+        try:
+            info = self._read_binding()
+        except IndexUnavailable as e:
+            self._failed, self._retry_at = e, time.monotonic() + RETRY_S
+            raise
+        self._info, self._loaded, self._failed = info, True, None
+
+    def info(self) -> IndexInfo | None:
+        if not self._loaded:
+            failed = self._failed
+            if failed is not None and time.monotonic() < self._retry_at:
+                raise IndexUnavailable(failed.side, failed.where, failed.reason)
+            self._load_info()
+        return self._info
+
+    def ping(self) -> None:
+        """Reachability probe (raises IndexUnavailable). Reads the binding at first contact,
+        or of a collection created since (by another replica)."""
+        if not self._loaded or self._info is None:
+            self._load_info()
+            return
+        self._heartbeat()
+
+
 def check_fingerprints(info: IndexInfo | None, points: Sequence[PointWrite]) -> None:
     """The bilingual-write guard: every dense vector must come from the index's bound model."""
     if info is None:
@@ -253,6 +312,11 @@ def fingerprint_counts(facets: dict[str, int], with_vector: int) -> dict[str, in
     if unknown > 0:
         out["unknown"] = unknown
     return out
+
+
+def public_url(url: str) -> str:
+    """A URL as it may be shown: credentials in it (user:pass@) are never echoed."""
+    return re.sub(r"//[^/@]*@", "//", url)
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -33,9 +32,9 @@ from qdrant_client import models as qm
 from proxy.config import IndexConfig, Settings
 from proxy.document import text_sha256
 from proxy.errors import Invalid
-from proxy.store import IndexInfo, IndexUnavailable, PointWrite, check_fingerprints
+from proxy.store import IndexInfo, PointWrite, check_fingerprints
 from proxy.store import write_json_atomic as _write_json
-from proxy.store.server import _RETRY_S, ServerStore
+from proxy.store.server import ServerStore
 from proxy.store.texts import EditedTexts, TextSource
 
 BINDINGS = "bindings"
@@ -177,17 +176,12 @@ class AdoptedStore(ServerStore):
         super().__init__(name, cfg)
 
     # --- binding: a file of ours, never the user's collection -------------------------
-    def _load_info(self) -> None:
-        try:
-            with self._guard():
-                exists = self.client.collection_exists(self.collection)
-        except IndexUnavailable as e:
-            self._failed, self._retry_at = e, time.monotonic() + _RETRY_S
-            raise
-        self._info = None
+    def _read_binding(self) -> IndexInfo | None:
+        with self._guard():
+            exists = self.client.collection_exists(self.collection)
         if exists and self.binding.exists():
-            self._info = IndexInfo(**json.loads(self.binding.read_text()))
-        self._loaded, self._failed = True, None
+            return IndexInfo(**json.loads(self.binding.read_text()))
+        return None
 
     @property
     def location(self) -> str:
