@@ -1,10 +1,12 @@
-"""Real servers for the hosted-model tests and load test, on 127.0.0.1 only.
+"""Real servers for the tests and load test, on 127.0.0.1 only.
 
 `Infinity`: a real OpenAI-compatible embeddings server (infinity-emb, installed by `make
 infinity` into .venv-infinity: its pins differ from ours) serving the packaged
 all-MiniLM-L6-v2. `FaultProxy`: a small reverse proxy between crossfade and that server which
 answers a share of requests 429 (with Retry-After) or 500, hangs, or stops listening, and
 records what it passed on; faults are injected there, never by replacing the server.
+`Chroma`: a real Chroma server, `chroma run` (the Rust server in chromadb's wheel, a
+dependency of crossfade), its data in a directory of the caller's.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import random
 import signal
 import subprocess
+import sysconfig
 import threading
 import time
 from collections import Counter
@@ -30,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 INFINITY_VENV = ROOT / ".venv-infinity"
 INFINITY_BIN = INFINITY_VENV / "bin" / "infinity_emb"
 SERVED_NAME = "all-minilm-l6-v2"
+# chromadb's CLI, beside this interpreter (the virtualenv's scripts)
+CHROMA_BIN = Path(sysconfig.get_path("scripts")) / "chroma"
 
 
 def hosted_model(url: str, **cfg: Any) -> dict[str, Any]:
@@ -71,7 +76,41 @@ def model_with_pooling(pooling: str, where: Path) -> Path:
     return where
 
 
-class Infinity:
+class ChildServer:
+    """A server in a child process, its output in `log`, up once a URL answers 200."""
+
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def _run(self, cmd: list[str], env: dict[str, str], ready: str, timeout: float) -> None:
+        with self.log.open("ab") as fh:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        name = Path(cmd[0]).name
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {self.proc.returncode}: see {self.log}")
+            try:
+                if httpx.get(ready, timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"{name} did not start within {timeout}s: see {self.log}")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 30 s."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+
+
+class Infinity(ChildServer):
     """`infinity_emb v2` in a child process (warm-up on), stopped at exit. `pooling` serves
     the same weights pooled otherwise (other vectors under the same name)."""
 
@@ -83,7 +122,6 @@ class Infinity:
         self.log = log
         self.pooling = pooling
         self.name = name or SERVED_NAME
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 240) -> Infinity:
         cmd = [
@@ -109,29 +147,34 @@ class Infinity:
             "/v1",
         ]
         env = {**os.environ, "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
-        with self.log.open("ab") as fh:
-            self.proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"infinity exited: see {self.log}")
-            try:
-                if httpx.get(self.url + "/models", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"infinity did not start within {timeout}s: see {self.log}")
+        self._run(cmd, env, self.url + "/models", timeout)
+        return self
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
+
+class Chroma(ChildServer):
+    """`chroma run --path DIR` on 127.0.0.1 in a child process; `stop()` ends it (a server
+    that goes away mid-use), `start()` again serves the same data on the same port."""
+
+    def __init__(self, path: Path, port: int | None = None) -> None:
+        self.path = path
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = path.parent / f"{path.name}.log"
+
+    def start(self, timeout: float = 60) -> Chroma:
+        cmd = [
+            str(CHROMA_BIN),
+            "run",
+            "--path",
+            str(self.path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
+        env = {**os.environ, "ANONYMIZED_TELEMETRY": "False"}
+        self._run(cmd, env, self.url + "/api/v2/heartbeat", timeout)
+        return self
 
 
 class FaultProxy:

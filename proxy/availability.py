@@ -134,10 +134,8 @@ def readiness(
 
 
 def probe(store: VectorStore) -> IndexState:
-    """One cheap call (blocking). Stores that can't be unreachable (embedded) have no ping."""
-    ping = getattr(store, "ping", None)
-    if ping is not None:
-        ping()
+    """One cheap call (blocking); an embedded store's ping has nothing to reach."""
+    store.ping()
     return IndexState(reachable=True, exists=store.info() is not None)
 
 
@@ -183,7 +181,7 @@ class Health:
 
     async def _probe(self, side: str) -> IndexState:
         store = self._store(side)
-        if getattr(store, "ping", None) is None:  # embedded: in memory, nothing to reach
+        if not store.remote:  # embedded: in memory, nothing to reach
             return probe(store)
         running = self._running.get(side)
         if running is None or running.done():

@@ -251,20 +251,43 @@ class AdoptConfig(Strict):
         return self
 
 
+# Chroma's rule for collection names (its server refuses any other).
+CHROMA_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
+
+
 class IndexConfig(Strict):
-    backend: Literal["edge", "qdrant"] = Field(
-        "edge", description="'edge' = embedded qdrant-edge shard; 'qdrant' = Qdrant server."
+    backend: Literal["edge", "qdrant", "chroma"] = Field(
+        "edge",
+        description="'edge' = embedded qdrant-edge shard; 'qdrant' = Qdrant server; "
+        "'chroma' = Chroma server (or an embedded Chroma with `url: local:PATH`).",
     )
     path: str | None = Field(
         None, description="Shard directory (edge); relative paths are under data_dir."
     )
     url: str | None = Field(
-        None, description="Qdrant URL (backend=qdrant); ':memory:' = qdrant-client local mode."
+        None,
+        description="Server URL (backend=qdrant or chroma, e.g. http://127.0.0.1:8000); "
+        "'local:PATH' = the client's embedded mode on PATH (qdrant-client's local mode, "
+        "Chroma's PersistentClient); ':memory:' = qdrant-client local mode in memory.",
     )
     api_key: SecretStr | None = Field(
         None, description="Qdrant API key (backend=qdrant); never printed or logged."
     )
-    collection: str = Field("crossfade", description="Collection name (backend=qdrant).")
+    collection: str = Field(
+        "crossfade",
+        description="Collection name (backend=qdrant or chroma; Chroma's: 3-512 characters "
+        "of [a-zA-Z0-9._-], starting and ending with a letter or digit).",
+    )
+    tenant: str | None = Field(
+        None,
+        description="Chroma tenant of the collection (backend=chroma); default: Chroma's "
+        "`default_tenant`.",
+    )
+    database: str | None = Field(
+        None,
+        description="Chroma database of the collection, in `tenant` (backend=chroma); "
+        "default: Chroma's `default_database`.",
+    )
     vector: str = Field(
         "dense", description="Name of the dense vector in the index; '' = the unnamed vector."
     )
@@ -273,8 +296,8 @@ class IndexConfig(Strict):
         5,
         ge=1,
         le=600,
-        description="Qdrant request timeout in whole seconds (backend=qdrant); an index that "
-        "does not answer in time counts as unreachable.",
+        description="Request timeout in whole seconds (backend=qdrant or chroma); an index "
+        "that does not answer in time counts as unreachable.",
     )
 
     adopt: AdoptConfig | None = Field(
@@ -292,7 +315,29 @@ class IndexConfig(Strict):
             raise ValueError("the unnamed vector ('') is for an adopted collection only")
         if self.backend == "qdrant" and not self.url:
             raise ValueError("backend 'qdrant' needs 'url'")
+        if self.backend != "chroma" and (self.tenant is not None or self.database is not None):
+            raise ValueError("'tenant' and 'database' are Chroma's (backend 'chroma')")
+        if self.backend == "chroma":
+            self._check_chroma()
         return self
+
+    def _check_chroma(self) -> None:
+        url = self.url or ""
+        if not re.match(r"^(https?://[^/?#\s]+/?$|local:.+)", url):
+            raise ValueError(
+                "backend 'chroma' needs 'url': http(s)://HOST:PORT of a Chroma server, or "
+                f"local:PATH for an embedded one (got {url!r})"
+            )
+        if self.api_key is not None:
+            raise ValueError("'api_key' is Qdrant's: Chroma's server has no key of its own")
+        if not CHROMA_NAME_RE.match(self.collection):
+            raise ValueError(
+                f"Chroma collection name {self.collection!r}: 3-512 characters of "
+                "[a-zA-Z0-9._-], starting and ending with a letter or digit"
+            )
+        for what, value in (("tenant", self.tenant), ("database", self.database)):
+            if value is not None and not value.strip():
+                raise ValueError(f"'{what}' is empty")
 
 
 class ModelsConfig(Strict):

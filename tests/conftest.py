@@ -1,5 +1,6 @@
 """Fixtures: real models (loaded once per session), a runtime over a temp data dir, the
-session's Infinity server and a fault proxy in front of it. Helpers are in tests/helpers.py."""
+session's Infinity server and a fault proxy in front of it, the session's Chroma server.
+Helpers are in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -37,6 +38,17 @@ def infinity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     if not infinity_installed():
         pytest.skip("Infinity is not installed: run `make infinity` (part of `make test`)")
     server = Infinity(tmp_path_factory.mktemp("infinity") / "infinity.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real Chroma server for the session: `chroma run` (the Rust server in chromadb's
+    wheel, a dependency of crossfade) on 127.0.0.1; each test names collections of its own."""
+    from loadtest.servers import Chroma
+
+    server = Chroma(tmp_path_factory.mktemp("chroma") / "data").start()
     yield server
     server.stop()
 

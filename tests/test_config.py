@@ -60,6 +60,37 @@ def test_wrong_config_names_the_field(tmp_path: Path, patch: dict, field: str) -
     assert field in str(e.value)
 
 
+CHROMA = {"backend": "chroma", "url": "http://127.0.0.1:8000"}
+
+
+@pytest.mark.parametrize(
+    ("index", "says"),
+    [
+        ({"backend": "chroma"}, "needs 'url'"),
+        ({**CHROMA, "url": ":memory:"}, "local:PATH"),
+        ({**CHROMA, "url": "http://127.0.0.1:8000/api/v2"}, "HOST:PORT"),
+        ({**CHROMA, "collection": "ab"}, "3-512 characters"),
+        ({**CHROMA, "collection": "-docs"}, "starting and ending"),
+        ({**CHROMA, "api_key": "k"}, "no key of its own"),
+        ({**CHROMA, "database": " "}, "'database' is empty"),
+        ({**CHROMA, "adopt": {"text_field": "text"}}, "backend 'qdrant'"),
+        ({"backend": "edge", "path": "o", "tenant": "t"}, "are Chroma's"),
+        ({"backend": "qdrant", "url": ":memory:", "database": "d"}, "are Chroma's"),
+    ],
+)
+def test_chroma_index_settings_are_checked(index: dict, says: str) -> None:
+    with pytest.raises(ConfigError, match="indexes.old") as e:
+        load_settings(ROOT / "config" / "demo.yaml", indexes={"old": index, "new": CHROMA})
+    assert says in str(e.value)
+
+
+def test_chroma_index_settings() -> None:
+    local = {"backend": "chroma", "url": "local:chroma", "tenant": "t1", "database": "db"}
+    s = load_settings(ROOT / "config" / "demo.yaml", indexes={"old": local, "new": CHROMA})
+    assert (s.indexes.old.tenant, s.indexes.old.database) == ("t1", "db")
+    assert s.indexes.new.tenant is None and s.indexes.new.collection == "crossfade"
+
+
 def test_missing_and_malformed_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "none.yaml")

@@ -1,8 +1,13 @@
-"""The VectorStore contract, run against both engines: qdrant-edge (embedded, on disk) and
-qdrant-client's local mode (the server adapter's API without a server)."""
+"""The VectorStore contract, run against every backend: qdrant-edge (embedded, on disk; and a
+second vector of a shard, in place), qdrant-client's local mode (the server adapter's API
+without a server), and Chroma, both a real `chroma run` server and chromadb's embedded
+PersistentClient. A check of a capability a backend declares it lacks (`sparse`: BM25) is
+skipped on that declaration, never on the backend's name."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,9 +17,17 @@ import pytest
 
 from proxy.config import IndexConfig
 from proxy.document import text_sha256
-from proxy.filters import Filter
+from proxy.filters import Condition, Filter, FilterTree, HasId, IsEmpty
 from proxy.sparse import Bm25Encoder
-from proxy.store import FingerprintMismatch, IndexInfo, PointWrite, VectorStore, point_id
+from proxy.store import (
+    FingerprintMismatch,
+    IndexInfo,
+    IndexUnavailable,
+    PointWrite,
+    VectorStore,
+    point_id,
+)
+from proxy.store.chroma import ChromaStore, UnsupportedFilter, to_chroma_where
 from proxy.store.edge import EdgeStore
 from proxy.store.server import ServerStore
 
@@ -43,7 +56,7 @@ def write(doc_id: str, text: str, dense: bool = True, **kw: object) -> PointWrit
         doc_id=doc_id,
         text=text,
         text_sha256=text_sha256(text),
-        metadata={"n": n, "parity": "even" if n % 2 == 0 else "odd"},
+        metadata={"n": n, "parity": "even" if n % 2 == 0 else "odd", "tags": ["all", f"n{n}"]},
         dense=vec(n) if dense else None,
         fingerprint=FP if dense else None,
         sparse=bm25.document(text),
@@ -63,11 +76,22 @@ def old_index(path: Path) -> EdgeStore:
     return old
 
 
-@pytest.fixture(params=["edge", "edge-in-place", "qdrant-local"])
+def chroma_config(url: str) -> IndexConfig:
+    """A collection of its own: the session's Chroma server is shared by every test."""
+    return IndexConfig(backend="chroma", url=url, collection=f"t{uuid.uuid4().hex}")
+
+
+@pytest.fixture(params=["edge", "edge-in-place", "qdrant-local", "chroma", "chroma-local"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
     old = None
-    if request.param == "edge":
-        s: VectorStore = EdgeStore("t", tmp_path / "shard", IndexConfig(backend="edge", path="x"))
+    if request.param == "chroma":  # a real `chroma run` server
+        s: VectorStore = ChromaStore(
+            "t", chroma_config(request.getfixturevalue("chroma_server").url)
+        )
+    elif request.param == "chroma-local":  # chromadb's embedded PersistentClient
+        s = ChromaStore("t", chroma_config(f"local:{tmp_path / 'chroma'}"))
+    elif request.param == "edge":
+        s = EdgeStore("t", tmp_path / "shard", IndexConfig(backend="edge", path="x"))
     elif request.param == "edge-in-place":  # a second vector of the old index's shard
         old = old_index(tmp_path / "shard")
         cfg = IndexConfig(backend="edge", path="x", vector="v2")
@@ -78,9 +102,21 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStor
     # d0..d2 migrated (dense + sparse); d3, d4 seeded only (sparse, no dense vector)
     s.upsert([write(d, t, dense=d in ("d0", "d1", "d2")) for d, t in TEXTS.items()])
     yield s
+    if isinstance(s, ChromaStore):
+        s.drop()  # the server outlives the test
     s.close()
     if old is not None:
         old.close()
+
+
+def ids(store: VectorStore, flt: Filter | FilterTree | None) -> set[str]:
+    views, nxt = store.page(flt, 10, None, ())
+    assert nxt is None
+    return {v["doc_id"] for v in views}
+
+
+def cond(key: str, **kw: object) -> Condition:
+    return Condition.model_validate({"key": key, **kw})
 
 
 def test_counts_and_dense_membership(store: VectorStore) -> None:
@@ -96,6 +132,10 @@ def test_dense_search_finds_the_exact_vector_first(store: VectorStore) -> None:
 
 
 def test_sparse_search_covers_seeded_docs(store: VectorStore) -> None:
+    if not store.sparse:
+        with pytest.raises(NotImplementedError, match="BM25"):
+            store.search_sparse(bm25.query("lazy fox"), limit=3)
+        pytest.skip("the backend declares no BM25 (sparse: false), and search_sparse says so")
     hits = store.search_sparse(bm25.query("lazy fox"), limit=3)
     assert hits[0][0] == "d3"
     assert store.search_sparse(bm25.query("the and of"), limit=3) == []  # stopwords only
@@ -106,7 +146,8 @@ def test_filter_on_metadata(store: VectorStore) -> None:
     hits = store.search_dense(vec(0), limit=5, flt=flt)
     assert {d for d, _ in hits} == {"d1"}
     flt = Filter.model_validate({"must": [{"key": "n", "range": {"gte": 3}}]})
-    assert {d for d, _ in store.search_sparse(bm25.query("vector fox"), 5, flt)} <= {"d3", "d4"}
+    if store.sparse:
+        assert {d for d, _ in store.search_sparse(bm25.query("vector fox"), 5, flt)} <= {"d3", "d4"}
 
 
 def test_retrieve_and_scroll(store: VectorStore) -> None:
@@ -170,6 +211,99 @@ def test_sweep_and_fingerprint_counts(store: VectorStore) -> None:
     assert sorted(store.without_dense(10)) == ["d3", "d4"]
     assert store.without_dense(1)[0] in {"d3", "d4"}
     assert store.fingerprints() == {FP: 3}
+
+
+def test_dense_vectors_and_sample(store: VectorStore) -> None:
+    got = store.dense_vectors(["d0", "d3", "missing"])
+    assert set(got) == {"d0"} and np.allclose(got["d0"], vec(0), atol=1e-5)
+    sample = store.dense_sample(10)
+    assert set(sample) == {"d0", "d1", "d2"}  # never a point without a vector
+    assert all(np.allclose(v, vec(int(d[1:])), atol=1e-5) for d, v in sample.items())
+    assert len(store.dense_sample(2)) == 2
+
+
+def test_query_dense_returns_the_fields_asked(store: VectorStore) -> None:
+    (top, score), *_ = store.query_dense(vec(2), 2, None, ["text", "metadata"])
+    assert top["doc_id"] == "d2" and top["text"] == TEXTS["d2"] and top["metadata"]["n"] == 2
+    assert score == pytest.approx(1.0, abs=1e-4)
+    odd = Filter.model_validate({"must": [{"key": "parity", "match": {"value": "odd"}}]})
+    assert [p["doc_id"] for p, _ in store.query_dense(vec(2), 5, odd, ["text"])] == ["d1"]
+
+
+def test_filters_mean_the_same_on_every_backend(store: VectorStore) -> None:
+    """Qdrant's semantics (nested clauses, negation, arrays, emptiness, ids) over page()."""
+    odd, even = cond("parity", match={"value": "odd"}), cond("parity", match={"value": "even"})
+    n = [cond("n", match={"value": i}) for i in range(5)]
+    cases: list[tuple[FilterTree, set[str]]] = [
+        (FilterTree(must_not=(odd,)), {"d0", "d2", "d4"}),
+        (FilterTree(should=(n[0], n[4])), {"d0", "d4"}),
+        (FilterTree(must=(HasId(("d1", "d3", "zz")),)), {"d1", "d3"}),
+        (FilterTree(must_not=(HasId(("d0",)),)), {"d1", "d2", "d3", "d4"}),
+        (FilterTree(must=(IsEmpty("nope"),)), set(TEXTS)),
+        (FilterTree(must=(IsEmpty("parity"),)), set()),
+        (FilterTree(must_not=(IsEmpty("parity"),)), set(TEXTS)),
+        (FilterTree(must=(cond("parity", match={"except": ["odd"]}),)), {"d0", "d2", "d4"}),
+        (FilterTree(must=(cond("nope", match={"except": ["odd"]}),)), set()),
+        (FilterTree(must_not=(cond("parity", match={"except": ["odd"]}),)), {"d1", "d3"}),
+        (FilterTree(must=(cond("n", range={"gte": 1, "lt": 3}),)), {"d1", "d2"}),
+        (FilterTree(must_not=(cond("n", range={"gte": 2}),)), {"d0", "d1"}),
+        (FilterTree(must=(cond("tags", match={"value": "n1"}),)), {"d1"}),
+        (FilterTree(must=(cond("tags[]", match={"any": ["n1", "n2"]}),)), {"d1", "d2"}),
+        (FilterTree(must_not=(cond("tags", match={"value": "all"}),)), set()),
+        (FilterTree(must=(cond("n", match={"any": [0, 3]}),)), {"d0", "d3"}),
+        (FilterTree(must_not=(FilterTree(should=(n[0], n[1])),)), {"d2", "d3", "d4"}),
+        (
+            FilterTree(must_not=(FilterTree(must=(even, cond("n", range={"gte": 2}))),)),
+            {"d0", "d1", "d3"},
+        ),
+    ]
+    wrong = {repr(f): (ids(store, f), want) for f, want in cases if ids(store, f) != want}
+    assert not wrong, wrong
+    assert store.count_matching(FilterTree(must=(odd,))) == 2
+    assert store.count_matching(None) == 5
+
+
+def test_page_walks_every_point_once(store: VectorStore) -> None:
+    seen: list[str] = []
+    start = None
+    while True:
+        views, start = store.page(None, 2, start, ["text"])
+        assert all(v["text"] == TEXTS[v["doc_id"]] for v in views)
+        seen += [v["doc_id"] for v in views]
+        if start is None:
+            break
+    assert sorted(seen) == sorted(TEXTS)
+    even = FilterTree(must=(cond("parity", match={"value": "even"}),))
+    first, nxt = store.page(even, 1, None, ())
+    assert nxt is not None
+    second, _ = store.page(even, 5, nxt, ())
+    assert {v["doc_id"] for v in first + second} == {"d0", "d2", "d4"}
+
+
+def test_a_write_replaces_the_document_whole(store: VectorStore) -> None:
+    text = "an edited text"
+    store.upsert(
+        [
+            PointWrite(
+                doc_id="d0",
+                text=text,
+                text_sha256=text_sha256(text),
+                metadata={"n": 0},
+                sparse=bm25.document(text),
+            )
+        ]
+    )
+    got = store.retrieve(["d0"])["d0"]
+    assert got["text"] == text and got["metadata"] == {"n": 0}
+    assert "model_fingerprint" not in got and store.with_dense(["d0"]) == set()
+    assert ids(store, FilterTree(must=(cond("parity", match={"value": "even"}),))) == {"d2", "d4"}
+    assert not store.has_payload_field("metadata.gone") and store.has_payload_field("metadata.n")
+
+
+def test_payload_fields_and_location(store: VectorStore) -> None:
+    assert store.has_payload_field("metadata.parity") and store.has_payload_field("metadata.tags")
+    assert not store.has_payload_field("metadata.nope")
+    assert isinstance(store.location, str) and store.location
 
 
 def test_server_backend_mirrors_the_serving_pointer_to_an_alias(
@@ -256,5 +390,141 @@ def test_edge_in_place_writes_touch_only_their_own_vector(tmp_path: Path) -> Non
     old.close()
     view.close()
     again = EdgeStore("new", tmp_path / "shard", IndexConfig(backend="edge", path="x", vector="v2"))
-    assert again.info() == INFO and again.count() == 5 and not again.shared
+    assert again.info() == INFO and again.count() == 5 and not again.in_place
     again.close()
+
+
+# --- Chroma ---------------------------------------------------------------------------------
+
+
+def test_chroma_binding_lives_in_the_collection(chroma_server: Any) -> None:
+    """Any replica opening the collection reads the same binding (BM25 never claimed: Chroma
+    holds none); a collection crossfade did not create is never taken over."""
+    import chromadb
+    from chromadb.config import Settings
+
+    cfg = chroma_config(chroma_server.url)
+    s = ChromaStore("t", cfg)
+    assert s.info() is None and s.count() == 0
+    s.create(INFO)
+    s.upsert([write(d, t, dense=d != "d4") for d, t in TEXTS.items()])
+    again = ChromaStore("t", cfg)
+    assert again.info() == IndexInfo(dim=DIM, fingerprint=FP, sparse=False)
+    assert again.count() == 5 and again.count(dense_only=True) == 4
+    with pytest.raises(RuntimeError, match="bound to"):
+        again.create(IndexInfo(dim=DIM, fingerprint="other@1", sparse=False))
+    again.close()
+    s.drop()
+    s.close()
+
+    plain = chromadb.HttpClient(
+        host="127.0.0.1", port=chroma_server.port, settings=Settings(anonymized_telemetry=False)
+    )
+    theirs = chroma_config(chroma_server.url)
+    plain.create_collection(theirs.collection, embedding_function=None)
+    other = ChromaStore("t", theirs)
+    assert other.info() is None
+    with pytest.raises(RuntimeError, match="not crossfade's"):
+        other.create(INFO)
+    other.close()
+    plain.delete_collection(theirs.collection)
+    plain.close()
+
+
+def test_chroma_filters_refuse_what_flat_metadata_cant_say() -> None:
+    with pytest.raises(UnsupportedFilter, match="arrays of objects"):
+        to_chroma_where(FilterTree(must=(cond("a[].b", match={"value": 1}),)))
+    assert to_chroma_where(None) is None
+    # an empty id list matches nothing: Chroma is asked for no record at all
+    assert to_chroma_where(FilterTree(must=(HasId(()),))) == {"doc_id": {"$eq": ""}}
+
+
+def test_chroma_server_stopped_mid_use_is_index_unavailable(tmp_path: Path) -> None:
+    """A Chroma that stops answering (stopped, hung, or a 5xx from before it) raises
+    IndexUnavailable from every call (503 / degraded serving, never a 500); a store opened
+    while it is down starts anyway, and all works again once it is back."""
+    from loadtest.servers import Chroma, FaultProxy
+    from proxy.availability import probe
+
+    server = Chroma(tmp_path / "data").start()
+    try:
+        cfg = chroma_config(server.url)
+        s = ChromaStore("old", cfg)
+        s.create(INFO)
+        s.upsert([write(d, t, dense=d != "d4") for d, t in TEXTS.items()])
+        assert s.search_dense(vec(1), 1)[0][0] == "d1"
+        server.stop()
+        calls = {
+            "search_dense": lambda: s.search_dense(vec(1), 3),
+            "query_dense": lambda: s.query_dense(vec(1), 3, None, ["text"]),
+            "count": lambda: s.count(),
+            "count dense": lambda: s.count(dense_only=True),
+            "retrieve": lambda: s.retrieve(["d1"]),
+            "with_dense": lambda: s.with_dense(["d1"]),
+            "upsert": lambda: s.upsert([write("d4", TEXTS["d4"])]),
+            "delete": lambda: s.delete(["d4"]),
+            "page": lambda: s.page(None, 2, None, ()),
+            "fingerprints": lambda: s.fingerprints(),
+            "ping": lambda: probe(s),
+        }
+        for what, call in calls.items():
+            with pytest.raises(IndexUnavailable, match="connection refused") as e:
+                call()
+            assert e.value.side == "old" and e.value.status == 503, what
+        late = ChromaStore("new", chroma_config(server.url))  # opened while it is down
+        with pytest.raises(IndexUnavailable):
+            late.info()
+
+        server.start()
+        assert s.search_dense(vec(1), 1)[0][0] == "d1" and s.count() == 5
+        time.sleep(1.1)  # a failed first contact is asked again after a second
+        assert late.info() is None
+        late.close()
+
+        proxy = FaultProxy(server.url).start()  # between crossfade and the server
+        try:
+            via = ChromaStore(
+                "old",
+                cfg.model_copy(update={"url": f"http://127.0.0.1:{proxy.port}", "timeout_s": 1}),
+            )
+            assert via.count(dense_only=True) == 4
+            proxy.p500 = 1.0
+            with pytest.raises(IndexUnavailable, match="HTTP 500"):
+                via.search_dense(vec(1), 3)
+            proxy.p500, proxy.hang = 0.0, True
+            with pytest.raises(IndexUnavailable, match="no answer within 1s"):
+                via.search_dense(vec(1), 3)
+            proxy.hang = False
+            assert via.search_dense(vec(1), 1)[0][0] == "d1"
+            via.close()
+        finally:
+            proxy.stop()
+        s.close()
+    finally:
+        server.stop()
+
+
+def test_the_factory_opens_chroma(tmp_path: Path) -> None:
+    from proxy.config import load_settings
+    from proxy.store.factory import open_store
+    from tests.helpers import ROOT
+
+    settings = load_settings(
+        ROOT / "config" / "demo.yaml",
+        data_dir=str(tmp_path),
+        indexes={
+            "old": {"backend": "chroma", "url": f"local:{tmp_path / 'c'}", "collection": "docs_v1"},
+            "new": {"backend": "chroma", "url": f"local:{tmp_path / 'c'}", "collection": "docs_v2"},
+        },
+    )
+    old, new = open_store(settings, "old"), open_store(settings, "new")
+    assert isinstance(old, ChromaStore) and old.location.startswith("chroma collection 'docs_v1'")
+    assert (old.remote, old.sparse, old.aliases, old.named_vectors, old.in_place) == (
+        True,
+        False,
+        False,
+        False,
+        False,
+    )
+    old.close()
+    new.close()

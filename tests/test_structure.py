@@ -204,3 +204,45 @@ def test_leaf_modules_import_only_leaves() -> None:
         if others := sorted(set(imports_of(leaf, source, set(paths), is_package)) - LEAVES):
             wrong[leaf] = others
     assert not wrong, f"leaf modules importing more than leaves: {wrong}"
+
+
+def _probes(source: str) -> list[tuple[int, str]]:
+    """Calls that probe a store adapter: isinstance against a class named *Store, getattr or
+    hasattr on a store (a name a store goes by here, or a `.store(...)` call)."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args):
+            continue
+        fn, first = node.func.id, node.args[0]
+        if fn == "isinstance" and len(node.args) == 2:
+            classes = ast.unparse(node.args[1])
+            if any(n.endswith("Store") for n in classes.replace(",", " ").split()):
+                out.append((node.lineno, ast.unparse(node)))
+        elif fn in ("getattr", "hasattr"):
+            on_store = isinstance(first, ast.Name) and first.id in ("store", "old", "new")
+            on_store |= (
+                isinstance(first, ast.Call)
+                and isinstance(first.func, ast.Attribute)
+                and first.func.attr == "store"
+            )
+            if on_store:
+                out.append((node.lineno, ast.unparse(node)))
+    return out
+
+
+def test_callers_ask_store_capabilities_never_probe_adapters() -> None:
+    """Outside proxy/store/, what a backend can do is asked of the VectorStore protocol's
+    capability members (remote, sparse, aliases, named_vectors, adopted, in_place, ...),
+    never by probing the adapter's type or attributes."""
+    assert _probes("isinstance(s, AdoptedStore)\ngetattr(store, 'ping', None)\n") == [
+        (1, "isinstance(s, AdoptedStore)"),
+        (2, "getattr(store, 'ping', None)"),
+    ]
+    found = {
+        name: probes
+        for name, path in module_names().items()
+        if not name.startswith("proxy.store")
+        for probes in [_probes(path.read_text())]
+        if probes
+    }
+    assert not found, f"adapters probed (declare a capability on VectorStore): {found}"

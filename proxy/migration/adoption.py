@@ -9,7 +9,7 @@ collection where some match and some don't already holds two models and is repor
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -111,9 +111,10 @@ def check_identity(rt: Runtime, old: AdoptedStore) -> dict[str, Any]:
 def adopt_old(rt: Runtime) -> dict[str, Any] | None:
     """For an adopted old collection: the checks, then the binding (our file, not theirs).
     None when the old index is crossfade's own."""
-    old = rt.store("old")
-    if not isinstance(old, AdoptedStore):
+    store = rt.store("old")
+    if not store.adopted:
         return None
+    old = cast(AdoptedStore, store)  # the adapter of the `adopted` capability
     if not old.exists():
         raise AdoptionRefused(f"collection {old.collection!r} does not exist")
     dense, _ = old.vector_names()

@@ -141,13 +141,12 @@ class ControlPlane:
         """Qdrant server: point `<new collection>_serving` at the collection now serving."""
         new = self.rt.store("new")
         old = self.rt.store("old")
-        set_alias = getattr(new, "set_alias", None)
-        if set_alias is None or new.info() is None:
+        if not new.aliases or new.info() is None:
             return
-        if getattr(new, "shared", False):  # in place: one collection, no alias to move
+        if new.in_place:  # one collection, no alias to move
             return
         target = new if routing.mode is Mode.NEW else old
-        set_alias(f"{new.collection}_serving", target.collection)  # type: ignore[attr-defined]
+        new.set_alias(f"{new.collection}_serving", target.collection)
 
     async def cutover(
         self, searcher: Searcher, data: Beir | None, force: bool, actor: str

@@ -21,7 +21,6 @@ from proxy.errors import Conflict
 from proxy.migration.cutover import AuditLog, describe, routing_dict
 from proxy.routing import Routing
 from proxy.runtime import Runtime
-from proxy.store.adopted import AdoptedStore
 
 
 class FinishRefused(Conflict, RuntimeError):
@@ -69,7 +68,7 @@ def finish_migration(
         raise FinishRefused(why)
     with rt.write_lock:  # no dual write in flight while the old index is retired
         old = rt.store("old")
-        where = _where(old)
+        where = old.location
         rt.state.set("retired", True)
         if drop:
             old.drop()
@@ -80,7 +79,7 @@ def finish_migration(
         "state": "finished",
         "finished_at": datetime.now().astimezone().isoformat(timespec="milliseconds"),
         "old_index": {"where": where, "retired": retired_as},
-        "new_index": _where(new),
+        "new_index": new.location,
     }
     rt.state.set("migration", migration)
     rt.state.set("paused", False)
@@ -98,12 +97,3 @@ def finish_migration(
             "`crossfade migrate start` to the next model",
         }
     )
-
-
-def _where(store: Any) -> str:
-    if isinstance(store, AdoptedStore):
-        vec = repr(store.vector) if store.vector else "the unnamed vector"
-        return f"qdrant collection {store.collection!r}, vector {vec}"
-    if hasattr(store, "collection"):
-        return f"qdrant collection {store.collection!r}"
-    return f"edge shard {store.path}, vector {store.vector!r}"

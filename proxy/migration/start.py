@@ -46,7 +46,7 @@ def place_new_index(
         raise ValueError("--into is for an adopted collection (indexes.old.adopt)")
     if into == old.collection and old.adopt is not None:
         raise ValueError("--into names the adopted collection itself; use --in-place")
-    if in_place and old.adopt is None and old.backend != "edge":
+    if in_place and not rt.store("old").named_vectors:
         raise ValueError(
             "--in-place adds a vector to the old index's edge shard (indexes.old.backend: edge) "
             "or to an adopted collection (indexes.old.adopt)"
@@ -109,11 +109,11 @@ def start_migration(
     total = old.count()
     bar = Progress("seed new index", total) if progress else None
     seeded = without_text = 0
-    in_place_new = getattr(new, "shared", False)  # seeding adds BM25 to the shared points
+    in_place_new = new.in_place  # seeding adds BM25 to the shared points
     for batch in old.scroll(256, ["text", "metadata", "text_sha256"]):
         ids = [p["doc_id"] for p in batch]
         if in_place_new:
-            done = new.seeded(ids)  # type: ignore[union-attr]
+            done = new.seeded(ids)
             todo = [p for p in batch if p["doc_id"] not in done]
         else:
             have = new.retrieve(ids, ["text_sha256"])
@@ -144,7 +144,7 @@ def start_migration(
         "documents": new.count(),
     }
     if adoption is not None:
-        state["adopted"] = {"collection": old.collection, **adoption}  # type: ignore[attr-defined]
+        state["adopted"] = {"collection": old.collection, **adoption}
     if rt.state.get("placement"):
         state["placement"] = rt.state.get("placement")
     rt.state.set("migration", state)

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
+import re
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +26,7 @@ import numpy as np
 from proxy.errors import Conflict, Unavailable
 from proxy.filters import Filter, FilterTree
 
+log = logging.getLogger("crossfade.store")
 NAMESPACE = uuid.UUID("6f0c6c39-3f1a-4a57-9f39-1bd0a7e0c0de")
 PAYLOAD_FIELDS = ("doc_id", "text", "metadata", "text_sha256")
 # What a point says of its dense vector; all a re-embed writes besides the vector itself.
@@ -96,9 +100,55 @@ class IndexInfo:
 
 
 class VectorStore(Protocol):
+    """What the proxy needs from an index. Adapters subclass it explicitly, so that the
+    capability members below have their defaults: a backend that lacks a capability leaves
+    the default, and callers ask the capability, never the adapter's type or attributes."""
+
     name: str
     vector: str
     sparse_vector: str
+    # The collection's name on its server ('' for an edge shard, which has none).
+    collection: str = ""
+
+    # --- capabilities (the defaults say "this backend can't") ----------------------------
+    # Calls go through a client that can fail as unreachable (IndexUnavailable) or hang: a
+    # health probe asks `ping()` on a thread of its own, with a timeout.
+    remote: bool = False
+    # The engine holds BM25 sparse vectors and ranks them itself (`search_sparse`); without
+    # it `search_sparse` raises, and a search leaves the BM25 list out.
+    sparse: bool = False
+    # Collection aliases on the server (`set_alias`, `alias_target`): the serving pointer
+    # mirrored for clients that read the store directly.
+    aliases: bool = False
+    # Another model's dense vector can join this index's points under a name of its own
+    # (`migrate start --in-place`: an edge shard, an adopted Qdrant collection).
+    named_vectors: bool = False
+    # An existing collection in its own layout, checked and bound by the adoption checks
+    # (proxy/migration/adoption.py; the adapter is proxy/store/adopted.py's AdoptedStore).
+    adopted: bool = False
+    # This index shares its points with the other side's (in place): it holds its own
+    # vectors only, and a point belongs to it once seeded (`seeded`).
+    in_place: bool = False
+
+    @property
+    def location(self) -> str:
+        """Where the index lives, in words (the audit log, `migrate finish`)."""
+        ...
+
+    def ping(self) -> None:
+        """Reachability probe, one small request (raises IndexUnavailable). An embedded
+        index has nothing to reach."""
+
+    def seeded(self, doc_ids: Sequence[str]) -> set[str]:
+        """In place: the ids among `doc_ids` already seeded into this index."""
+        raise NotImplementedError(f"index {self.name!r} is not in place")
+
+    def set_alias(self, alias: str, collection: str) -> None:
+        """Point `alias` at `collection` in one request (with `aliases`)."""
+        raise NotImplementedError(f"index {self.name!r} has no aliases")
+
+    def alias_target(self, alias: str) -> str | None:
+        raise NotImplementedError(f"index {self.name!r} has no aliases")
 
     def info(self) -> IndexInfo | None: ...
 
@@ -114,8 +164,7 @@ class VectorStore(Protocol):
 
     def check_ids(self, doc_ids: Sequence[str]) -> None:
         """Raise ValueError for an id this index can't key a point by (asked before a write
-        touches any index)."""
-        ...
+        touches any index). By default any doc id keys a point."""
 
     def search_dense(
         self, vector: np.ndarray, limit: int, flt: Filter | None = None
@@ -130,7 +179,9 @@ class VectorStore(Protocol):
 
     def search_sparse(
         self, sparse: Sparse, limit: int, flt: Filter | None = None
-    ) -> list[tuple[str, float]]: ...
+    ) -> list[tuple[str, float]]:
+        """BM25 ranking (with `sparse`)."""
+        raise NotImplementedError(f"index {self.name!r} holds no BM25 vectors")
 
     def with_dense(self, doc_ids: Sequence[str]) -> set[str]: ...
 
@@ -183,6 +234,61 @@ class VectorStore(Protocol):
     def close(self) -> None: ...
 
 
+# After a failed first contact, `info()` asks the server again at most this often.
+RETRY_S = 1.0
+
+
+class FirstContact:
+    """The binding of an index on a server, read at first contact: an unreachable server
+    doesn't stop start-up, and until it first answers, `info()` raises IndexUnavailable (the
+    index may well exist), asking again at most once per RETRY_S. An adapter reads its
+    binding in `_read_binding` and probes the server in `_heartbeat`; it calls
+    `_first_contact()` at the end of its constructor."""
+
+    _info: IndexInfo | None = None
+    _loaded = False
+    _failed: IndexUnavailable | None = None
+    _retry_at = 0.0
+
+    def _read_binding(self) -> IndexInfo | None:
+        """The binding as the server has it (raises IndexUnavailable)."""
+        raise NotImplementedError
+
+    def _heartbeat(self) -> None:
+        """One small request (raises IndexUnavailable)."""
+        raise NotImplementedError
+
+    def _first_contact(self) -> None:
+        try:
+            self._load_info()
+        except IndexUnavailable as e:
+            log.warning("%s (will retry)", e)
+
+    def _load_info(self) -> None:
+        try:
+            info = self._read_binding()
+        except IndexUnavailable as e:
+            self._failed, self._retry_at = e, time.monotonic() + RETRY_S
+            raise
+        self._info, self._loaded, self._failed = info, True, None
+
+    def info(self) -> IndexInfo | None:
+        if not self._loaded:
+            failed = self._failed
+            if failed is not None and time.monotonic() < self._retry_at:
+                raise IndexUnavailable(failed.side, failed.where, failed.reason)
+            self._load_info()
+        return self._info
+
+    def ping(self) -> None:
+        """Reachability probe (raises IndexUnavailable). Reads the binding at first contact,
+        or of a collection created since (by another replica)."""
+        if not self._loaded or self._info is None:
+            self._load_info()
+            return
+        self._heartbeat()
+
+
 def check_fingerprints(info: IndexInfo | None, points: Sequence[PointWrite]) -> None:
     """The bilingual-write guard: every dense vector must come from the index's bound model."""
     if info is None:
@@ -206,6 +312,11 @@ def fingerprint_counts(facets: dict[str, int], with_vector: int) -> dict[str, in
     if unknown > 0:
         out["unknown"] = unknown
     return out
+
+
+def public_url(url: str) -> str:
+    """A URL as it may be shown: credentials in it (user:pass@) are never echoed."""
+    return re.sub(r"//[^/@]*@", "//", url)
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -33,9 +32,9 @@ from qdrant_client import models as qm
 from proxy.config import IndexConfig, Settings
 from proxy.document import text_sha256
 from proxy.errors import Invalid
-from proxy.store import IndexInfo, IndexUnavailable, PointWrite, check_fingerprints
+from proxy.store import IndexInfo, PointWrite, check_fingerprints
 from proxy.store import write_json_atomic as _write_json
-from proxy.store.server import _RETRY_S, ServerStore
+from proxy.store.server import ServerStore
 from proxy.store.texts import EditedTexts, TextSource
 
 BINDINGS = "bindings"
@@ -162,29 +161,32 @@ def with_node_text(field: Any, text: str, doc_id: str) -> str:
 
 
 class AdoptedStore(ServerStore):
-    """`shared`: the old and new index live in one collection (the in-place shape)."""
+    """`in_place`: the old and new index live in one collection (the in-place shape)."""
+
+    adopted = True
+    named_vectors = True  # Qdrant >= 1.18 adds a named vector to a live collection
 
     def __init__(
-        self, name: str, cfg: IndexConfig, layout: Layout, bindings: Path, shared: bool
+        self, name: str, cfg: IndexConfig, layout: Layout, bindings: Path, in_place: bool
     ) -> None:
         self.layout = layout
-        self.shared = shared
+        self.in_place = in_place
         vector = cfg.vector or "_unnamed"
         self.binding = bindings / f"{cfg.collection}.{vector}.json"
         super().__init__(name, cfg)
 
     # --- binding: a file of ours, never the user's collection -------------------------
-    def _load_info(self) -> None:
-        try:
-            with self._guard():
-                exists = self.client.collection_exists(self.collection)
-        except IndexUnavailable as e:
-            self._failed, self._retry_at = e, time.monotonic() + _RETRY_S
-            raise
-        self._info = None
+    def _read_binding(self) -> IndexInfo | None:
+        with self._guard():
+            exists = self.client.collection_exists(self.collection)
         if exists and self.binding.exists():
-            self._info = IndexInfo(**json.loads(self.binding.read_text()))
-        self._loaded, self._failed = True, None
+            return IndexInfo(**json.loads(self.binding.read_text()))
+        return None
+
+    @property
+    def location(self) -> str:
+        vec = repr(self.vector) if self.vector else "the unnamed vector"
+        return f"qdrant collection {self.collection!r}, vector {vec}"
 
     def exists(self) -> bool:
         with self._guard():
@@ -265,7 +267,7 @@ class AdoptedStore(ServerStore):
 
     def _point(self, p: PointWrite) -> qm.PointStruct:
         vec: Any = self._vectors(p)
-        if set(vec) == {""} and not self.shared:
+        if set(vec) == {""} and not self.in_place:
             vec = vec[""]  # the unnamed vector alone: the plain form every client writes
         return qm.PointStruct(id=self._pid(p.doc_id), vector=vec, payload=self.layout.payload(p))
 
@@ -310,7 +312,7 @@ class AdoptedStore(ServerStore):
             # The text can't go into the point, nor into the application's file: kept here,
             # before the index is written (a later read must see it, a re-embed embed it).
             self.layout.edited.put([(p.doc_id, p.text) for p in points if p.if_text_sha256 is None])
-        if self.shared:  # either side: the other's vectors live in the same points
+        if self.in_place:  # either side: the other's vectors live in the same points
             return self._upsert_in_place(points)
         plain = [self._point(p) for p in points if p.if_text_sha256 is None]
         with self._guard():
@@ -361,7 +363,7 @@ class AdoptedStore(ServerStore):
 
     def _member(self) -> qm.Filter | None:
         """In place, a point belongs to the new index once seeded (holds the BM25 vector)."""
-        if self.shared and self.name == "new":
+        if self.in_place and self.name == "new":
             return qm.Filter(must=[qm.HasVectorCondition(has_vector=self.sparse_vector)])
         return None
 
@@ -431,7 +433,7 @@ class AdoptedStore(ServerStore):
         """Retire: in place, delete this index's vector(s) from the shared collection;
         otherwise the collection. The binding goes with it."""
         with self._guard():
-            if self.shared:
+            if self.in_place:
                 dense, sparse = self.vector_names()
                 if self.vector in dense:
                     self.client.delete_vector_name(self.collection, self.vector)

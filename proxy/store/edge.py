@@ -4,7 +4,7 @@ Edge has no collection metadata and no aliases, so what each dense vector of a s
 to (model fingerprint, dimension) lives in `crossfade_index.json` beside the shard, written
 atomically. A shard normally holds one index; `migrate start --in-place` adds the new model's
 named vector (and the BM25 sparse vector) to the old index's live shard, and the new index is
-a view of the same points through that vector (`shared`). The engine lets one opener hold a
+a view of the same points through that vector (`in_place`). The engine lets one opener hold a
 shard, so every view of it in this process shares one handle (`_Shard`).
 
 Calls block; the query path runs them in worker threads. `optimize()` (HNSW build) is never
@@ -31,6 +31,7 @@ from proxy.store import (
     IndexInfo,
     PointWrite,
     Sparse,
+    VectorStore,
     check_fingerprints,
     fingerprint_counts,
     point_id,
@@ -153,10 +154,13 @@ DOC_OF: dict[Any, str] = {}
 DOC_OF_MAX = 1 << 21
 
 
-class EdgeStore:
+class EdgeStore(VectorStore):
     """One index: the dense vector `cfg.vector` of the shard at `path` (+ BM25 on the new
     side). `primary`: the vector a shard's bindings file of the one-index format describes
     (the old index's, when this view is the new one in place)."""
+
+    sparse = True  # BM25, with the engine's IDF modifier
+    named_vectors = True  # `--in-place` adds the new model's vector to the shard
 
     def __init__(self, name: str, path: Path, cfg: IndexConfig, primary: str | None = None) -> None:
         self.name = name
@@ -182,9 +186,13 @@ class EdgeStore:
         return self._ref is not None and self._ref.bindings.tracked == self.vector
 
     @property
-    def shared(self) -> bool:
-        """Whether other indexes' vectors live in the same shard (in place)."""
+    def in_place(self) -> bool:  # type: ignore[override]
+        """Whether other indexes' vectors live in the same shard."""
         return self._ref is not None and len(self._ref.bindings.vectors) > 1
+
+    @property
+    def location(self) -> str:
+        return f"edge shard {self.path}, vector {self.vector!r}"
 
     def create(self, info: IndexInfo) -> None:
         have = self.info()
@@ -257,7 +265,7 @@ class EdgeStore:
     def upsert(self, points: Sequence[PointWrite]) -> None:
         check_fingerprints(self.info(), points)
         plain = [p for p in points if p.if_text_sha256 is None]
-        if self.shared or not self.tracked:
+        if self.in_place or not self.tracked:
             self._upsert_vectors(plain)
         elif plain:
             self.shard.update(qe.UpdateOperation.upsert_points([self._point(p) for p in plain]))
@@ -313,9 +321,6 @@ class EdgeStore:
 
     def why_no_text(self, doc_id: str) -> str:
         return "no stored text"
-
-    def check_ids(self, doc_ids: Sequence[str]) -> None:
-        """Any doc id keys a point (uuid5 of it)."""
 
     def delete(self, doc_ids: Sequence[str]) -> None:
         self.shard.update(qe.UpdateOperation.delete_points([point_id(d) for d in doc_ids]))
@@ -514,7 +519,7 @@ class EdgeStore:
         info = self.info()
         if self._ref is not None and info is None:
             return  # a view not created yet: the shard holds only other indexes' vectors
-        if self._ref is None or info is None or not self.shared:
+        if self._ref is None or info is None or not self.in_place:
             self.close()
             shutil.rmtree(self.path, ignore_errors=True)
             return

@@ -1,6 +1,7 @@
-"""Which adapter holds a side's index: edge, server, or an adopted collection, at the placement
-`migrate start` chose. The adapters import the protocol (proxy/store/__init__.py); this module
-imports them, so none imports the module that imports it."""
+"""Which adapter holds a side's index: edge, Qdrant server, Chroma, or an adopted collection,
+at the placement `migrate start` chose. The adapters import the protocol
+(proxy/store/__init__.py); this module imports them, so none imports the module that imports
+it."""
 
 from __future__ import annotations
 
@@ -46,6 +47,10 @@ def open_store(
         from proxy.store.edge import EdgeStore
 
         return EdgeStore(which, settings.data_path(cfg.path or which), cfg)
+    if cfg.backend == "chroma":
+        from proxy.store.chroma import ChromaStore
+
+        return ChromaStore(which, cfg)
     from proxy.store.server import ServerStore
 
     return ServerStore(which, cfg)

@@ -7,10 +7,7 @@ fingerprint lives in the collection's metadata, so every replica sees the same b
 
 from __future__ import annotations
 
-import logging
-import re
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -24,19 +21,19 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from proxy.config import IndexConfig
 from proxy.filters import Clause, Condition, Filter, FilterTree, HasId, IsEmpty
 from proxy.store import (
+    FirstContact,
     IndexInfo,
     IndexUnavailable,
     PointWrite,
     Sparse,
+    VectorStore,
     check_fingerprints,
     fingerprint_counts,
     point_id,
+    public_url,
 )
 
 _META_KEY = "crossfade"
-log = logging.getLogger("crossfade.store")
-# After a failed first contact, `info()` asks the server again at most this often.
-_RETRY_S = 1.0
 
 
 def _condition(c: Condition) -> qm.FieldCondition:
@@ -124,7 +121,14 @@ def release_client(cfg: IndexConfig) -> None:
     client.close()
 
 
-class ServerStore:
+class ServerStore(FirstContact, VectorStore):
+    remote = True  # local mode too: its calls wait on one lock, so probes go off the loop
+    sparse = True  # BM25, with the server's IDF modifier
+    aliases = True
+    # (the server has named vectors, but crossfade's own layout migrates to a collection
+    # beside; in place is for an edge shard or an adopted collection)
+    named_vectors = False
+
     def __init__(self, name: str, cfg: IndexConfig, client: QdrantClient | None = None) -> None:
         self.name = name
         self.collection = cfg.collection
@@ -135,15 +139,7 @@ class ServerStore:
         self.client = client or make_client(cfg)
         self._local = (cfg.url or "").startswith((":memory:", "local:"))
         self._lock = _local_mode_lock
-        self._info: IndexInfo | None = None
-        # An unreachable server doesn't stop start-up: the binding is read at first contact.
-        self._loaded = False
-        self._failed: IndexUnavailable | None = None
-        self._retry_at = 0.0
-        try:
-            self._load_info()
-        except IndexUnavailable as e:
-            log.warning("%s (will retry)", e)
+        self._first_contact()
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
@@ -169,40 +165,21 @@ class ServerStore:
             reason = f"HTTP {e.status_code} {e.reason_phrase}"
         else:
             reason = " ".join(str(src).split()) or type(src).__name__
-        # Credentials in a URL (user:pass@) are never echoed.
-        url = re.sub(r"//[^/@]*@", "//", self._cfg.url or "")
-        return IndexUnavailable(self.name, f"qdrant at {url}", reason)
+        return IndexUnavailable(self.name, f"qdrant at {public_url(self._cfg.url or '')}", reason)
 
-    def _load_info(self) -> None:
-        try:
-            with self._guard():
-                if self.client.collection_exists(self.collection):
-                    meta = self.client.get_collection(self.collection).config.metadata or {}
-                else:
-                    meta = {}
-        except IndexUnavailable as e:
-            self._failed, self._retry_at = e, time.monotonic() + _RETRY_S
-            raise
-        if _META_KEY in meta:
-            self._info = IndexInfo(**meta[_META_KEY])
-        self._loaded, self._failed = True, None
+    def _read_binding(self) -> IndexInfo | None:
+        """In the collection's metadata, so every replica sees the same binding."""
+        with self._guard():
+            if not self.client.collection_exists(self.collection):
+                return None
+            meta = self.client.get_collection(self.collection).config.metadata or {}
+        return IndexInfo(**meta[_META_KEY]) if _META_KEY in meta else None
 
-    def info(self) -> IndexInfo | None:
-        """The binding; raises IndexUnavailable while the server has never been reached (the
-        index may well exist), asking again at most once a second."""
-        if not self._loaded:
-            failed = self._failed
-            if failed is not None and time.monotonic() < self._retry_at:
-                raise IndexUnavailable(failed.side, failed.where, failed.reason)
-            self._load_info()
-        return self._info
+    @property
+    def location(self) -> str:
+        return f"qdrant collection {self.collection!r}"
 
-    def ping(self) -> None:
-        """Reachability probe, one small request (raises IndexUnavailable). Reads the binding
-        at first contact, or of a collection created since (by another replica)."""
-        if not self._loaded or self._info is None:
-            self._load_info()
-            return
+    def _heartbeat(self) -> None:
         if self._local:  # in-process: nothing to reach (and no wait on its lock)
             return
         with self._guard():
@@ -299,9 +276,6 @@ class ServerStore:
 
     def why_no_text(self, doc_id: str) -> str:
         return "no stored text"
-
-    def check_ids(self, doc_ids: Sequence[str]) -> None:
-        """Any doc id keys a point (uuid5 of it)."""
 
     def delete(self, doc_ids: Sequence[str]) -> None:
         with self._guard():

@@ -1,0 +1,794 @@
+"""Chroma adapter through the official `chromadb` client: a Chroma server (`url:
+http://HOST:PORT`, e.g. the Rust server `chroma run` starts) or an embedded Chroma (`url:
+local:PATH`, a PersistentClient), in `tenant`/`database` when set.
+
+A point is a Chroma record keyed by crossfade's doc id itself (Chroma ids are strings):
+- the text is the record's document;
+- the embedding is the dense vector. Chroma keeps one embedding per record and needs one for
+  every record, so a point without a dense vector (seeded, not migrated yet) holds a
+  placeholder: a unit vector drawn from its doc id. Every dense query and read filters on
+  `crossfade:dense`, so a placeholder is never a hit, nor read as a vector;
+- the metadata (Chroma's is flat: scalars, and arrays of one scalar type) holds `doc_id`,
+  `text_sha256`, the bookkeeping of a real vector (`model_fingerprint`, `vector_sha256`,
+  `embedded_at`), `crossfade:dense` (bool), and crossfade's `metadata` dict twice: JSON-encoded
+  whole under `crossfade:metadata` (what reads return, exactly as written: nesting, nulls,
+  arrays of objects), and flattened, each scalar leaf and each array of one scalar type under
+  its dotted path (`metadata.topic`, `metadata.a.b`): what filters address. Chroma has no
+  "exists" operator, so `crossfade:paths` lists the payload paths that hold a non-empty value
+  (for `IsEmpty` and `has_payload_field`).
+
+Filters keep Qdrant's meaning on scalars and arrays of scalars: a match is "equals, or an
+array holding it"; `except` needs the key present (an array matches when it holds none of the
+values, where Qdrant asks for one other value); a range ignores non-numeric values and arrays.
+A condition inside an array of objects (`a[].b`) is refused (400): flattened metadata can't
+say which element a value came from.
+
+Chroma's upsert merges a record's metadata into what it had: a write nulls every key the
+record held that the new metadata lacks (read first). Every write takes the store's lock (one
+per collection in this process), and a conditional re-embed (`if_text_sha256`) is a
+read-check-write under it: safe against writes of this process; writers in other processes
+can race it (a fleet-safe guard, e.g. the conditional commit of newer Chroma servers, is a
+later issue).
+
+The binding (IndexInfo) lives in the collection's metadata (`crossfade`, JSON), so every
+replica reads the same one; the collection is created with cosine space and no embedding
+function (crossfade embeds). Chroma has no sparse vectors and no BM25 (`sparse` is False):
+the binding says `sparse: false` whatever was asked, a write's BM25 vector is not stored, and
+`search_sparse` raises.
+
+Chroma counts without a filter only: a count of dense points or of a filter pages through
+ids (O(n)). `page` resumes at a doc id by offset: the one it returned the page before, else
+found by paging through ids.
+
+Transport faults (refused, timed out, a 5xx answer) are raised as IndexUnavailable. The
+client is made at first contact (its constructor talks to the server), one per (url, tenant,
+database) in a process; chromadb's HTTP client has no timeout of its own, so `timeout_s` is
+set on its session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import asdict
+from typing import Any
+
+import chromadb
+import httpx
+import numpy as np
+from chromadb.api import ClientAPI
+from chromadb.api.models.Collection import Collection
+from chromadb.config import Settings as ChromaSettings
+from chromadb.errors import ChromaError, NotFoundError
+
+from proxy.config import IndexConfig
+from proxy.errors import BadRequest
+from proxy.filters import Condition, Filter, FilterTree, HasId, IsEmpty
+from proxy.store import (
+    BOOKKEEPING,
+    FirstContact,
+    IndexInfo,
+    IndexUnavailable,
+    PointWrite,
+    Sparse,
+    VectorStore,
+    check_fingerprints,
+    fingerprint_counts,
+    public_url,
+)
+
+BINDING = "crossfade"  # collection metadata: the IndexInfo, JSON
+DENSE = "crossfade:dense"  # record metadata: whether the embedding is a real vector
+PATHS = "crossfade:paths"  # record metadata: payload paths that hold a non-empty value
+METADATA = "crossfade:metadata"  # record metadata: crossfade's metadata dict, JSON
+COSINE = {"hnsw": {"space": "cosine"}}
+_PAGE = 10_000  # ids per request when counting or seeking through a collection
+_CURSORS = 1024  # page starts remembered (doc id -> offset)
+
+Where = dict[str, Any]
+# A filter that matches nothing (every record has a doc id, none the empty one).
+NOTHING: Where = {"doc_id": {"$eq": ""}}
+
+
+class UnsupportedFilter(BadRequest, ValueError):
+    """A filter Chroma's flat metadata can't evaluate."""
+
+
+class _ServerFault(Exception):
+    """A 5xx answer, raised before chromadb reads the body (which a proxy may not fill)."""
+
+    def __init__(self, status: int, phrase: str) -> None:
+        self.status, self.phrase = status, phrase
+        super().__init__(f"HTTP {status} {phrase}")
+
+
+# --- filters ------------------------------------------------------------------------------
+
+
+def _join(op: str, parts: Iterable[Where | bool]) -> Where | bool:
+    """`$and` (`$or`) of `parts`, where True and False stand for "everything" and "nothing"
+    (Chroma has neither, and wants two or more operands)."""
+    unit = op == "$and"  # what leaves the result as it is; its negation decides it
+    ps = list(parts)
+    if any(p is (not unit) for p in ps):
+        return not unit
+    ws = [p for p in ps if p is not unit]
+    if not ws:
+        return unit
+    return ws[0] if len(ws) == 1 else {op: ws}
+
+
+def _all(parts: Iterable[Where | bool]) -> Where | bool:
+    return _join("$and", parts)
+
+
+def _any(parts: Iterable[Where | bool]) -> Where | bool:
+    return _join("$or", parts)
+
+
+def chroma_path(field: str) -> str:
+    """A payload path of crossfade's layout as a metadata key: `metadata.tags[]` addresses
+    the elements of an array, which a flattened array is matched on anyway."""
+    path = field.removesuffix("[]")
+    if "[]" in path:
+        raise UnsupportedFilter(
+            f"filter key {field!r}: Chroma's flat metadata can't filter inside arrays of objects"
+        )
+    return path
+
+
+def _by_type(values: Sequence[Any]) -> list[list[Any]]:
+    """Chroma's $in/$nin take values of one type (bool apart from int)."""
+    groups: dict[type, list[Any]] = {}
+    for v in values:
+        groups.setdefault(type(v), []).append(v)
+    return list(groups.values())
+
+
+def _present(path: str, yes: bool = True) -> Where:
+    return {PATHS: {"$contains" if yes else "$not_contains": path}}
+
+
+def _condition(c: Condition, neg: bool) -> Where | bool:
+    key = chroma_path(c.field)
+    if c.range is not None:
+        r = c.range
+        bounds = [("$gt", r.gt), ("$gte", r.gte), ("$lt", r.lt), ("$lte", r.lte)]
+        if not neg:
+            return _all({key: {op: v}} for op, v in bounds if v is not None)
+        flip = {"$gt": "$lte", "$gte": "$lt", "$lt": "$gte", "$lte": "$gt"}
+        outside = [{key: {flip[op]: v}} for op, v in bounds if v is not None]
+        return _any([_present(key, False), *outside])
+    m = c.match
+    assert m is not None
+    if m.except_ is not None:
+        vals, except_ = list(m.except_), True
+    else:
+        vals, except_ = ([m.value] if m.any is None else list(m.any)), False
+    # equal to one of `vals`, or an array holding one
+    holds = [
+        *({key: {"$in": g}} for g in _by_type(vals)),
+        *({key: {"$contains": v}} for v in vals),
+    ]
+    lacks = [
+        *({key: {"$nin": g}} for g in _by_type(vals)),
+        *({key: {"$not_contains": v}} for v in vals),
+    ]
+    if except_:
+        return _any([_present(key, False), *holds]) if neg else _all([_present(key), *lacks])
+    return _all(lacks) if neg else _any(holds)
+
+
+def _clause(c: Any, neg: bool) -> Where | bool:
+    if isinstance(c, Condition):
+        return _condition(c, neg)
+    if isinstance(c, IsEmpty):
+        return _present(chroma_path(c.field), neg)
+    if isinstance(c, HasId):
+        if not c.doc_ids:
+            return neg
+        return {"doc_id": {"$nin" if neg else "$in": list(c.doc_ids)}}
+    return _tree(c, neg)
+
+
+def _tree(t: Filter | FilterTree, neg: bool) -> Where | bool:
+    """must: all; should: at least one (when given); must_not: none. Negated by De Morgan
+    (Chroma has no $not)."""
+    if not neg:
+        return _all(
+            [
+                *(_clause(c, False) for c in t.must),
+                _any(_clause(c, False) for c in t.should) if t.should else True,
+                *(_clause(c, True) for c in t.must_not),
+            ]
+        )
+    return _any(
+        [
+            *(_clause(c, True) for c in t.must),
+            _all(_clause(c, True) for c in t.should) if t.should else False,
+            *(_clause(c, False) for c in t.must_not),
+        ]
+    )
+
+
+def to_chroma_where(flt: Filter | FilterTree | None, *extra: Where) -> Where | None:
+    """Chroma's `where` for crossfade's filter (and `extra` conditions): None = everything."""
+    w = _all([_tree(flt, False) if flt is not None else True, *extra])
+    if w is True:
+        return None
+    return NOTHING if w is False else w
+
+
+# --- records ------------------------------------------------------------------------------
+
+_SCALARS = (str, int, float, bool)
+
+
+def flatten(metadata: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Crossfade's metadata as flat Chroma metadata (scalar leaves and arrays of one scalar
+    type under their dotted paths) and the paths that hold a non-empty value."""
+    flat: dict[str, Any] = {}
+    paths = ["metadata"]
+
+    def walk(path: str, v: Any) -> None:
+        if v is None or v == []:
+            return
+        paths.append(path)
+        if isinstance(v, dict):
+            for k, x in v.items():
+                walk(f"{path}.{k}", x)
+        elif isinstance(v, _SCALARS):
+            flat[path] = v
+        elif isinstance(v, list) and len({type(x) for x in v}) == 1 and isinstance(v[0], _SCALARS):
+            flat[path] = list(v)
+
+    for k, v in metadata.items():
+        walk(f"metadata.{k}", v)
+    return flat, paths
+
+
+def record_metadata(p: PointWrite) -> dict[str, Any]:
+    flat, paths = flatten(p.metadata)
+    meta: dict[str, Any] = {
+        "doc_id": p.doc_id,
+        "text_sha256": p.text_sha256,
+        DENSE: p.dense is not None,
+        METADATA: json.dumps(p.metadata),
+        **flat,
+    }
+    if p.dense is not None:
+        meta.update({k: v for k, v in p.bookkeeping().items() if v is not None})
+    top = [k for k in ("doc_id", "text", "text_sha256", *BOOKKEEPING) if k in meta or k == "text"]
+    meta[PATHS] = [*top, *paths]
+    return meta
+
+
+def placeholder(doc_id: str, dim: int) -> np.ndarray:
+    """The embedding of a point without a dense vector (Chroma needs one): a unit vector
+    drawn from the doc id, so placeholders spread like vectors do (no pile of duplicates in
+    the HNSW graph)."""
+    seed = int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:8], "little")
+    v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+    return v / np.linalg.norm(v)  # type: ignore[no-any-return]
+
+
+def _include(fields: Sequence[str] | None) -> list[str]:
+    if fields is None:
+        return ["documents", "metadatas"]
+    out = ["documents"] if "text" in fields else []
+    if set(fields) - {"text", "doc_id"}:
+        out.append("metadatas")
+    return out
+
+
+def view(
+    doc_id: str, text: str | None, meta: dict[str, Any] | None, fields: Sequence[str] | None
+) -> dict[str, Any]:
+    """A record as crossfade's payload view: doc_id and the `fields` it holds (None: all)."""
+    out: dict[str, Any] = {"doc_id": doc_id}
+    if (fields is None or "text" in fields) and text is not None:
+        out["text"] = text
+    meta = meta or {}
+    if (fields is None or "metadata" in fields) and METADATA in meta:
+        out["metadata"] = json.loads(meta[METADATA])
+    for k in ("text_sha256", *BOOKKEEPING):
+        if (fields is None or k in fields) and k in meta:
+            out[k] = meta[k]
+    return out
+
+
+def _views(got: Any, fields: Sequence[str] | None) -> list[dict[str, Any]]:
+    n = len(got["ids"])
+    docs = got.get("documents") or [None] * n
+    metas = got.get("metadatas") or [None] * n
+    return [view(i, d, m, fields) for i, d, m in zip(got["ids"], docs, metas, strict=True)]
+
+
+def _unique(ids: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(ids))
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+# --- clients ------------------------------------------------------------------------------
+
+ClientKey = tuple[str, str | None, str | None]
+_clients: dict[ClientKey, tuple[ClientAPI, int]] = {}
+_clients_lock = threading.Lock()
+_write_locks: dict[tuple[ClientKey, str], threading.Lock] = {}
+
+
+def _raise_server_fault(resp: httpx.Response) -> None:
+    if resp.status_code >= 500:
+        raise _ServerFault(resp.status_code, resp.reason_phrase)
+
+
+def _connect(cfg: IndexConfig) -> ClientAPI:
+    url = cfg.url or ""
+    settings = ChromaSettings(anonymized_telemetry=False)
+    where: dict[str, str] = {}
+    if cfg.tenant is not None:
+        where["tenant"] = cfg.tenant
+    if cfg.database is not None:
+        where["database"] = cfg.database
+    if url.startswith("local:"):
+        return chromadb.PersistentClient(url.removeprefix("local:"), settings=settings, **where)
+    # The constructor talks to the server with no timeout: a heartbeat with one first.
+    base = url.rstrip("/")
+    beat = httpx.get(f"{base}/api/v2/heartbeat", timeout=cfg.timeout_s)
+    _raise_server_fault(beat)
+    beat.raise_for_status()  # (not a Chroma 1.x server: a configuration error)
+    u = httpx.URL(base)
+    https = u.scheme == "https"
+    try:
+        client = chromadb.HttpClient(
+            host=u.host,
+            port=u.port or (443 if https else 80),
+            ssl=https,
+            settings=settings,
+            **where,
+        )
+    except ValueError as e:  # "Could not connect to a Chroma server"
+        raise httpx.ConnectError(str(e)) from e
+    session = getattr(client._server, "_session", None)  # chromadb's FastAPI client
+    if isinstance(session, httpx.Client):
+        session.timeout = httpx.Timeout(cfg.timeout_s)
+        session.event_hooks["response"] = [_raise_server_fault]
+    return client
+
+
+def _client_key(cfg: IndexConfig) -> ClientKey:
+    return (cfg.url or "", cfg.tenant, cfg.database)
+
+
+def acquire_client(cfg: IndexConfig) -> ClientAPI:
+    """One client per (url, tenant, database) in a process: the old and new collections of one
+    Chroma share it."""
+    key = _client_key(cfg)
+    with _clients_lock:
+        if key in _clients:
+            client, refs = _clients[key]
+            _clients[key] = (client, refs + 1)
+            return client
+    # Connected outside the lock: a server that is down delays this store only.
+    fresh = _connect(cfg)
+    with _clients_lock:
+        client, refs = _clients.get(key, (fresh, 0))
+        _clients[key] = (client, refs + 1)
+    if client is not fresh:  # another store connected meanwhile
+        fresh.close()  # type: ignore[attr-defined]
+    return client
+
+
+def release_client(cfg: IndexConfig) -> None:
+    key = _client_key(cfg)
+    with _clients_lock:
+        client, refs = _clients[key]
+        if refs > 1:
+            _clients[key] = (client, refs - 1)
+            return
+        del _clients[key]
+    client.close()  # type: ignore[attr-defined]  # the last one stops chromadb's system
+
+
+def _write_lock(cfg: IndexConfig) -> threading.Lock:
+    with _clients_lock:
+        return _write_locks.setdefault((_client_key(cfg), cfg.collection), threading.Lock())
+
+
+def _binding(metadata: dict[str, Any] | None) -> IndexInfo | None:
+    raw = (metadata or {}).get(BINDING)
+    return IndexInfo(**json.loads(raw)) if isinstance(raw, str) else None
+
+
+class ChromaStore(FirstContact, VectorStore):
+    remote = True  # a server (or an embedded engine behind the client's locks)
+
+    def __init__(self, name: str, cfg: IndexConfig) -> None:
+        self.name = name
+        self.collection = cfg.collection
+        self.vector = cfg.vector
+        self.sparse_vector = cfg.sparse_vector
+        self._cfg = cfg
+        self._client: ClientAPI | None = None
+        self._lock = _write_lock(cfg)
+        self._col: Collection | None = None
+        self._batch: int | None = None
+        self._cursors: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._cursors_lock = threading.Lock()
+        self._first_contact()
+
+    @property
+    def location(self) -> str:
+        scope = "/".join(x for x in (self._cfg.tenant, self._cfg.database) if x)
+        return (
+            f"chroma collection {self.collection!r}{f' ({scope})' if scope else ''} at {self._url}"
+        )
+
+    @property
+    def _url(self) -> str:
+        return public_url(self._cfg.url or "")
+
+    # --- faults and first contact ------------------------------------------------------
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Around every client call: transport faults (refused, timed out, a 5xx from the
+        server or a proxy before it) raised as IndexUnavailable."""
+        try:
+            yield
+        except (httpx.TransportError, _ServerFault) as e:
+            raise self._unavailable(e) from e
+        except ChromaError as e:
+            if e.code() < 500:
+                raise
+            raise self._unavailable(e) from e
+
+    def _unavailable(self, e: Exception) -> IndexUnavailable:
+        if isinstance(e, httpx.TimeoutException):
+            reason = f"no answer within {self._cfg.timeout_s}s"
+        elif "refused" in str(e).lower():
+            reason = "connection refused"
+        else:
+            reason = " ".join(str(e).split()) or type(e).__name__
+        return IndexUnavailable(self.name, f"chroma at {self._url}", reason)
+
+    def _connected(self) -> ClientAPI:
+        if self._client is None:
+            self._client = acquire_client(self._cfg)
+        return self._client
+
+    def _read_binding(self) -> IndexInfo | None:
+        """In the collection's metadata (and the collection's handle kept, when it is ours)."""
+        with self._guard():
+            try:
+                col = self._connected().get_collection(self.collection, embedding_function=None)
+            except NotFoundError:
+                col = None
+        info = _binding(col.metadata) if col is not None else None
+        self._col = col if info is not None else None
+        return info
+
+    def _heartbeat(self) -> None:
+        with self._guard():
+            self._connected().heartbeat()
+
+    def _coll(self) -> Collection:
+        if self.info() is None or self._col is None:
+            raise RuntimeError(f"index {self.name!r} ({self.location}) does not exist yet")
+        return self._col
+
+    def _max_batch(self) -> int:
+        if self._batch is None:
+            with self._guard():
+                self._batch = int(self._connected().get_max_batch_size())
+        return self._batch
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def create(self, info: IndexInfo) -> None:
+        want = IndexInfo(dim=info.dim, fingerprint=info.fingerprint, sparse=False)
+        have = self.info()
+        if have is None:
+            with self._guard(), self._lock:
+                col = self._connected().get_or_create_collection(
+                    self.collection,
+                    configuration=COSINE,  # type: ignore[arg-type]
+                    metadata={BINDING: json.dumps(asdict(want))},
+                    embedding_function=None,
+                )
+            have = _binding(col.metadata)
+            if have is None:
+                raise RuntimeError(
+                    f"{self.location} exists and is not crossfade's (no binding in its metadata)"
+                )
+            self._col, self._info = col, have
+        if have != want:
+            raise RuntimeError(f"{self.location} exists, bound to {have}")
+
+    def drop(self) -> None:
+        with self._guard(), self._lock, suppress(NotFoundError):
+            self._connected().delete_collection(self.collection)
+        self._col, self._info, self._loaded = None, None, True
+        self._cursors.clear()
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client = None
+            release_client(self._cfg)
+
+    def flush(self) -> None:
+        """Writes already wait for the server's acknowledgement."""
+
+    # --- writes ------------------------------------------------------------------------
+    def upsert(self, points: Sequence[PointWrite]) -> None:
+        info = self.info()
+        check_fingerprints(info, points)
+        assert info is not None
+        col = self._coll()
+        # one write per doc id: the last (Chroma refuses an id twice in one request)
+        plain = list({p.doc_id: p for p in points if p.if_text_sha256 is None}.values())
+        redo = [p for p in points if p.if_text_sha256 is not None and p.dense is not None]
+        with self._guard(), self._lock:
+            for chunk in _chunks(plain, self._max_batch()):
+                self._write(col, chunk, info.dim)
+            for chunk in _chunks(redo, self._max_batch()):
+                self._update_if_same_text(col, chunk)
+
+    def _write(self, col: Collection, points: Sequence[PointWrite], dim: int) -> None:
+        """Whole records: the keys a record held that its new metadata lacks are nulled
+        (Chroma's upsert merges metadata)."""
+        ids = [p.doc_id for p in points]
+        before = col.get(ids=ids, include=["metadatas"])  # type: ignore[list-item]
+        held = {
+            i: set(m or ()) for i, m in zip(before["ids"], before["metadatas"] or [], strict=True)
+        }
+        metas = []
+        for p in points:
+            meta = record_metadata(p)
+            meta.update(dict.fromkeys(held.get(p.doc_id, set()) - set(meta)))
+            metas.append(meta)
+        vectors = [
+            np.asarray(p.dense, dtype=np.float32)
+            if p.dense is not None
+            else placeholder(p.doc_id, dim)
+            for p in points
+        ]
+        col.upsert(
+            ids=ids,
+            embeddings=np.stack(vectors),
+            documents=[p.text for p in points],
+            metadatas=metas,  # type: ignore[arg-type]
+        )
+
+    def _update_if_same_text(self, col: Collection, points: Sequence[PointWrite]) -> None:
+        """Re-embeds: the vector and its bookkeeping, only where the stored text is still the
+        one embedded (read, compared and written under the store's lock); a point deleted
+        meanwhile is skipped."""
+        got = col.get(ids=_unique([p.doc_id for p in points]), include=["metadatas"])  # type: ignore[list-item]
+        stored = dict(zip(got["ids"], got["metadatas"] or [], strict=True))
+        ids, vectors, metas = [], [], []
+        for p in points:
+            meta = stored.get(p.doc_id)
+            if meta is None or meta.get("text_sha256") != p.if_text_sha256 or p.doc_id in ids:
+                continue
+            marks = {k: v for k, v in p.bookkeeping().items() if v is not None}
+            paths = list(dict.fromkeys([*(meta.get(PATHS) or []), *marks]))  # type: ignore[misc]
+            ids.append(p.doc_id)
+            vectors.append(np.asarray(p.dense, dtype=np.float32))
+            metas.append({DENSE: True, **marks, PATHS: paths})
+        if ids:
+            col.update(ids=ids, embeddings=np.stack(vectors), metadatas=metas)  # type: ignore[arg-type]
+
+    def delete(self, doc_ids: Sequence[str]) -> None:
+        col = self._coll()
+        ids = _unique(doc_ids)
+        with self._guard(), self._lock:
+            for chunk in _chunks(ids, self._max_batch()):
+                col.delete(ids=list(chunk))
+
+    def why_no_text(self, doc_id: str) -> str:
+        return "no stored text"
+
+    # --- reads -------------------------------------------------------------------------
+    def _get(self, **kw: Any) -> Any:
+        with self._guard():
+            return self._coll().get(**kw)
+
+    def _by_ids(self, doc_ids: Sequence[str], **kw: Any) -> Iterator[Any]:
+        for chunk in _chunks(_unique(doc_ids), self._max_batch()):
+            yield self._get(ids=list(chunk), **kw)
+
+    def search_dense(
+        self, vector: np.ndarray, limit: int, flt: Filter | None = None
+    ) -> list[tuple[str, float]]:
+        return [(v["doc_id"], s) for v, s in self._query(vector, limit, flt, ())]
+
+    def query_dense(
+        self, vector: np.ndarray, limit: int, flt: Filter | None, fields: Sequence[str]
+    ) -> list[tuple[dict[str, Any], float]]:
+        return self._query(vector, limit, flt, fields)
+
+    def _query(
+        self, vector: np.ndarray, limit: int, flt: Filter | None, fields: Sequence[str]
+    ) -> list[tuple[dict[str, Any], float]]:
+        where = to_chroma_where(flt, {DENSE: True})
+        if limit <= 0 or where is NOTHING:
+            return []
+        with self._guard():
+            res = self._coll().query(
+                query_embeddings=[np.asarray(vector, dtype=np.float32)],
+                n_results=limit,
+                where=where,
+                include=["distances", *_include(fields)],  # type: ignore[list-item]
+            )
+        got = {k: (v[0] if v else None) for k, v in res.items() if k != "included"}
+        # cosine distance is 1 - cosine similarity
+        scores = [1.0 - float(d) for d in got["distances"] or []]
+        return list(zip(_views(got, fields), scores, strict=True))
+
+    def search_sparse(
+        self, sparse: Sparse, limit: int, flt: Filter | None = None
+    ) -> list[tuple[str, float]]:
+        raise NotImplementedError(
+            f"{self.location}: Chroma has no sparse vectors and no BM25 (`sparse` is False)"
+        )
+
+    def with_dense(self, doc_ids: Sequence[str]) -> set[str]:
+        if not doc_ids:
+            return set()
+        out: set[str] = set()
+        for got in self._by_ids(doc_ids, where={DENSE: True}, include=[]):
+            out.update(got["ids"])
+        return out
+
+    @staticmethod
+    def _vectors(got: Any) -> dict[str, np.ndarray]:
+        embeddings = got["embeddings"] if got["embeddings"] is not None else []
+        return {
+            i: np.asarray(e, dtype=np.float32) for i, e in zip(got["ids"], embeddings, strict=True)
+        }
+
+    def dense_vectors(self, doc_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        if doc_ids:
+            for got in self._by_ids(doc_ids, where={DENSE: True}, include=["embeddings"]):
+                out.update(self._vectors(got))
+        return out
+
+    def dense_sample(self, limit: int) -> dict[str, np.ndarray]:
+        if self.info() is None or limit <= 0:
+            return {}
+        return self._vectors(self._get(where={DENSE: True}, limit=limit, include=["embeddings"]))
+
+    def retrieve(
+        self, doc_ids: Sequence[str], fields: Sequence[str] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        if doc_ids:
+            for got in self._by_ids(doc_ids, include=_include(fields)):
+                out.update((v["doc_id"], v) for v in _views(got, fields))
+        return out
+
+    def scroll(
+        self, batch: int = 256, fields: Sequence[str] | None = None
+    ) -> Iterator[list[dict[str, Any]]]:
+        if self.info() is None:
+            return
+        offset = 0
+        while True:
+            got = self._get(limit=batch, offset=offset, include=_include(fields))
+            if got["ids"]:
+                yield _views(got, fields)
+            if len(got["ids"]) < batch:
+                return
+            offset += batch
+
+    def _ids(self, where: Where | None, start: int = 0) -> Iterator[list[str]]:
+        """The ids matching `where` in the collection's order, a page at a time."""
+        offset = start
+        while True:
+            ids = self._get(where=where, limit=_PAGE, offset=offset, include=[])["ids"]
+            yield ids
+            if len(ids) < _PAGE:
+                return
+            offset += _PAGE
+
+    def _count(self, where: Where | None) -> int:
+        if where is NOTHING:
+            return 0
+        return sum(len(ids) for ids in self._ids(where))
+
+    def count(self, dense_only: bool = False) -> int:
+        if self.info() is None:
+            return 0
+        if dense_only:
+            return self._count({DENSE: True})
+        with self._guard():
+            return int(self._coll().count())
+
+    def count_matching(self, flt: Filter | FilterTree | None) -> int:
+        if flt is None:
+            return self.count()
+        if self.info() is None:
+            return 0
+        return self._count(to_chroma_where(flt))
+
+    def _offset_of(self, where: Where | None, key: str, doc_id: str) -> int | None:
+        """Where `doc_id` sits among the records matching `where`: remembered from the page
+        that returned it (if it is still there), else sought."""
+        with self._cursors_lock:
+            known = self._cursors.get((key, doc_id))
+        if known is not None and self._get(where=where, limit=1, offset=known, include=[])[
+            "ids"
+        ] == [doc_id]:
+            return known
+        base = 0
+        for ids in self._ids(where):
+            if doc_id in ids:
+                return base + ids.index(doc_id)
+            base += len(ids)
+        return None
+
+    def page(
+        self, flt: Filter | FilterTree | None, limit: int, start: str | None, fields: Sequence[str]
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        if self.info() is None:
+            return [], None
+        where = to_chroma_where(flt)
+        if where is NOTHING:
+            return [], None
+        key = json.dumps(where, sort_keys=True)
+        offset = 0 if start is None else self._offset_of(where, key, start)
+        if offset is None:  # the start is gone (deleted meanwhile)
+            return [], None
+        got = self._get(where=where, limit=limit + 1, offset=offset, include=_include(fields))
+        views = _views(got, fields)
+        if len(views) <= limit:
+            return views, None
+        nxt = views[limit]["doc_id"]
+        with self._cursors_lock:
+            self._cursors[(key, nxt)] = offset + limit
+            while len(self._cursors) > _CURSORS:
+                self._cursors.popitem(last=False)
+        return views[:limit], nxt
+
+    def without_dense(self, limit: int) -> list[str]:
+        if self.info() is None or limit <= 0:
+            return []
+        return list(self._get(where={DENSE: False}, limit=limit, include=[])["ids"])
+
+    def has_payload_field(self, field: str) -> bool:
+        if self.info() is None:
+            return False
+        where = _present(chroma_path(field))
+        return bool(self._get(where=where, limit=1, include=[])["ids"])
+
+    def fingerprints(self) -> dict[str, int]:
+        """Counted by filter for the bound model; the rest (vectors written by another model,
+        rare) named from their metadata."""
+        info = self.info()
+        if info is None:
+            return {}
+        dense = self._count({DENSE: True})
+        bound = self._count({"$and": [{DENSE: True}, {"model_fingerprint": info.fingerprint}]})
+        facets = Counter({info.fingerprint: bound} if bound else {})
+        if dense > bound:
+            other = {"$and": [{DENSE: True}, {"model_fingerprint": {"$ne": info.fingerprint}}]}
+            offset = 0
+            while True:
+                got = self._get(where=other, limit=_PAGE, offset=offset, include=["metadatas"])
+                facets.update(
+                    str(m["model_fingerprint"])
+                    for m in got["metadatas"] or []
+                    if m and "model_fingerprint" in m
+                )
+                if len(got["ids"]) < _PAGE:
+                    break
+                offset += _PAGE
+        return fingerprint_counts(dict(facets), dense)
