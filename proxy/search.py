@@ -200,7 +200,7 @@ class Searcher:
         return [d for d, _ in hits]
 
     def _sparse(self, store: VectorStore, query: str, depth: int, flt: Filter | None) -> list[str]:
-        if not store.sparse:  # an engine without BM25 (Chroma): the list is left out
+        if not store.sparse:  # no BM25 (a Chroma index without its sidecar): left out
             return []
         return [d for d, _ in store.search_sparse(self.bm25.query(query), depth, flt)]
 

@@ -1,6 +1,7 @@
 """A migration whose two indexes are Chroma collections on a real `chroma run` server, with real
 models: ingest, start (a seeded record holds a placeholder embedding, never a hit), fused
-search at partial coverage without a BM25 list (Chroma has none, and says so: `sparse`),
+search at partial coverage with a BM25 list from the new collection's sidecar (Chroma has no
+BM25: an edge shard under data_dir holds it, written by every write of the collection),
 lazy hits and the backfill through conditional re-embeds, dual writes and deletes, verify."""
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def test_a_migration_between_two_chroma_collections(
         old, new = rt.store("old"), rt.store("new")
         assert started["seeded"] == N and started["migrated"] == 0
         info = new.info()
-        assert info is not None and not info.sparse and not new.sparse
+        assert info is not None and info.sparse and new.sparse  # BM25 in the sidecar
+        assert not old.sparse  # (the old index never asked for BM25)
 
         searcher = rt.searcher()
         target = docs[3]
@@ -52,14 +54,22 @@ def test_a_migration_between_two_chroma_collections(
             res = asyncio.run(searcher.search(target.text, 5, mode, fields=()))
             return [h.doc_id for h in res.hits]
 
-        assert top(Mode.FUSED)[0] == target.doc_id  # the old index's list, no BM25 list
-        assert top(Mode.NEW) == []  # no new vector yet: the placeholders are never hits
+        def new_dense() -> list[str]:
+            """The hits of `new` mode ranked by the new index's dense list (BM25's aside)."""
+            res = asyncio.run(searcher.search(target.text, 5, Mode.NEW, fields=()))
+            return [h.doc_id for h in res.hits if h.ranks.get("new") is not None]
+
+        assert top(Mode.FUSED)[0] == target.doc_id  # the old index's list and BM25
+        res = asyncio.run(searcher.search(target.text, 5, Mode.FUSED, fields=()))
+        assert res.hits[0].ranks.get("bm25") == 1  # seeded: keyword search from minute one
+        assert new_dense() == []  # no new vector yet: the placeholders are never hits
 
         worker = Reembedder(rt)
         rt.state.enqueue([target.doc_id], HIT)
         assert worker.step() == 1 and new.with_dense([target.doc_id]) == {target.doc_id}
         searcher.coverage.recount()
-        assert top(Mode.NEW) == [target.doc_id] and top(Mode.FUSED)[0] == target.doc_id
+        assert new_dense() == [target.doc_id] and top(Mode.FUSED)[0] == target.doc_id
+        assert top(Mode.NEW)[0] == target.doc_id
 
         drain(worker)
         fp = rt.model("new").fingerprint.id
@@ -75,7 +85,12 @@ def test_a_migration_between_two_chroma_collections(
             got = store.retrieve([added.doc_id])[added.doc_id]
             assert got["model_fingerprint"] == rt.model(side).fingerprint.id
             assert got["metadata"] == {"topic": "x"}
+        bm25 = rt.bm25
+        walrus = [d for d, _ in new.search_sparse(bm25.query("walrus"), 3)]
+        assert walrus == [added.doc_id]  # the dual write reached the sidecar
         assert delete_documents(rt, [added.doc_id]) == {"old": 1, "new": 1}
+        assert new.search_sparse(bm25.query("walrus"), 3) == []
+        assert new.bm25_divergence() == set()  # type: ignore[attr-defined]
         assert old.retrieve([added.doc_id]) == new.retrieve([added.doc_id]) == {}
         for store in (old, new):
             store.drop()  # the server outlives the test

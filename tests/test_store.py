@@ -1,8 +1,9 @@
 """The VectorStore contract, run against every backend: qdrant-edge (embedded, on disk; and a
 second vector of a shard, in place), qdrant-client's local mode (the server adapter's API
 without a server), and Chroma, both a real `chroma run` server and chromadb's embedded
-PersistentClient. A check of a capability a backend declares it lacks (`sparse`: BM25) is
-skipped on that declaration, never on the backend's name."""
+PersistentClient (BM25 in its sidecar, an edge shard beside the collection). A check of a
+capability a backend declares it lacks (`sparse`: BM25) is skipped on that declaration, never
+on the backend's name."""
 
 from __future__ import annotations
 
@@ -85,11 +86,10 @@ def chroma_config(url: str) -> IndexConfig:
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
     old = None
     if request.param == "chroma":  # a real `chroma run` server
-        s: VectorStore = ChromaStore(
-            "t", chroma_config(request.getfixturevalue("chroma_server").url)
-        )
+        url = request.getfixturevalue("chroma_server").url
+        s: VectorStore = ChromaStore("t", chroma_config(url), tmp_path / "bm25")
     elif request.param == "chroma-local":  # chromadb's embedded PersistentClient
-        s = ChromaStore("t", chroma_config(f"local:{tmp_path / 'chroma'}"))
+        s = ChromaStore("t", chroma_config(f"local:{tmp_path / 'chroma'}"), tmp_path / "bm25")
     elif request.param == "edge":
         s = EdgeStore("t", tmp_path / "shard", IndexConfig(backend="edge", path="x"))
     elif request.param == "edge-in-place":  # a second vector of the old index's shard
@@ -148,6 +148,23 @@ def test_filter_on_metadata(store: VectorStore) -> None:
     flt = Filter.model_validate({"must": [{"key": "n", "range": {"gte": 3}}]})
     if store.sparse:
         assert {d for d, _ in store.search_sparse(bm25.query("vector fox"), 5, flt)} <= {"d3", "d4"}
+
+
+def test_writes_and_deletes_move_bm25(store: VectorStore) -> None:
+    """BM25 follows every write through the store: a new text, a new document, a delete."""
+    if not store.sparse:
+        pytest.skip("the backend declares no BM25 (sparse: false)")
+    assert [d for d, _ in store.search_sparse(bm25.query("fox"), 5)] == ["d3"]
+    store.upsert([write("d3", "A slow green turtle", dense=False)])  # d3's text changes
+    assert store.search_sparse(bm25.query("fox"), 5) == []
+    assert [d for d, _ in store.search_sparse(bm25.query("turtle"), 5)] == ["d3"]
+    store.upsert([write("d5", "A fox and a turtle")])  # a new document
+    assert {d for d, _ in store.search_sparse(bm25.query("turtle fox"), 5)} == {"d3", "d5"}
+    store.delete(["d3"])
+    assert [d for d, _ in store.search_sparse(bm25.query("turtle"), 5)] == ["d5"]
+    # a re-embed (same text) keeps the BM25 vector
+    store.upsert([write("d4", TEXTS["d4"], if_text_sha256=text_sha256(TEXTS["d4"]))])
+    assert [d for d, _ in store.search_sparse(bm25.query("embedding"), 5)] == ["d4"]
 
 
 def test_retrieve_and_scroll(store: VectorStore) -> None:
@@ -398,8 +415,9 @@ def test_edge_in_place_writes_touch_only_their_own_vector(tmp_path: Path) -> Non
 
 
 def test_chroma_binding_lives_in_the_collection(chroma_server: Any) -> None:
-    """Any replica opening the collection reads the same binding (BM25 never claimed: Chroma
-    holds none); a collection crossfade did not create is never taken over."""
+    """Any replica opening the collection reads the same binding (BM25 not claimed without a
+    sidecar directory: Chroma holds none); a collection crossfade did not create is never
+    taken over."""
     import chromadb
     from chromadb.config import Settings
 
@@ -429,6 +447,49 @@ def test_chroma_binding_lives_in_the_collection(chroma_server: Any) -> None:
     other.close()
     plain.delete_collection(theirs.collection)
     plain.close()
+
+
+def test_chroma_bm25_sidecar(chroma_server: Any, tmp_path: Path) -> None:
+    """BM25 for a Chroma collection lives in a sidecar under the given directory: the binding
+    says so for every replica; a store opened on it again searches it; where the sidecar is
+    missing BM25 is left out and writes are refused before anything is written; a write that
+    reached Chroma only is found by `bm25_divergence` and mended by writing it again."""
+    cfg = chroma_config(chroma_server.url)
+    s = ChromaStore("new", cfg, tmp_path / "bm25")
+    s.create(INFO)
+    assert s.info() == INFO and s.sparse
+    s.upsert([write(d, t, dense=d != "d4") for d, t in TEXTS.items()])
+    s.close()
+
+    again = ChromaStore("new", cfg, tmp_path / "bm25")
+    assert again.info() == INFO and again.sparse
+    assert [d for d, _ in again.search_sparse(bm25.query("lazy fox"), 3)] == ["d3"]
+    with pytest.raises(UnsupportedFilter):  # what Chroma refuses, the BM25 list refuses too
+        again.search_sparse(bm25.query("fox"), 3, Filter(must=[cond("a[].b", match={"value": 1})]))
+    assert again.bm25_divergence() == set()
+
+    # a crash between the Chroma write and the sidecar's: Chroma has the new text only
+    moved = write("d2", "A fox in the fusion", dense=False)
+    ChromaStore._write(again, again._coll(), [moved], DIM)
+    assert again.bm25_divergence() == {"d2"}
+    again.upsert([moved])  # the journal's replay: the same batch again
+    assert again.bm25_divergence() == set()
+    assert {d for d, _ in again.search_sparse(bm25.query("fox"), 5)} == {"d2", "d3"}
+    again.close()
+
+    elsewhere = ChromaStore("new", cfg, tmp_path / "other")  # another data_dir
+    assert elsewhere.info() == INFO and not elsewhere.sparse
+    with pytest.raises(RuntimeError, match="sidecar .* is missing"):
+        elsewhere.upsert([write("d9", "nine")])
+    with pytest.raises(RuntimeError, match="sidecar .* is missing"):
+        elsewhere.delete(["d0"])
+    assert elsewhere.count() == 5
+    elsewhere.close()
+
+    dropped = ChromaStore("new", cfg, tmp_path / "bm25")
+    dropped.drop()
+    assert not (tmp_path / "bm25").exists()
+    dropped.close()
 
 
 def test_chroma_filters_refuse_what_flat_metadata_cant_say() -> None:

@@ -32,9 +32,34 @@ later issue).
 
 The binding (IndexInfo) lives in the collection's metadata (`crossfade`, JSON), so every
 replica reads the same one; the collection is created with cosine space and no embedding
-function (crossfade embeds). Chroma has no sparse vectors and no BM25 (`sparse` is False):
-the binding says `sparse: false` whatever was asked, a write's BM25 vector is not stored, and
-`search_sparse` raises.
+function (crossfade embeds).
+
+BM25: Chroma's open-source server has no sparse vectors and no BM25 ranking, so an index that
+asks for BM25 (the new one) keeps it in a sidecar: an embedded qdrant-edge shard under
+`data_dir` (`chroma-bm25/TENANT/DATABASE/COLLECTION`, given by the factory), an EdgeStore
+holding, per record, the doc id, `text_sha256`, crossfade's metadata (what filters address)
+and the BM25 sparse vector with the engine's IDF modifier: no text, no dense vector. It is
+written by this store's own `upsert` and `delete`, after the Chroma write and under the same
+lock, so every path that writes the collection (ingest, the seeding of `migrate start`, dual
+writes and their journal replay, re-embeds) writes it too; a re-embed (same text) leaves it
+alone. The binding says `sparse: true` only where a sidecar directory was given, and the
+sidecar is created with the collection; `sparse` (the capability) is True while it is open.
+A collection whose binding says BM25 but whose sidecar is missing (another data_dir) or held
+by another process serves without the BM25 list and refuses writes, naming the path.
+
+Divergence: a crash (or a sidecar write failing) between the Chroma write and the sidecar
+write leaves the sidecar one batch behind. The write journal replays the whole batch, and both
+writes are idempotent (an upsert of the same record, a delete of a missing id), so a replay
+brings them back in step; a write that failed with an error is retried the same way. A sweep
+finds any divergence by comparing the two id sets with their `text_sha256` (`scroll` of the
+collection against the sidecar's): an id on one side only, or a different hash, is one to
+rewrite (`bm25_divergence`). The sidecar belongs to one process, like any edge shard: a fleet
+of crossfade processes in front of one Chroma server keeps BM25 in one of them only (not
+supported yet). Filters on a BM25 search are evaluated by the sidecar itself (Qdrant's
+semantics on the same metadata: prefiltered, exact at any selectivity, no round trip to
+Chroma); they are first mapped to Chroma's `where`, so a filter Chroma refuses is refused for
+both lists. One difference remains: `except` on an array matches in the sidecar when the array
+holds another value (Qdrant), in Chroma when it holds none of the values.
 
 Chroma counts without a filter only: a count of dense points or of a filter pages through
 ids (O(n)). `page` resumes at a doc id by offset: the one it returned the page before, else
@@ -50,11 +75,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import chromadb
@@ -80,6 +107,9 @@ from proxy.store import (
     fingerprint_counts,
     public_url,
 )
+from proxy.store.edge import META_FILE, EdgeStore
+
+log = logging.getLogger("crossfade.store")
 
 BINDING = "crossfade"  # collection metadata: the IndexInfo, JSON
 DENSE = "crossfade:dense"  # record metadata: whether the embedding is a real vector
@@ -408,10 +438,16 @@ def _binding(metadata: dict[str, Any] | None) -> IndexInfo | None:
     return IndexInfo(**json.loads(raw)) if isinstance(raw, str) else None
 
 
+# The sidecar's own configuration: BM25 only; its dense vector (1-d) is never written.
+SIDECAR = IndexConfig(backend="edge", path="bm25")
+
+
 class ChromaStore(FirstContact, VectorStore):
+    """`bm25_dir`: where the BM25 sidecar of this collection lives (None: no BM25)."""
+
     remote = True  # a server (or an embedded engine behind the client's locks)
 
-    def __init__(self, name: str, cfg: IndexConfig) -> None:
+    def __init__(self, name: str, cfg: IndexConfig, bm25_dir: Path | None = None) -> None:
         self.name = name
         self.collection = cfg.collection
         self.vector = cfg.vector
@@ -423,6 +459,9 @@ class ChromaStore(FirstContact, VectorStore):
         self._batch: int | None = None
         self._cursors: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._cursors_lock = threading.Lock()
+        self._bm25_dir = bm25_dir
+        self._bm25: EdgeStore | None = None
+        self._bm25_lock = threading.Lock()
         self._first_contact()
 
     @property
@@ -435,6 +474,69 @@ class ChromaStore(FirstContact, VectorStore):
     @property
     def _url(self) -> str:
         return public_url(self._cfg.url or "")
+
+    # --- the BM25 sidecar ----------------------------------------------------------------
+    @property
+    def sparse(self) -> bool:  # type: ignore[override]
+        """BM25 while the binding asks for it and the sidecar is open (read from the cached
+        binding: no request)."""
+        try:
+            return self._sidecar() is not None
+        except RuntimeError as e:
+            log.warning("%s: BM25 left out: %s", self.location, e)
+            return False
+
+    def _sidecar(self) -> EdgeStore | None:
+        """The BM25 sidecar, opened on first need; None where the binding has no BM25. Raises
+        RuntimeError where it has, and the sidecar is missing or held by another process."""
+        info = self._info
+        if info is None or not info.sparse:
+            return None
+        with self._bm25_lock:
+            if self._bm25 is None:
+                where = self._bm25_dir
+                if where is None or not (where / META_FILE).exists():
+                    raise RuntimeError(
+                        f"{self.location} is bound with BM25, and its sidecar "
+                        f"({where or 'no data_dir given'}) is missing"
+                    )
+                self._bm25 = EdgeStore(self.name, where, SIDECAR)
+            return self._bm25
+
+    def _create_sidecar(self, info: IndexInfo) -> None:
+        assert self._bm25_dir is not None
+        with self._bm25_lock:
+            if self._bm25 is None:
+                self._bm25 = EdgeStore(self.name, self._bm25_dir, SIDECAR)
+            self._bm25.create(IndexInfo(dim=1, fingerprint=info.fingerprint, sparse=True))
+
+    @staticmethod
+    def _bm25_point(p: PointWrite) -> PointWrite:
+        """What the sidecar holds of a record: no text, no dense vector."""
+        return PointWrite(
+            doc_id=p.doc_id,
+            text="",
+            text_sha256=p.text_sha256,
+            metadata=p.metadata,
+            sparse=p.sparse,
+        )
+
+    def bm25_divergence(self) -> set[str]:
+        """The doc ids where the sidecar is out of step with the collection (an id on one side
+        only, or another text): the ones a sweep rewrites. O(n): a verify, not a query."""
+        side = self._sidecar()
+        if side is None:
+            return set()
+
+        def hashes(store: VectorStore) -> dict[str, Any]:
+            return {
+                v["doc_id"]: v.get("text_sha256")
+                for batch in store.scroll(1024, ["text_sha256"])
+                for v in batch
+            }
+
+        ours, theirs = hashes(self), hashes(side)
+        return {d for d in ours.keys() | theirs.keys() if ours.get(d) != theirs.get(d)}
 
     # --- faults and first contact ------------------------------------------------------
     @contextmanager
@@ -473,6 +575,10 @@ class ChromaStore(FirstContact, VectorStore):
                 col = None
         info = _binding(col.metadata) if col is not None else None
         self._col = col if info is not None else None
+        if info is not None and info.sparse:
+            self._info = info  # (so the sidecar can be opened now)
+            with suppress(RuntimeError):
+                self.sparse  # noqa: B018  # opened, or the warning logged, at first contact
         return info
 
     def _heartbeat(self) -> None:
@@ -492,7 +598,9 @@ class ChromaStore(FirstContact, VectorStore):
 
     # --- lifecycle ---------------------------------------------------------------------
     def create(self, info: IndexInfo) -> None:
-        want = IndexInfo(dim=info.dim, fingerprint=info.fingerprint, sparse=False)
+        # BM25 where asked for and a sidecar directory was given
+        bm25 = info.sparse and self._bm25_dir is not None
+        want = IndexInfo(dim=info.dim, fingerprint=info.fingerprint, sparse=bm25)
         have = self.info()
         if have is None:
             with self._guard(), self._lock:
@@ -508,6 +616,8 @@ class ChromaStore(FirstContact, VectorStore):
                     f"{self.location} exists and is not crossfade's (no binding in its metadata)"
                 )
             self._col, self._info = col, have
+            if have == want and bm25:
+                self._create_sidecar(have)
         if have != want:
             raise RuntimeError(f"{self.location} exists, bound to {have}")
 
@@ -516,8 +626,16 @@ class ChromaStore(FirstContact, VectorStore):
             self._connected().delete_collection(self.collection)
         self._col, self._info, self._loaded = None, None, True
         self._cursors.clear()
+        with self._bm25_lock:
+            if self._bm25 is not None:
+                self._bm25.drop()
+                self._bm25 = None
 
     def close(self) -> None:
+        with self._bm25_lock:
+            if self._bm25 is not None:
+                self._bm25.close()
+                self._bm25 = None
         if self._client is not None:
             self._client = None
             release_client(self._cfg)
@@ -534,11 +652,16 @@ class ChromaStore(FirstContact, VectorStore):
         # one write per doc id: the last (Chroma refuses an id twice in one request)
         plain = list({p.doc_id: p for p in points if p.if_text_sha256 is None}.values())
         redo = [p for p in points if p.if_text_sha256 is not None and p.dense is not None]
+        side = self._sidecar()  # (raises before anything is written where it is missing)
         with self._guard(), self._lock:
             for chunk in _chunks(plain, self._max_batch()):
                 self._write(col, chunk, info.dim)
             for chunk in _chunks(redo, self._max_batch()):
                 self._update_if_same_text(col, chunk)
+            # then BM25, under the same lock (the same order of writes on both); a re-embed
+            # keeps its text, and so its BM25 vector
+            if side is not None and plain:
+                side.upsert([self._bm25_point(p) for p in plain])
 
     def _write(self, col: Collection, points: Sequence[PointWrite], dim: int) -> None:
         """Whole records: the keys a record held that its new metadata lacks are nulled
@@ -588,9 +711,12 @@ class ChromaStore(FirstContact, VectorStore):
     def delete(self, doc_ids: Sequence[str]) -> None:
         col = self._coll()
         ids = _unique(doc_ids)
+        side = self._sidecar()
         with self._guard(), self._lock:
             for chunk in _chunks(ids, self._max_batch()):
                 col.delete(ids=list(chunk))
+            if side is not None and ids:
+                side.delete(ids)
 
     def why_no_text(self, doc_id: str) -> str:
         return "no stored text"
@@ -635,9 +761,16 @@ class ChromaStore(FirstContact, VectorStore):
     def search_sparse(
         self, sparse: Sparse, limit: int, flt: Filter | None = None
     ) -> list[tuple[str, float]]:
-        raise NotImplementedError(
-            f"{self.location}: Chroma has no sparse vectors and no BM25 (`sparse` is False)"
-        )
+        """BM25 from the sidecar, which filters on its own copy of the metadata."""
+        side = self._sidecar() if self.sparse else None
+        if side is None:
+            raise NotImplementedError(
+                f"{self.location}: Chroma has no BM25 and this index has no BM25 sidecar "
+                "(`sparse` is False)"
+            )
+        if to_chroma_where(flt) is NOTHING:  # (and refused here where Chroma would refuse it)
+            return []
+        return side.search_sparse(sparse, limit, flt)
 
     def with_dense(self, doc_ids: Sequence[str]) -> set[str]:
         if not doc_ids:

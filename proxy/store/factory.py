@@ -50,7 +50,10 @@ def open_store(
     if cfg.backend == "chroma":
         from proxy.store.chroma import ChromaStore
 
-        return ChromaStore(which, cfg)
+        # BM25 beside the collection (Chroma has none), keyed by the collection, not the side:
+        # after a finish the same collection is the old index, with the same sidecar
+        scope = f"{cfg.tenant or 'default_tenant'}/{cfg.database or 'default_database'}"
+        return ChromaStore(which, cfg, settings.data_path(f"chroma-bm25/{scope}/{cfg.collection}"))
     from proxy.store.server import ServerStore
 
     return ServerStore(which, cfg)
