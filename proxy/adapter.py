@@ -68,7 +68,7 @@ class QueryMap:
     def apply(self, vectors: np.ndarray) -> np.ndarray:
         """Map old-model vectors (one, or a batch of rows) into the new space, unit length."""
         x = np.asarray(vectors, dtype=np.float32)
-        return _unit(x @ self.matrix)
+        return unit(x @ self.matrix)
 
     def to_json(self) -> dict[str, Any]:
         m = np.ascontiguousarray(self.matrix, dtype="<f4")
@@ -112,7 +112,7 @@ class QueryMap:
         return out
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit(x: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(x, axis=-1, keepdims=True)
     return (x / np.maximum(n, 1e-12)).astype(np.float32)
 
@@ -144,10 +144,10 @@ def neighbour_agreement(
     """(map, old model): mean overlap@k of each document's neighbours among these pairs with
     the new model's own neighbours of it. Map: its mapped old vector against the new vectors;
     old model: its old vector against the old vectors."""
-    o, n = _unit(np.asarray(old, dtype=np.float32)), _unit(np.asarray(new, dtype=np.float32))
+    o, n = unit(np.asarray(old, dtype=np.float32)), unit(np.asarray(new, dtype=np.float32))
     k = min(k, len(o) - 1)
     truth = _top(n @ n.T, k)
-    mapped = _top(_unit(o @ matrix) @ n.T, k)
+    mapped = _top(unit(o @ matrix) @ n.T, k)
     own = _top(o @ o.T, k)
     return _overlap(mapped, truth), _overlap(own, truth)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from proxy.adapter import unit
 from proxy.errors import Conflict
 from proxy.remembered import Remembered
 
@@ -32,11 +33,6 @@ class Model:
     name: str
     dim: int
     embed: Callable[[list[str]], np.ndarray]
-
-
-def unit(v: np.ndarray) -> np.ndarray:
-    n = np.linalg.norm(v, axis=-1, keepdims=True)
-    return v / np.where(n == 0, 1.0, n)
 
 
 def check_app_vectors(

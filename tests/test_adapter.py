@@ -15,15 +15,12 @@ from proxy.adapter import (
     min_pairs,
     needs_refit,
     neighbour_agreement,
+    unit,
     usable,
 )
 from proxy.config import VectorClientsConfig
 from proxy.demo import python_reference
 from proxy.model import Embedder
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def spaces(n: int, d: int = 16, seed: int = 0, noise: float = 0.05) -> tuple[np.ndarray, ...]:

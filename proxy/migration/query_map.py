@@ -19,7 +19,8 @@ KEY = "query_map"
 
 
 def load_map(rt: Runtime) -> QueryMap | None:
-    """The stored map, if it was fitted for the models configured now."""
+    """The stored map, if it was fitted for the models configured now (the only check of its
+    fingerprints: a map fitted here is fitted for them, so serving asks no more)."""
     raw = rt.state.get(KEY)
     if not raw:
         return None
@@ -48,12 +49,11 @@ def fit_map(rt: Runtime) -> QueryMap | None:
         fitted_at=now_iso(),
     )
     rt.state.set(KEY, m.to_json())
-    fps = rt.fingerprints()
     log.info(
         "query map fitted on %d pairs, fidelity %.3f (%s)",
         m.pairs,
         m.fidelity,
-        "used" if usable(m, cfg, fps["old"], fps["new"]) else "not used yet (pairs or fidelity)",
+        "used" if usable(m, cfg) else "not used yet (pairs or fidelity)",
     )
     return m
 
@@ -61,11 +61,10 @@ def fit_map(rt: Runtime) -> QueryMap | None:
 def map_status(m: QueryMap | None, rt: Runtime) -> dict[str, Any]:
     """The map as status shows it: fitted on how many pairs, its fidelity, whether it serves."""
     cfg = rt.settings.vector_clients
-    fps = rt.fingerprints()
     need = {
         "min_pairs": min_pairs(cfg, rt.model("old").fingerprint.dim),
         "min_fidelity": cfg.adapter_min_fidelity,
     }
     if m is None:
         return {"fitted": False, "used": False, **need}
-    return {"fitted": True, "used": usable(m, cfg, fps["old"], fps["new"]), **m.summary(), **need}
+    return {"fitted": True, "used": usable(m, cfg), **m.summary(), **need}
