@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Body, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from proxy.api.documents import erase_documents, ids_matching, write_app_vectors, write_documents
-from proxy.api.errors import OrjsonResponse, noticed
+from proxy.api.errors import OrjsonResponse, ShapedRoute
 from proxy.api.search import Served, read_store, serve_vector, status_headers, vector_side
 from proxy.api.services import Services, Svc, access
 from proxy.chroma_api import ChromaRefusal
@@ -63,31 +60,24 @@ FIELDS = ("text", "metadata")
 API_VERSION = "1.0.0"  # what `chroma run` of chromadb 1.x answers to /version
 
 
-class ChromaRoute(APIRoute):
-    """Errors of these routes in Chroma's shape: every error of proxy.errors with its status
-    (and Retry-After), body parsing errors too."""
+class ChromaRoute(ShapedRoute):
+    """Errors of these routes in Chroma's shape (chromadb raises its own exception on each):
+    every error of proxy.errors with its status (and Retry-After), body parsing errors too,
+    in the Chroma server's words."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
+    def malformed(self, errors: list[Any], t0: float) -> Response:
+        if any(x.get("type") == "json_invalid" for x in errors):
+            return failed(400, "Failed to parse the request body as JSON")
+        first = errors[0] if errors else {"msg": "invalid", "loc": ()}
+        where = ".".join(str(p) for p in first["loc"] if p != "body")
+        message = f"Failed to deserialize the JSON body into the target type: {where}"
+        return failed(422, f"{message}: {first['msg']}")
 
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except RequestValidationError as e:
-                errors = e.errors()
-                if any(x.get("type") == "json_invalid" for x in errors):
-                    return failed(400, "Failed to parse the request body as JSON")
-                first = errors[0] if errors else {"msg": "invalid", "loc": ()}
-                where = ".".join(str(p) for p in first["loc"] if p != "body")
-                message = f"Failed to deserialize the JSON body into the target type: {where}"
-                return failed(422, f"{message}: {first['msg']}")
-            except HTTPException as e:
-                return failed(e.status_code, str(e.detail))
-            except CrossfadeError as e:
-                noticed(request, e)
-                return refused(e)
+    def http_error(self, e: HTTPException, t0: float) -> Response:
+        return failed(e.status_code, str(e.detail))
 
-        return route
+    def refused(self, e: CrossfadeError, t0: float) -> Response:
+        return refused(e)
 
 
 router = APIRouter(route_class=ChromaRoute, prefix="/api/v2", tags=["chroma"])
@@ -118,8 +108,9 @@ def checked(sv: Services, tenant: str, database: str, collection_id: str) -> Ser
     return c
 
 
-def answer(body: Any, sv: Services, status: int = 200, **headers: str) -> OrjsonResponse:
-    return OrjsonResponse(body, status_code=status, headers={**status_headers(sv), **headers})
+def answer(body: Any, sv: Services, status: int = 200) -> OrjsonResponse:
+    """A Chroma answer with crossfade's migration headers."""
+    return OrjsonResponse(body, status_code=status, headers=status_headers(sv))
 
 
 def vector_store(sv: Services, side: str) -> VectorStore | None:

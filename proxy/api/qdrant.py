@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Body, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from qdrant_client.http import models as qm
 from starlette.exceptions import HTTPException
@@ -25,7 +22,7 @@ from proxy.api.documents import (
     write_app_vectors,
     write_documents,
 )
-from proxy.api.errors import noticed
+from proxy.api.errors import ShapedRoute
 from proxy.api.search import (
     query_problem,
     read_store,
@@ -60,28 +57,20 @@ FIELDS = ("text", "metadata")
 MAX_POINTS = 1024  # per upsert, retrieve or delete request
 
 
-class QdrantRoute(APIRoute):
+class QdrantRoute(ShapedRoute):
     """Errors of these routes in Qdrant's shape: every error of proxy.errors with its status
     (and Retry-After), body parsing errors too."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
+    def malformed(self, errors: list[Any], t0: float) -> Response:
+        first = errors[0] if errors else {"msg": "invalid", "loc": ()}
+        where = ".".join(str(p) for p in first["loc"] if p != "body")
+        return failed(400, f"Format error in JSON body: {where}: {first['msg']}", t0)
 
-        async def route(request: Request) -> Response:
-            t0 = time.perf_counter()
-            try:
-                return await handler(request)
-            except RequestValidationError as e:
-                first = e.errors()[0] if e.errors() else {"msg": "invalid", "loc": ()}
-                where = ".".join(str(p) for p in first["loc"] if p != "body")
-                return failed(400, f"Format error in JSON body: {where}: {first['msg']}", t0)
-            except HTTPException as e:  # FastAPI's: a body that is not JSON
-                return failed(e.status_code, f"Format error in JSON body: {e.detail}", t0)
-            except CrossfadeError as e:
-                noticed(request, e)
-                return refused(e, t0)
+    def http_error(self, e: HTTPException, t0: float) -> Response:
+        return failed(e.status_code, f"Format error in JSON body: {e.detail}", t0)  # not JSON
 
-        return route
+    def refused(self, e: CrossfadeError, t0: float) -> Response:
+        return refused(e, t0)
 
 
 router = APIRouter(route_class=QdrantRoute, tags=["qdrant"])
