@@ -45,6 +45,8 @@ from proxy.runtime import Runtime
 from tests.helpers import RW_KEY, LiveServer, demo_settings
 
 RO_KEY = "chroma-read-only-key-0123456789"
+# chromadb's OpenAI embedding function warns that a key given directly is not persisted.
+pytestmark = pytest.mark.filterwarnings("ignore:Direct api_key configuration:DeprecationWarning")
 OLD_MODEL = "paraphrase-MiniLM-L3-v2"
 N = 40
 NAME = "crossfade"  # the demo's old index's collection: what the apps name
@@ -266,6 +268,12 @@ def test_writes_reach_both_indexes_with_the_right_models(
         assert now["old"][:2] == now["new"][:2] == (text2, {"n": 2, "kind": "stmt"})
         assert float(unit(now["new"][2]) @ unit(models["new"].embed_documents([text2])[0])) > 0.999
         assert prefix in col.get(where={"kind": "stmt"})["ids"]
+    # array metadata: $contains / $not_contains; $or; a float compared as a number
+    col.update(ids=["cw-a"], metadatas=[{"tags": ["loops", "lists"], "w": 0.5}])
+    assert col.get(where={"tags": {"$contains": "lists"}}, include=[])["ids"] == ["cw-a"]
+    assert "cw-a" not in col.get(where={"tags": {"$not_contains": "lists"}}, include=[])["ids"]
+    got = col.get(where={"$or": [{"w": {"$eq": 0.5}}, {"n": {"$gte": 39}}]}, include=[])["ids"]
+    assert sorted(got) == sorted(["cw-a", corpus()[39].doc_id])
     assert rt.store("old").count() == before[0] + 2 and rt.store("new").count() == before[1] + 2
     col.delete(ids=["cw-a"])
     col.delete(where={"kind": "stmt"})
