@@ -35,9 +35,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.app import create_app
+from proxy.chroma_api import ChromaRefusal
+from proxy.chroma_api.bodies import RecordsBody
 from proxy.chroma_api.collection import ServedCollection
+from proxy.chroma_api.records import Stored, plan
+from proxy.chroma_api.where import to_filter
 from proxy.demo import python_reference
 from proxy.document import Doc
+from proxy.filters import Condition, FilterTree, HasId
 from proxy.ingest import ingest
 from proxy.migration.start import start_migration
 from proxy.model import Embedder
@@ -457,3 +462,66 @@ def test_old_index_on_a_chroma_server(tmp_path: Path, models: dict, chroma_serve
             assert col.count() == N and rt.store("new").count() == N
     finally:
         rt.close()
+
+
+# --- the pure translation -------------------------------------------------------------------
+
+
+def cond(key: str, **body: Any) -> Condition:
+    return Condition.model_validate({"key": key, **body})
+
+
+@pytest.mark.parametrize(
+    ("where", "clause"),
+    [
+        ({"a": "x"}, cond("a", match={"value": "x"})),
+        ({"a": {"$ne": 3}}, FilterTree(must_not=(cond("a", match={"value": 3}),))),
+        ({"a": {"$gte": 2}}, cond("a", range={"gte": 2})),
+        ({"a": {"$eq": 0.5}}, cond("a", range={"gte": 0.5, "lte": 0.5})),
+        ({"a": {"$in": ["x", "y"]}}, cond("a", match={"any": ["x", "y"]})),
+        ({"a": {"$nin": [1]}}, FilterTree(must_not=(cond("a", match={"any": [1]}),))),
+        ({"a": {"$contains": "x"}}, cond("a", match={"value": "x"})),
+        (
+            {"$or": [{"a": 1}, {"b": True}]},
+            FilterTree(should=(cond("a", match={"value": 1}), cond("b", match={"value": True}))),
+        ),
+    ],
+)
+def test_where_maps_to_crossfades_filter(where: Any, clause: Any) -> None:
+    assert to_filter(where) == FilterTree(must=(clause,))
+    assert to_filter(where, ["x", "x"]) == FilterTree(must=(HasId(("x",)), clause))
+
+
+@pytest.mark.parametrize(
+    ("where", "named"),
+    [
+        ({"a": {"$regex": "x"}}, "$regex"),
+        ({"$not": {"a": 1}}, "$not"),
+        ({"#document": {"$contains": "x"}}, "#document"),
+        ({"a.b": 1}, "a.b"),
+        ({"a": 1, "b": 2}, "exactly one key"),
+        ({"a": {"$gt": "x"}}, "compares numbers"),
+        ({"a": {"$in": [1, "x"]}}, "one type"),
+        ({"a": None}, "None"),
+        ({"a": 2**70}, "a"),
+        ({"$and": []}, "non-empty"),
+    ],
+)
+def test_where_refused_naming_what(where: Any, named: str) -> None:
+    with pytest.raises(ChromaRefusal, match="Invalid where clause") as refused:
+        to_filter(where)
+    assert named in str(refused.value)
+
+
+def test_records_keep_chromas_add_upsert_update_meanings() -> None:
+    stored = {"a": Stored("old text", {"k": 1, "t": "x"})}
+    body = RecordsBody(ids=["a", "b"], documents=["new a", "new b"], metadatas=[{"k": 2}, None])
+    assert [d.doc_id for d in plan("add", body, stored).docs] == ["b"]  # a exists: left alone
+    up = {d.doc_id: d for d in plan("upsert", body, stored).docs}
+    assert (up["a"].text, up["a"].metadata) == ("new a", {"k": 2, "t": "x"})  # merged
+    assert (up["b"].text, up["b"].metadata) == ("new b", {})
+    meta_only = RecordsBody(ids=["a", "b"], metadatas=[{"t": None, "u": 3}, {"u": 4}])
+    (a,) = plan("update", meta_only, stored).docs  # b does not exist: ignored
+    assert (a.text, a.metadata) == ("old text", {"k": 1, "u": 3})  # the document kept
+    with pytest.raises(ChromaRefusal, match="documents"):
+        plan("upsert", RecordsBody(ids=["a"], embeddings=[[0.1, 0.2]]), stored)

@@ -328,11 +328,12 @@ async def query(
     refuse_uris(body.include)
     conf = sv.settings.chroma_api
     if body.query_embeddings is None:
-        sent = " (query_texts is embedded by the client, never sent)" if body.query_texts else ""
+        # chromadb clients never send query_texts: they embed them with the collection's
+        # embedding function (crossfade's /v1/embeddings, to be served as text).
+        named = "query_texts are not served" if body.query_texts else "query_embeddings: missing"
         raise ChromaRefusal(
-            "query_embeddings: send the query vectors; crossfade serves Chroma queries by "
-            f"embedding{sent}: chromadb clients embed query_texts with the collection's "
-            "embedding function"
+            f"{named}: send query_embeddings, the query vectors of the collection's embedding "
+            "function (chromadb clients embed query_texts themselves)"
         )
     if len(body.query_embeddings) > conf.max_queries:
         raise ChromaRefusal(
