@@ -8,7 +8,17 @@ from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from starlette.routing import BaseRoute
 
-from proxy.api import admin, documents, embeddings, migration, operations, qdrant, search
+from proxy.api import (
+    admin,
+    chroma,
+    documents,
+    embeddings,
+    migration,
+    operations,
+    qdrant,
+    search,
+)
+from proxy.api.chroma import ChromaRoute
 from proxy.api.documents import DocumentIn, DocumentsIn
 from proxy.api.embeddings import OpenAIRoute
 from proxy.api.errors import install_handlers, refused
@@ -18,6 +28,7 @@ from proxy.api.qdrant import QdrantRoute
 from proxy.api.search import SearchRequest, SearchResponse
 from proxy.api.services import Services
 from proxy.api.services import admin as admin_dependency
+from proxy.chroma_api.answers import refused as chroma_refused
 from proxy.metrics import RequestCounter
 from proxy.qdrant_api.answers import refused as qdrant_refused
 from proxy.runtime import Runtime
@@ -42,11 +53,14 @@ def need_of(route: BaseRoute) -> Access:
 
 def shape_of(route: BaseRoute) -> Refuse:
     """How the gate refuses a request to `route`: in the shape of the route's API (Qdrant's
-    for its surface, OpenAI's for the embeddings API, crossfade's elsewhere)."""
+    for its surface, Chroma's for its, OpenAI's for the embeddings API, crossfade's
+    elsewhere)."""
     if isinstance(route, QdrantRoute):
         return qdrant_refused
     if isinstance(route, OpenAIRoute):
         return embeddings.refused
+    if isinstance(route, ChromaRoute):
+        return chroma_refused
     return refused
 
 
@@ -73,7 +87,7 @@ def create_app(rt: Runtime) -> FastAPI:
     docs = list(app.routes)  # the framework's: /openapi.json, /docs, /redoc and their assets
     # The routers' routes themselves, not include_router's lazy wrappers: the gate and the
     # request counter look routes up by path.
-    for module in (operations, search, documents, migration, admin, qdrant, embeddings):
+    for module in (operations, search, documents, migration, admin, qdrant, chroma, embeddings):
         app.router.routes.extend(module.router.routes)
     table = []
     for r in app.routes:
@@ -95,7 +109,12 @@ def create_app(rt: Runtime) -> FastAPI:
             CORSMiddleware,
             allow_origins=server.cors_origins,
             allow_methods=["*"],
-            allow_headers=["api-key", "authorization", rt.settings.routing.client_key_header],
+            allow_headers=[
+                "api-key",
+                "authorization",
+                "x-chroma-token",
+                rt.settings.routing.client_key_header,
+            ],
         )
     # Outermost of all: counts the 400s, 401s, 403s, 413s and 415s the guards answer too.
     app.add_middleware(RequestCounter, metrics=sv.metrics, route_of=lambda sc: route_of(app, sc))

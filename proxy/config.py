@@ -712,6 +712,58 @@ class QdrantApiConfig(Strict):
     )
 
 
+class ChromaApiConfig(Strict):
+    """Chroma's HTTP API (v2, under `/api/v2`) on the proxy, for apps written against chromadb's
+    `HttpClient`: one collection, the one the app had, served across the migration."""
+
+    collection: str | None = Field(
+        None,
+        description="Collection name the apps use; it maps to the migration. Default: the "
+        "old index's collection.",
+    )
+    tenant: str | None = Field(
+        None,
+        description="Tenant the apps name. Default: the old index's (backend chroma), else "
+        "Chroma's `default_tenant`.",
+    )
+    database: str | None = Field(
+        None,
+        description="Database the apps name. Default: the old index's (backend chroma), else "
+        "Chroma's `default_database`.",
+    )
+    space: Literal["cosine", "l2", "ip"] = Field(
+        "cosine",
+        description="The collection's distance, as its apps know it: a query's `distances` "
+        "are this distance in the app's own model's space (cosine: 1 - cosine similarity; "
+        "l2: squared Euclidean; ip: 1 - inner product).",
+    )
+    max_batch_size: int = Field(
+        1024,
+        ge=1,
+        le=100_000,
+        description="Most records one add, upsert or update may carry (said to clients by "
+        "`pre-flight-checks`, which split larger batches themselves).",
+    )
+    max_results: int = Field(1000, ge=1, le=10_000, description="Largest `n_results` of a query.")
+    max_queries: int = Field(
+        64, ge=1, le=1024, description="Most query embeddings in one query request."
+    )
+    max_get: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="Most records one `get` returns: a `limit` over it, or a get without "
+        "one that matches more, is refused (400): page with limit and offset.",
+    )
+    max_delete: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="Most records one delete may remove; a `where` matching more is refused "
+        "(400) before anything is deleted.",
+    )
+
+
 class VectorClientsConfig(Strict):
     """Apps that send vectors, not text (LangChain's and LlamaIndex's Qdrant stores, Chroma
     clients, qdrant-client without cloud inference). Two ways they still migrate: crossfade is
@@ -835,6 +887,7 @@ class Settings(BaseSettings):
     plan: PlanConfig = Field(default_factory=PlanConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     qdrant_api: QdrantApiConfig = Field(default_factory=QdrantApiConfig)
+    chroma_api: ChromaApiConfig = Field(default_factory=ChromaApiConfig)
     vector_clients: VectorClientsConfig = Field(default_factory=VectorClientsConfig)
     writes: WritesConfig = Field(default_factory=WritesConfig)
     bm25_avg_len: float = Field(

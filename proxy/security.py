@@ -1,5 +1,6 @@
 """Keys and the request gate's rules, as Qdrant has them: read-write keys, read-only keys
-and the admin key, sent as the `api-key` header or `Authorization: Bearer <key>`.
+and the admin key, sent as the `api-key` header or `Authorization: Bearer <key>` (or, from
+Chroma clients, `X-Chroma-Token`).
 
 The admin key authorises everything and alone opens the admin endpoints. With none
 configured, a random one is generated once and kept in `<data_dir>/admin.key` (mode 0600),
@@ -54,8 +55,9 @@ def admin_key(settings: Settings) -> str:
 
 def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     """The key a request carries, as Qdrant reads it: the `api-key` header, else the token
-    of `Authorization: Bearer <token>`; None if neither."""
-    api_key = bearer = None
+    of `Authorization: Bearer <token>`; else Chroma's `X-Chroma-Token` (chromadb's token auth
+    provider sends one of the last two); None if none."""
+    api_key = bearer = chroma = None
     for name, value in headers:
         if name == b"api-key" and api_key is None:
             api_key = value.decode("latin-1").strip()
@@ -63,7 +65,9 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
             text = value.decode("latin-1")
             if text.startswith("Bearer "):
                 bearer = text.removeprefix("Bearer ").strip()
-    return api_key or bearer or None
+        elif name == b"x-chroma-token" and chroma is None:
+            chroma = value.decode("latin-1").strip()
+    return api_key or bearer or chroma or None
 
 
 class Keyring:

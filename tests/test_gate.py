@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 import qdrant_edge as qe
+from chromadb.errors import error_types as chroma_error_types
 from fastapi.routing import APIRoute
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
@@ -23,6 +25,7 @@ from qdrant_client.http.exceptions import UnexpectedResponse
 
 from proxy.api.middleware import STATE_CHANGING
 from proxy.app import create_app, need_of
+from proxy.chroma_api.collection import ServedCollection
 from proxy.demo import python_reference
 from proxy.ingest import ingest
 from proxy.migration.start import start_migration
@@ -36,6 +39,10 @@ ADMIN = {"api-key": ADMIN_KEY}
 RO = {"api-key": RO_KEY}
 RW = {"Authorization": f"Bearer {RW_KEY}"}  # the other way Qdrant clients send a key
 C = "/collections/crossfade"  # the Qdrant collection name (the old index's)
+# Chroma's API: the served collection (the old index's) under Chroma's default tenant/database.
+CHROMA = ServedCollection.of(demo_settings(Path("/nonexistent")), 384)
+CDB = f"/api/v2/tenants/{CHROMA.tenant}/databases/{CHROMA.database}"
+CC = f"{CDB}/collections/{CHROMA.id}"
 DOC = {"text": "A new passage about loops.", "model": "any"}
 
 # Every route that changes data, with a body that would change it if it were accepted (the
@@ -57,6 +64,22 @@ WRITES: list[tuple[str, str, Any, Access]] = [
     ),
     ("POST", C + "/points/delete", {"filter": {}}, Access.WRITE),
     ("POST", C + "/points/delete", {"points": ["for#1", "with#0"]}, Access.WRITE),
+    # Chroma's record writes (chromadb's add / upsert / update / delete); the where {"n": {"$gte":
+    # 0}} delete would empty both indexes of the demo's documents that carry a part number.
+    ("POST", CC + "/add", {"ids": ["gate-c"], "documents": ["new text"]}, Access.WRITE),
+    ("POST", CC + "/upsert", {"ids": ["for#0"], "documents": ["new text"]}, Access.WRITE),
+    ("POST", CC + "/update", {"ids": ["for#0"], "metadatas": [{"topic": "x"}]}, Access.WRITE),
+    (
+        "POST",
+        CC + "/add",
+        {"ids": ["gate-cv"], "embeddings": [[0.1] * 384], "documents": ["new text"]},
+        Access.WRITE,
+    ),
+    ("POST", CC + "/delete", {"where": {"part": {"$gte": 0}}}, Access.WRITE),
+    ("POST", CC + "/delete", {"ids": ["for#1", "with#0"]}, Access.WRITE),
+    # refused whatever the key (crossfade migrates the collection), but writes by intent
+    ("PUT", CC, {"new_name": "renamed"}, Access.WRITE),
+    ("DELETE", CDB + "/collections/crossfade", None, Access.WRITE),
     ("POST", "/migration/backfill", {"action": "resume"}, Access.ADMIN),
     ("POST", "/admin/mode", {"mode": "old"}, Access.ADMIN),
     ("POST", "/admin/split", {"mode": "old", "percent": 50}, Access.ADMIN),
@@ -123,24 +146,34 @@ def assert_shape(path: str, r: httpx.Response) -> None:
     body = r.json()
     if path.startswith("/collections"):  # Qdrant's error shape: qdrant-client raises on it
         assert set(body) == {"status", "time"} and isinstance(body["status"]["error"], str)
+    elif path.startswith("/api/v2"):  # Chroma's: chromadb raises its own exception on it
+        assert set(body) == {"error", "message"} and body["error"] in chroma_error_types
     else:
         assert isinstance(body["error"], str)
 
 
 def test_the_list_holds_every_write_route(live: tuple[str, Runtime]) -> None:
     """Every state-changing route of the app is in WRITES, or one of the known reads."""
+
+    def filled(path: str) -> str:
+        path = path.replace("{collection_name}", "crossfade").replace("{collection_id}", CHROMA.id)
+        return path.replace("{tenant}", CHROMA.tenant).replace("{database}", CHROMA.database)
+
     routes = {
-        (m, r.path_format.replace("{collection_name}", "crossfade")): need_of(r)
+        (m, filled(r.path_format)): need_of(r)
         for r in create_app(live[1]).routes
         if isinstance(r, APIRoute)
         for m in r.methods & STATE_CHANGING
     }
     listed = {(m, p.replace("for%230", "{doc_id}")): need for m, p, _, need in WRITES}
     # /v1/embeddings changes nothing: it embeds texts for an app (OpenAI's API), a read.
+    # Chroma's create collection changes nothing either: it answers get_or_create of the
+    # served collection, and refuses any other.
     reads = {("POST", "/search"), ("POST", "/v1/embeddings")} | {
         ("POST", C + p) for p in ("/points/query", "/points/query/batch", "/points/scroll",
                                   "/points/count", "/points")
-    }  # fmt: skip
+    } | {("POST", CC + "/get"), ("POST", CC + "/query"),
+         ("POST", CDB + "/collections")}  # fmt: skip
     assert routes == listed | dict.fromkeys(reads, Access.READ)
 
 
@@ -224,7 +257,8 @@ def test_keys_grant_what_they_should(live: tuple[str, Runtime]) -> None:
 
 def test_reads_can_need_a_key(tmp_path: Any, models: dict) -> None:
     """reads_require_key: true (the default off loopback): reads take any key, and no key or
-    an unknown one is a 401; health and Qdrant's version call stay open."""
+    an unknown one is a 401; health, Qdrant's version call and Chroma's heartbeat and version
+    stay open."""
     settings = demo_settings(
         tmp_path,
         migration={"lazy": False, "backfill": False},
@@ -234,12 +268,14 @@ def test_reads_can_need_a_key(tmp_path: Any, models: dict) -> None:
         ingest(rt, "old", python_reference()[:6], progress=False)
         start_migration(rt, progress=False)
         with LiveServer(create_app(rt)) as srv:
-            for path in ("/healthz", "/readyz", "/"):
+            for path in ("/healthz", "/readyz", "/", "/api/v2/heartbeat", "/api/v2/version"):
                 assert httpx.get(srv.url + path).status_code == 200, path
             reads = [
                 ("POST", "/search", {"query": "for loop"}),
                 ("POST", C + "/points/scroll", {}),
                 ("POST", C + "/points", {"ids": ["x"]}),
+                ("POST", CC + "/get", {"limit": 2}),
+                ("GET", CC + "/count", None),
                 ("GET", "/migration", None),
                 ("GET", "/metrics", None),
             ]

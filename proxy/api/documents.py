@@ -19,6 +19,7 @@ from proxy.errors import Invalid
 from proxy.filters import StrictBody
 from proxy.remembered import Remembered
 from proxy.runtime import Runtime
+from proxy.store import VectorStore
 from proxy.writes import delete_documents, upsert_documents
 
 router = APIRouter()
@@ -81,6 +82,20 @@ async def write_app_vectors(
 async def erase_documents(rt: Runtime, doc_ids: list[str]) -> dict[str, int]:
     """Delete `doc_ids` from every live index; how many existed, per index."""
     return await _on_write_pool(rt, delete_documents, doc_ids)
+
+
+async def ids_matching(store: VectorStore, flt: Any, bound: int) -> list[str]:
+    """The doc ids `flt` matches in `store`, in its order, paged, up to one past `bound` (a
+    delete by filter refuses more than `bound` before deleting anything)."""
+    ids: list[str] = []
+    start = None
+    while len(ids) <= bound:
+        page = min(256, bound + 1 - len(ids))
+        views, start = await asyncio.to_thread(store.page, flt, page, start, ())
+        ids += [v["doc_id"] for v in views]
+        if start is None:
+            break
+    return ids
 
 
 @router.put("/documents", responses={400: {}, 413: {}, 422: {}, 503: {}})

@@ -15,18 +15,16 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from proxy.api.documents import DocIdConvertor  # noqa: F401 (registers `doc_id`)
-from proxy.api.errors import OrjsonResponse, noticed
+from proxy.api.errors import OrjsonResponse, ShapedRoute
 from proxy.api.services import Services, Svc, access
 from proxy.errors import BadRequest, CrossfadeError, NotFound, TooLarge
 from proxy.filters import StrictBody, Text
@@ -79,29 +77,22 @@ def refused(e: CrossfadeError) -> OrjsonResponse:
     return openai_error(e.status, str(e), param, code, e.headers() or None)
 
 
-class OpenAIRoute(APIRoute):
+class OpenAIRoute(ShapedRoute):
     """Errors of these routes in OpenAI's shape: every error of proxy.errors with its status
     (and Retry-After), body parsing errors as OpenAI's 400."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
+    def malformed(self, errors: list[Any], t0: float) -> Response:
+        first = errors[0] if errors else {"msg": "invalid", "loc": ()}
+        where = ".".join(str(p) for p in first["loc"] if p != "body") or None
+        if first.get("type") == "json_invalid":
+            return openai_error(400, "The request body is not valid JSON.")
+        return openai_error(400, f"Invalid value for '{where}': {first['msg']}", where)
 
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except RequestValidationError as e:
-                first = e.errors()[0] if e.errors() else {"msg": "invalid", "loc": ()}
-                where = ".".join(str(p) for p in first["loc"] if p != "body") or None
-                if first.get("type") == "json_invalid":
-                    return openai_error(400, "The request body is not valid JSON.")
-                return openai_error(400, f"Invalid value for '{where}': {first['msg']}", where)
-            except HTTPException as e:  # FastAPI's: a body it could not read
-                return openai_error(e.status_code, str(e.detail))
-            except CrossfadeError as e:
-                noticed(request, e)
-                return refused(e)
+    def http_error(self, e: HTTPException, t0: float) -> Response:
+        return openai_error(e.status_code, str(e.detail))  # FastAPI's: a body it could not read
 
-        return route
+    def refused(self, e: CrossfadeError, t0: float) -> Response:
+        return refused(e)
 
 
 class UnknownModel(NotFound):

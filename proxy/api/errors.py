@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 from proxy.errors import CrossfadeError
 from proxy.store import IndexUnavailable
@@ -36,6 +40,39 @@ def noticed(request: Request, e: CrossfadeError) -> None:
     served without from now on (every route, either shape)."""
     if isinstance(e, IndexUnavailable):
         request.app.state.services.health.mark_down(e)
+
+
+class ShapedRoute(APIRoute):
+    """A route of an API whose errors have their own shape (Qdrant's, Chroma's, OpenAI's): a
+    subclass says how a body that does not parse (`malformed`: FastAPI's validation errors),
+    FastAPI's own HTTP errors (a body it could not read) and every error of proxy.errors
+    (`refused`, with its status and Retry-After) look. `t0`: when the request began."""
+
+    def malformed(self, errors: list[Any], t0: float) -> Response:
+        raise NotImplementedError
+
+    def http_error(self, e: StarletteHTTPException, t0: float) -> Response:
+        raise NotImplementedError
+
+    def refused(self, e: CrossfadeError, t0: float) -> Response:
+        raise NotImplementedError
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            t0 = time.perf_counter()
+            try:
+                return await handler(request)
+            except RequestValidationError as e:
+                return self.malformed(list(e.errors()), t0)
+            except StarletteHTTPException as e:
+                return self.http_error(e, t0)
+            except CrossfadeError as e:
+                noticed(request, e)
+                return self.refused(e, t0)
+
+        return route
 
 
 def refuse_new(why: str) -> str:

@@ -70,7 +70,10 @@ class _TooLarge(Exception):  # the stream passed the limit: stops the app's read
 
 
 # Qdrant's own words first (src/common/auth: missing, invalid, read-only writing), then ours.
-SEND_A_KEY = "send it as the 'api-key' header or as 'Authorization: Bearer <key>'"
+SEND_A_KEY = (
+    "send it as the 'api-key' header or as 'Authorization: Bearer <key>' (Chroma clients: "
+    "or 'X-Chroma-Token')"
+)
 NEEDS = {
     Access.READ: f"reads on this proxy need a key (any kind): {SEND_A_KEY}",
     Access.WRITE: f"this route changes data: it needs a read-write key or the admin key; "

@@ -8,20 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Body, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from qdrant_client.http import models as qm
 from starlette.exceptions import HTTPException
 
-from proxy.api.documents import erase_documents, write_app_vectors, write_documents
-from proxy.api.errors import noticed
-from proxy.api.search import migration_headers, query_problem, serve_search, serve_vector
+from proxy.api.documents import (
+    erase_documents,
+    ids_matching,
+    write_app_vectors,
+    write_documents,
+)
+from proxy.api.errors import ShapedRoute
+from proxy.api.search import (
+    query_problem,
+    read_store,
+    serve_search,
+    serve_vector,
+    vector_side,
+)
+from proxy.api.search import status_headers as headers
 from proxy.api.services import Services, Svc, access
 from proxy.errors import CrossfadeError, Invalid, NotFound
 from proxy.qdrant_api import Unsupported
@@ -48,28 +57,20 @@ FIELDS = ("text", "metadata")
 MAX_POINTS = 1024  # per upsert, retrieve or delete request
 
 
-class QdrantRoute(APIRoute):
+class QdrantRoute(ShapedRoute):
     """Errors of these routes in Qdrant's shape: every error of proxy.errors with its status
     (and Retry-After), body parsing errors too."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
+    def malformed(self, errors: list[Any], t0: float) -> Response:
+        first = errors[0] if errors else {"msg": "invalid", "loc": ()}
+        where = ".".join(str(p) for p in first["loc"] if p != "body")
+        return failed(400, f"Format error in JSON body: {where}: {first['msg']}", t0)
 
-        async def route(request: Request) -> Response:
-            t0 = time.perf_counter()
-            try:
-                return await handler(request)
-            except RequestValidationError as e:
-                first = e.errors()[0] if e.errors() else {"msg": "invalid", "loc": ()}
-                where = ".".join(str(p) for p in first["loc"] if p != "body")
-                return failed(400, f"Format error in JSON body: {where}: {first['msg']}", t0)
-            except HTTPException as e:  # FastAPI's: a body that is not JSON
-                return failed(e.status_code, f"Format error in JSON body: {e.detail}", t0)
-            except CrossfadeError as e:
-                noticed(request, e)
-                return refused(e, t0)
+    def http_error(self, e: HTTPException, t0: float) -> Response:
+        return failed(e.status_code, f"Format error in JSON body: {e.detail}", t0)  # not JSON
 
-        return route
+    def refused(self, e: CrossfadeError, t0: float) -> Response:
+        return refused(e, t0)
 
 
 router = APIRouter(route_class=QdrantRoute, tags=["qdrant"])
@@ -102,22 +103,6 @@ def check(sv: Services, name: str) -> AppLayout:
     if name != collection_of(sv):
         raise NotFound(not_found(name))
     return AppLayout.of(sv.settings)
-
-
-def read_store(sv: Services) -> VectorStore:
-    """The index the app's reads come from: its own (old) collection while it is live (every
-    write through the proxy reaches it), the new one after `migrate finish`."""
-    from proxy.migration.finish import retired
-
-    if retired(sv.rt) or sv.rt.store("old").info() is None:
-        return sv.rt.store("new")
-    return sv.rt.store("old")
-
-
-def headers(sv: Services) -> dict[str, str]:
-    """crossfade's migration headers for answers that are not a routed search."""
-    routing = sv.control.routing
-    return migration_headers(routing.mode, routing.generation, sv.searcher.coverage.value)
 
 
 def points(
@@ -234,12 +219,10 @@ def vector_model(sv: Services, dim: int, using: str | None) -> str:
         raise Unsupported(
             f"vector name {using or ''!r}: this collection's is {sv.settings.indexes.old.vector!r}"
         )
-    app = sv.settings.vector_clients.app_model
-    order = (app, "new" if app == "old" else "old")
-    dims = {side: sv.rt.model(side).fingerprint.dim for side in order}
-    for side in order:
-        if dims[side] == dim:
-            return side
+    side = vector_side(sv, dim)
+    if side is not None:
+        return side
+    dims = {side: sv.rt.model(side).fingerprint.dim for side in ("old", "new")}
     models = sv.settings.models
     raise Unsupported(
         f"a query vector of {dim} dimensions is from no model of this migration "
@@ -439,14 +422,7 @@ async def delete(sv: Svc, collection_name: str, raw: dict[str, Any] = QdrantBody
         if len(ids) > bound:
             raise Invalid(f"{len(ids)} ids, over {bound} per delete (qdrant_api.max_delete_points)")
     else:  # every point the filter matches, in pages, up to one past the bound
-        flt, ids, start = to_filter(body.filter, layout), [], None
-        store = read_store(sv)
-        while len(ids) <= bound:
-            page = min(256, bound + 1 - len(ids))
-            views, start = await asyncio.to_thread(store.page, flt, page, start, ())
-            ids += [v["doc_id"] for v in views]
-            if start is None:
-                break
+        ids = await ids_matching(read_store(sv), to_filter(body.filter, layout), bound)
         if len(ids) > bound:
             raise Invalid(
                 f"the filter matches more than {bound} points (qdrant_api.max_delete_points); "

@@ -21,11 +21,12 @@ from proxy.config import Mode
 from proxy.errors import BadRequest, Conflict, Forbidden, Invalid, Unavailable
 from proxy.filters import Filter, StrictBody
 from proxy.migration.cutover import new_too_early
+from proxy.migration.finish import retired
 from proxy.migration.state import HIT
 from proxy.model import ModelUnavailable
 from proxy.search import SearchResult
 from proxy.security import Access
-from proxy.store import IndexUnavailable
+from proxy.store import IndexUnavailable, VectorStore
 
 router = APIRouter()
 
@@ -223,6 +224,32 @@ async def serve_vector(
     sv.metrics.search_latency.labels(mode.value).observe(took)
     enqueue_unmigrated(sv, mode, lists, res)
     return Served(mode, generation, res, lists, took, degraded, query=path)
+
+
+def vector_side(sv: Services, dim: int) -> str | None:
+    """Which model of the migration an app's query vector of `dim` dimensions comes from: the
+    app's own (`vector_clients.app_model`, the old one until the app moves) when it fits, else
+    the other one's if that fits; None if neither does."""
+    app = sv.settings.vector_clients.app_model
+    for side in (app, "new" if app == "old" else "old"):
+        if sv.rt.model(side).fingerprint.dim == dim:
+            return side
+    return None
+
+
+def read_store(sv: Services) -> VectorStore:
+    """The index an app's reads by id or filter come from (Qdrant's and Chroma's APIs): its own
+    (old) collection while it is live (every write through the proxy reaches it), the new one
+    after `migrate finish`."""
+    if retired(sv.rt) or sv.rt.store("old").info() is None:
+        return sv.rt.store("new")
+    return sv.rt.store("old")
+
+
+def status_headers(sv: Services) -> dict[str, str]:
+    """crossfade's migration headers for answers that are not a routed search."""
+    routing = sv.control.routing
+    return migration_headers(routing.mode, routing.generation, sv.searcher.coverage.value)
 
 
 def after_finish_refusal(sv: Services, no_map: bool) -> str:
