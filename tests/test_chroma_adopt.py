@@ -26,7 +26,7 @@ from chromadb.utils.embedding_functions import SentenceTransformerEmbeddingFunct
 from proxy.app import create_app
 from proxy.config import ConfigError, Mode, ModelConfig, resolve_path
 from proxy.demo import python_reference, write_eval_set
-from proxy.document import Doc
+from proxy.document import CorpusError, Doc
 from proxy.embedding import load_embedder
 from proxy.filters import Condition, Filter, FilterTree, HasId, IsEmpty, Match
 from proxy.migration.adoption import AdoptionRefused
@@ -184,6 +184,12 @@ def test_adopt_a_chroma_app_collection_and_migrate_beside(
             assert got["documents"] == [edit.text] and got["metadatas"] == [{"topic": "edited"}]
             want = model.embed_documents([edit.text])[0]
             assert float(np.dot(np.asarray(got["embeddings"][0]), want)) > 0.99
+
+        # metadata the app's flat layout can't hold: refused before anything is written
+        nested = Doc(docs[6].doc_id, "Nested metadata.", {"a": {"b": 1}})
+        with pytest.raises(CorpusError, match="flat metadata"):
+            upsert_documents(rt, [nested])
+        assert old.retrieve([nested.doc_id])[nested.doc_id]["text"] == docs[6].text
 
         # cutover (gated) and finish: no alias to move; the app is pointed at NEW
         write_eval_set(rt.settings.data_path("eval"), docs)

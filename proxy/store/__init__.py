@@ -205,6 +205,10 @@ class VectorStore(Protocol):
         """Raise ValueError for an id this index can't key a point by (asked before a write
         touches any index). By default any doc id keys a point."""
 
+    def check_metadata(self, docs: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Raise ValueError for metadata (of each doc id) this index can't hold as given
+        (asked before a write touches any index). By default any metadata."""
+
     def search_dense(
         self, vector: np.ndarray, limit: int, flt: Filter | None = None
     ) -> list[tuple[str, float]]: ...

@@ -93,10 +93,10 @@ def app_metadata(meta: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (meta or {}).items() if not k.startswith(RESERVED)}
 
 
-def check_flat(points: Sequence[PointWrite]) -> None:
-    """Refuse (before anything is written) metadata the app's flat layout can't hold."""
-    for p in points:
-        for k, v in p.metadata.items():
+def check_flat(docs: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """Refuse metadata the app's flat layout can't hold."""
+    for doc_id, metadata in docs:
+        for k, v in metadata.items():
             flat = isinstance(v, _SCALARS) or (
                 isinstance(v, list)
                 and v
@@ -105,7 +105,7 @@ def check_flat(points: Sequence[PointWrite]) -> None:
             )
             if k.startswith(RESERVED) or not flat:
                 raise UnsupportedMetadata(
-                    f"doc {p.doc_id!r}: metadata key {k!r}: an adopted Chroma collection "
+                    f"doc {doc_id!r}: metadata key {k!r}: an adopted Chroma collection "
                     "holds flat metadata (scalars, arrays of one scalar type), keys not "
                     f"starting with {RESERVED!r}"
                 )
@@ -249,11 +249,14 @@ class AdoptedChromaStore(ChromaStore):
 
     def upsert(self, points: Sequence[PointWrite]) -> None:
         check_fingerprints(self.info(), points)
-        check_flat(points)
+        self.check_metadata([(p.doc_id, p.metadata) for p in points])
         if self._edited is not None:
             # no documents in this collection: an edit's text kept before the index is written
             self._edited.put([(p.doc_id, p.text) for p in points if p.if_text_sha256 is None])
         super().upsert(points)
+
+    def check_metadata(self, docs: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        check_flat(docs)
 
     def _update_if_same_text(self, col: Collection, points: Sequence[PointWrite]) -> None:
         """Re-embeds: the vector, and the pending marker removed, only where the stored text
