@@ -202,10 +202,12 @@ class ModelConfig(Strict):
 
 
 class AdoptConfig(Strict):
-    """An existing Qdrant collection taken as it is (written by the application: LangChain,
-    LlamaIndex, plain qdrant-client). Its points keep their ids (integers or UUIDs, which
-    become doc ids) and their payload layout; crossfade writes them only to dual-write
-    document updates, in this same layout."""
+    """An existing collection taken as it is (written by the application: LangChain,
+    LlamaIndex, plain qdrant-client or chromadb). Its points keep their ids (Qdrant: integers
+    or UUIDs; Chroma: any string; they become doc ids) and their layout; crossfade writes them
+    only to dual-write document updates, in this same layout. On Chroma the text is the
+    record's document and the metadata its metadata: text_field, metadata_field and
+    text_format are Qdrant's and refused there."""
 
     text_field: str | None = Field(
         "page_content",
@@ -250,6 +252,9 @@ class AdoptConfig(Strict):
             raise ValueError("text_format 'llama-index' reads the node JSON in 'text_field'")
         return self
 
+
+# Where a Qdrant point keeps its text and metadata: fixed on Chroma (document, metadata).
+QDRANT_ADOPT_FIELDS = {"text_field", "metadata_field", "text_format"}
 
 # Chroma's rule for collection names (its server refuses any other).
 CHROMA_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
@@ -302,15 +307,26 @@ class IndexConfig(Strict):
 
     adopt: AdoptConfig | None = Field(
         None,
-        description="Adopt an existing collection in its own layout (backend=qdrant, old index).",
+        description="Adopt an existing collection in its own layout (backend=qdrant or chroma, "
+        "old index).",
     )
 
     @model_validator(mode="after")
     def _backend_needs_location(self) -> IndexConfig:
         if self.backend == "edge" and not self.path:
             raise ValueError("backend 'edge' needs 'path'")
-        if self.adopt is not None and self.backend != "qdrant":
-            raise ValueError("'adopt' takes an existing Qdrant collection (backend 'qdrant')")
+        if self.adopt is not None and self.backend == "edge":
+            raise ValueError(
+                "'adopt' takes an existing Qdrant or Chroma collection (backend 'qdrant' or "
+                "'chroma')"
+            )
+        if self.adopt is not None and self.backend == "chroma":
+            qdrant_only = sorted(self.adopt.model_fields_set & QDRANT_ADOPT_FIELDS)
+            if qdrant_only:
+                raise ValueError(
+                    f"adopt.{', adopt.'.join(qdrant_only)}: Qdrant's payload layout; a Chroma "
+                    "record's text is its document and its metadata is the metadata"
+                )
         if self.vector == "" and self.adopt is None:
             raise ValueError("the unnamed vector ('') is for an adopted collection only")
         if self.backend == "qdrant" and not self.url:

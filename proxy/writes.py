@@ -90,6 +90,16 @@ def live_sides(rt: Runtime, doc_ids: Sequence[str] = ()) -> list[str]:
     return sides
 
 
+def check_metadata(rt: Runtime, sides: Sequence[str], docs: Sequence[Doc]) -> None:
+    """Metadata an index can't hold (an adopted Chroma collection's is flat): refused before
+    the journal, so a bad write changes nothing and blocks no later one."""
+    for side in sides:
+        try:
+            rt.store(side).check_metadata([(d.doc_id, d.metadata) for d in docs])
+        except ValueError as e:
+            raise CorpusError(str(e)) from None
+
+
 def _embed(
     rt: Runtime,
     sides: Sequence[str],
@@ -117,6 +127,7 @@ def upsert_documents(
         raise Unavailable("no index exists yet: ingest into the old index first")
     for side in sides:  # refused whole, before the journal: no index half-written
         refuse_drifted(rt, side)
+    check_metadata(rt, sides, docs)
     texts = [d.text for d in docs]
     vectors = _embed(rt, sides, texts, given)  # no lock held: a slow model holds up this only
     items = [asdict(d) for d in docs]

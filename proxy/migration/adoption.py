@@ -9,42 +9,37 @@ collection where some match and some don't already holds two models and is repor
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
-from proxy.errors import Conflict
 from proxy.runtime import Runtime
-from proxy.store import IndexInfo
-from proxy.store.adopted import AdoptedStore
+from proxy.store import AdoptionRefused, IndexInfo, VectorStore
+
+__all__ = ["AdoptionRefused", "adopt_old", "check_identity", "check_texts"]
 
 
-class AdoptionRefused(Conflict, RuntimeError):
-    """The collection can't be migrated as configured; nothing was written."""
-
-
-def check_texts(rt: Runtime, old: AdoptedStore) -> dict[str, Any]:
+def check_texts(rt: Runtime, old: VectorStore) -> dict[str, Any]:
     """Without the text nothing can be re-embedded: refuse a collection without stored text
     unless a text source is given, or a text source with a text for none of its points. Some
     points without one are counted (`migrate start` lists them: they block the gate until
     given text or excluded)."""
     adopt = rt.settings.indexes.old.adopt
     assert adopt is not None
-    if old.layout.texts is None:
-        field = adopt.text_field
-        if field is None or not old.has_payload_field(field):
-            where = f"under {field!r}" if field else "(indexes.old.adopt.text_field is null)"
+    if old.texts is None:
+        where, held = old.stored_text()
+        if not held:
             raise AdoptionRefused(
                 f"collection {old.collection!r} stores no text {where}: without the text "
                 "nothing can be re-embedded. Give the texts as JSONL of {id, text} in "
                 "indexes.old.adopt.text_source"
             )
-        return {"text": f"stored under {field!r}"}
+        return {"text": f"stored {where}"}
     missing: list[str] = []
     points = 0
     for ids in old.ids():
         points += len(ids)
-        missing.extend(old.layout.texts.missing(ids))
+        missing.extend(old.texts.missing(ids))
     if points and len(missing) == points:
         raise AdoptionRefused(
             f"none of the {points} points has a text in {adopt.text_source}: "
@@ -56,12 +51,12 @@ def check_texts(rt: Runtime, old: AdoptedStore) -> dict[str, Any]:
     }
     if missing:
         out["points_without_text"] = len(missing)
-    if bad := old.layout.texts.bad_lines():
+    if bad := old.texts.bad_lines():
         out["bad_lines"] = {"count": len(bad), "first": bad[:5]}
     return out
 
 
-def check_identity(rt: Runtime, old: AdoptedStore) -> dict[str, Any]:
+def check_identity(rt: Runtime, old: VectorStore) -> dict[str, Any]:
     """Re-embed a sample of stored texts with the configured old model; compare."""
     adopt = rt.settings.indexes.old.adopt
     assert adopt is not None
@@ -111,20 +106,11 @@ def check_identity(rt: Runtime, old: AdoptedStore) -> dict[str, Any]:
 def adopt_old(rt: Runtime) -> dict[str, Any] | None:
     """For an adopted old collection: the checks, then the binding (our file, not theirs).
     None when the old index is crossfade's own."""
-    store = rt.store("old")
-    if not store.adopted:
+    old = rt.store("old")
+    if not old.adopted:
         return None
-    old = cast(AdoptedStore, store)  # the adapter of the `adopted` capability
-    if not old.exists():
-        raise AdoptionRefused(f"collection {old.collection!r} does not exist")
-    dense, _ = old.vector_names()
-    if old.vector not in dense:
-        names = ", ".join(repr(n) for n in dense) or "none"
-        raise AdoptionRefused(
-            f"collection {old.collection!r} has no vector {old.vector!r} (it has {names}); "
-            "set indexes.old.vector ('' = the unnamed vector)"
-        )
-    report = {**check_texts(rt, old), "identity": check_identity(rt, old)}
+    found = old.adoption_checks(rt.settings.models.old)
+    report = {**check_texts(rt, old), **found, "identity": check_identity(rt, old)}
     fp = rt.model("old").fingerprint
     want = IndexInfo(dim=fp.dim, fingerprint=fp.id, sparse=False)
     have = old.info()

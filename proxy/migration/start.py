@@ -8,7 +8,8 @@ a document already seeded with the same text (and any new vector it gained) is l
 An adopted collection (indexes.old.adopt) is checked first (stored text, identity of the old
 model: proxy/migration/adoption.py); nothing is written if a check refuses. It is streamed as
 it is, no JSONL ingest needed. `--into COLLECTION` puts the new index in a collection beside
-it. `--in-place` (an adopted collection, or crossfade's own edge shard) puts it in a new named
+it, on the same server (Qdrant, or Chroma: proxy/store/chroma_adopted.py). `--in-place` (an
+adopted Qdrant collection, or crossfade's own edge shard) puts it in a new named
 vector of the same collection or shard, beside the old vector: no point is copied, seeding
 adds the BM25 vector to each.
 """
@@ -45,7 +46,10 @@ def place_new_index(
     if into and old.adopt is None:
         raise ValueError("--into is for an adopted collection (indexes.old.adopt)")
     if into == old.collection and old.adopt is not None:
-        raise ValueError("--into names the adopted collection itself; use --in-place")
+        raise ValueError(
+            "--into names the adopted collection itself"
+            + ("; use --in-place" if rt.store("old").named_vectors else "")
+        )
     if in_place and not rt.store("old").named_vectors:
         raise ValueError(
             "--in-place adds a vector to the old index's edge shard (indexes.old.backend: edge) "

@@ -31,7 +31,9 @@ class AppLayout:
     @classmethod
     def of(cls, settings: Settings) -> AppLayout:
         adopt = settings.indexes.old.adopt
-        if adopt is None:
+        if adopt is None or settings.indexes.old.backend != "qdrant":
+            # (an adopted Chroma collection's app reads it through chromadb, not as Qdrant
+            # points: Qdrant's surface shows crossfade's layout there)
             return cls(adopted=False)
         return cls(True, adopt.text_field, adopt.metadata_field, adopt.text_format == "llama-index")
 

@@ -19,12 +19,16 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from proxy.config import ModelConfig
 from proxy.errors import Conflict, Unavailable
 from proxy.filters import Filter, FilterTree
+
+if TYPE_CHECKING:
+    from proxy.store.texts import TextSource
 
 log = logging.getLogger("crossfade.store")
 NAMESPACE = uuid.UUID("6f0c6c39-3f1a-4a57-9f39-1bd0a7e0c0de")
@@ -41,6 +45,10 @@ def point_id(doc_id: str) -> str:
 
 class FingerprintMismatch(Conflict, ValueError):
     """A dense vector from another model than the one the index is bound to (bilingual write)."""
+
+
+class AdoptionRefused(Conflict, RuntimeError):
+    """A collection to adopt can't be migrated as configured; nothing was written."""
 
 
 class IndexUnavailable(Unavailable, RuntimeError):
@@ -124,11 +132,16 @@ class VectorStore(Protocol):
     # (`migrate start --in-place`: an edge shard, an adopted Qdrant collection).
     named_vectors: bool = False
     # An existing collection in its own layout, checked and bound by the adoption checks
-    # (proxy/migration/adoption.py; the adapter is proxy/store/adopted.py's AdoptedStore).
+    # (proxy/migration/adoption.py; the adapters: AdoptedStore for Qdrant, proxy/store/
+    # adopted.py, AdoptedChromaStore for Chroma, proxy/store/chroma_adopted.py), through the
+    # members after `texts` below.
     adopted: bool = False
     # This index shares its points with the other side's (in place): it holds its own
     # vectors only, and a point belongs to it once seeded (`seeded`).
     in_place: bool = False
+    # Adopted: where the texts of a collection that stores none come from (a JSONL file,
+    # indexes.old.adopt.text_source); None: stored in the collection.
+    texts: TextSource | None = None
 
     @property
     def location(self) -> str:
@@ -142,6 +155,32 @@ class VectorStore(Protocol):
     def seeded(self, doc_ids: Sequence[str]) -> set[str]:
         """In place: the ids among `doc_ids` already seeded into this index."""
         raise NotImplementedError(f"index {self.name!r} is not in place")
+
+    # --- adopted collections (with `adopted`) ------------------------------------------
+    def adoption_checks(self, model: ModelConfig) -> dict[str, Any]:
+        """The adapter's own checks of the collection to adopt (it exists, holds the vector,
+        what it says of the model that wrote it, against `model`), before the identity
+        sample; what they found, for the start report. Raises AdoptionRefused."""
+        raise NotImplementedError(f"index {self.name!r} is not adopted")
+
+    def stored_text(self) -> tuple[str, bool]:
+        """Where the collection stores its texts, in words, and whether some point holds one."""
+        raise NotImplementedError(f"index {self.name!r} is not adopted")
+
+    def sample(self, n: int) -> list[tuple[str, str | None, np.ndarray]]:
+        """Up to `n` points holding a vector (doc id, text or None, stored vector), drawn at
+        random from the whole collection."""
+        raise NotImplementedError(f"index {self.name!r} is not adopted")
+
+    def ids(self, batch: int = 2048) -> Iterator[list[str]]:
+        """Every doc id, a batch at a time."""
+        for points in self.scroll(batch, ["doc_id"]):
+            yield [p["doc_id"] for p in points]
+
+    def bind(self, info: IndexInfo) -> None:
+        """Adopt the collection as it is: record which model its vectors come from (where
+        crossfade keeps it, never in the collection)."""
+        raise NotImplementedError(f"index {self.name!r} is not adopted")
 
     def set_alias(self, alias: str, collection: str) -> None:
         """Point `alias` at `collection` in one request (with `aliases`)."""
@@ -165,6 +204,10 @@ class VectorStore(Protocol):
     def check_ids(self, doc_ids: Sequence[str]) -> None:
         """Raise ValueError for an id this index can't key a point by (asked before a write
         touches any index). By default any doc id keys a point."""
+
+    def check_metadata(self, docs: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Raise ValueError for metadata (of each doc id) this index can't hold as given
+        (asked before a write touches any index). By default any metadata."""
 
     def search_dense(
         self, vector: np.ndarray, limit: int, flt: Filter | None = None

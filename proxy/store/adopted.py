@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 from qdrant_client import models as qm
 
-from proxy.config import IndexConfig, Settings
+from proxy.config import IndexConfig, ModelConfig, Settings
 from proxy.document import text_sha256
 from proxy.errors import Invalid
-from proxy.store import IndexInfo, PointWrite, check_fingerprints
+from proxy.store import AdoptionRefused, IndexInfo, PointWrite, check_fingerprints
 from proxy.store import write_json_atomic as _write_json
 from proxy.store.server import ServerStore
 from proxy.store.texts import EditedTexts, TextSource
@@ -203,6 +203,29 @@ class AdoptedStore(ServerStore):
             else {k: v.size for k, v in (vecs or {}).items()}
         )
         return dense, set(params.sparse_vectors or {})
+
+    @property  # type: ignore[override]
+    def texts(self) -> TextSource | None:
+        return self.layout.texts
+
+    def adoption_checks(self, model: ModelConfig) -> dict[str, Any]:
+        """It exists and holds the vector (Qdrant keeps no record of the model)."""
+        if not self.exists():
+            raise AdoptionRefused(f"collection {self.collection!r} does not exist")
+        dense, _ = self.vector_names()
+        if self.vector not in dense:
+            names = ", ".join(repr(n) for n in dense) or "none"
+            raise AdoptionRefused(
+                f"collection {self.collection!r} has no vector {self.vector!r} (it has "
+                f"{names}); set indexes.old.vector ('' = the unnamed vector)"
+            )
+        return {}
+
+    def stored_text(self) -> tuple[str, bool]:
+        field = self.layout.text_field
+        if field is None:
+            return "(indexes.old.adopt.text_field is null)", False
+        return f"under {field!r}", self.has_payload_field(field)
 
     def bind(self, info: IndexInfo) -> None:
         """Adopt the collection as it is: record which model its vectors come from."""
@@ -450,6 +473,11 @@ def _edited(path: str) -> EditedTexts:
     return EditedTexts(Path(path))
 
 
+def edited_texts(settings: Settings, texts: TextSource | None) -> EditedTexts | None:
+    """Where edits through the proxy to documents whose texts come from a file are kept."""
+    return _edited(str(settings.data_path("edited-texts.sqlite"))) if texts else None
+
+
 @functools.lru_cache(maxsize=4)
 def _texts(path: str, version: tuple[int, int], index_dir: str) -> TextSource:
     return TextSource(Path(path), Path(index_dir))
@@ -498,7 +526,7 @@ def open_adopted(settings: Settings, which: str, placement: dict[str, Any] | Non
             f"in place, the new vector needs another name than the old one ({old_cfg.vector!r})"
         )
     texts = load_texts(settings)
-    edited = _edited(str(settings.data_path("edited-texts.sqlite"))) if texts else None
+    edited = edited_texts(settings, texts)
     node_json = adopt.text_format == "llama-index"
     layout = Layout(adopt.text_field, adopt.metadata_field, texts, edited, node_json)
     bindings = settings.data_path(BINDINGS)

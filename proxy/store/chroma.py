@@ -65,6 +65,10 @@ Chroma counts without a filter only: a count of dense points or of a filter page
 ids (O(n)). `page` resumes at a doc id by offset: the one it returned the page before, else
 found by paging through ids.
 
+The layout above is crossfade's own; the members under "the record layout" in ChromaStore
+(filter keys, the dense marker, views, records, binding) are what a collection in an app's
+layout changes: proxy/store/chroma_adopted.py.
+
 Transport faults (refused, timed out, a 5xx answer) are raised as IndexUnavailable. The
 client is made at first contact (its constructor talks to the server), one per (url, tenant,
 database) in a process; chromadb's HTTP client has no timeout of its own, so `timeout_s` is
@@ -183,8 +187,26 @@ def _present(path: str, yes: bool = True) -> Where:
     return {PATHS: {"$contains" if yes else "$not_contains": path}}
 
 
-def _condition(c: Condition, neg: bool) -> Where | bool:
-    key = chroma_path(c.field)
+class Keys:
+    """How crossfade's payload paths address a collection's metadata, in crossfade's own
+    layout: `metadata.topic` is the key `metadata.topic`, `crossfade:paths` says which paths a
+    record holds, `doc_id` holds its id. An adopted collection's are in chroma_adopted.py."""
+
+    def key(self, field: str) -> str:
+        return chroma_path(field)
+
+    def present(self, key: str, yes: bool = True) -> Where:
+        return _present(key, yes)
+
+    def has_id(self, doc_ids: Sequence[str], neg: bool) -> Where:
+        return {"doc_id": {"$nin" if neg else "$in": list(doc_ids)}}
+
+
+OWN = Keys()
+
+
+def _condition(c: Condition, neg: bool, keys: Keys) -> Where | bool:
+    key = keys.key(c.field)
     if c.range is not None:
         r = c.range
         bounds = [("$gt", r.gt), ("$gte", r.gte), ("$lt", r.lt), ("$lte", r.lte)]
@@ -192,7 +214,7 @@ def _condition(c: Condition, neg: bool) -> Where | bool:
             return _all({key: {op: v}} for op, v in bounds if v is not None)
         flip = {"$gt": "$lte", "$gte": "$lt", "$lt": "$gte", "$lte": "$gt"}
         outside = [{key: {flip[op]: v}} for op, v in bounds if v is not None]
-        return _any([_present(key, False), *outside])
+        return _any([keys.present(key, False), *outside])
     m = c.match
     assert m is not None
     if m.except_ is not None:
@@ -209,45 +231,49 @@ def _condition(c: Condition, neg: bool) -> Where | bool:
         *({key: {"$not_contains": v}} for v in vals),
     ]
     if except_:
-        return _any([_present(key, False), *holds]) if neg else _all([_present(key), *lacks])
+        return (
+            _any([keys.present(key, False), *holds]) if neg else _all([keys.present(key), *lacks])
+        )
     return _all(lacks) if neg else _any(holds)
 
 
-def _clause(c: Any, neg: bool) -> Where | bool:
+def _clause(c: Any, neg: bool, keys: Keys) -> Where | bool:
     if isinstance(c, Condition):
-        return _condition(c, neg)
+        return _condition(c, neg, keys)
     if isinstance(c, IsEmpty):
-        return _present(chroma_path(c.field), neg)
+        return keys.present(keys.key(c.field), neg)
     if isinstance(c, HasId):
         if not c.doc_ids:
             return neg
-        return {"doc_id": {"$nin" if neg else "$in": list(c.doc_ids)}}
-    return _tree(c, neg)
+        return keys.has_id(c.doc_ids, neg)
+    return _tree(c, neg, keys)
 
 
-def _tree(t: Filter | FilterTree, neg: bool) -> Where | bool:
+def _tree(t: Filter | FilterTree, neg: bool, keys: Keys) -> Where | bool:
     """must: all; should: at least one (when given); must_not: none. Negated by De Morgan
     (Chroma has no $not)."""
     if not neg:
         return _all(
             [
-                *(_clause(c, False) for c in t.must),
-                _any(_clause(c, False) for c in t.should) if t.should else True,
-                *(_clause(c, True) for c in t.must_not),
+                *(_clause(c, False, keys) for c in t.must),
+                _any(_clause(c, False, keys) for c in t.should) if t.should else True,
+                *(_clause(c, True, keys) for c in t.must_not),
             ]
         )
     return _any(
         [
-            *(_clause(c, True) for c in t.must),
-            _all(_clause(c, True) for c in t.should) if t.should else False,
-            *(_clause(c, False) for c in t.must_not),
+            *(_clause(c, True, keys) for c in t.must),
+            _all(_clause(c, True, keys) for c in t.should) if t.should else False,
+            *(_clause(c, False, keys) for c in t.must_not),
         ]
     )
 
 
-def to_chroma_where(flt: Filter | FilterTree | None, *extra: Where) -> Where | None:
+def to_chroma_where(
+    flt: Filter | FilterTree | None, *extra: Where, keys: Keys = OWN
+) -> Where | None:
     """Chroma's `where` for crossfade's filter (and `extra` conditions): None = everything."""
-    w = _all([_tree(flt, False) if flt is not None else True, *extra])
+    w = _all([_tree(flt, False, keys) if flt is not None else True, *extra])
     if w is True:
         return None
     return NOTHING if w is False else w
@@ -331,11 +357,12 @@ def view(
     return out
 
 
-def _views(got: Any, fields: Sequence[str] | None) -> list[dict[str, Any]]:
+def _records(got: Any) -> Iterator[tuple[str, str | None, dict[str, Any] | None]]:
+    """(id, document, metadata) of each record of a `get` or one query's answer."""
     n = len(got["ids"])
     docs = got.get("documents") or [None] * n
     metas = got.get("metadatas") or [None] * n
-    return [view(i, d, m, fields) for i, d, m in zip(got["ids"], docs, metas, strict=True)]
+    return zip(got["ids"], docs, metas, strict=True)
 
 
 def _unique(ids: Sequence[str]) -> list[str]:
@@ -446,6 +473,39 @@ class ChromaStore(FirstContact, VectorStore):
     """`bm25_dir`: where the BM25 sidecar of this collection lives (None: no BM25)."""
 
     remote = True  # a server (or an embedded engine behind the client's locks)
+
+    # --- the record layout: crossfade's own (an adopted collection's: chroma_adopted.py) ---
+    KEYS: Keys = OWN
+    DENSE_WHERE: Where = {DENSE: True}  # records holding a real vector (not a placeholder)
+    NO_DENSE_WHERE: Where = {DENSE: False}
+
+    def _where(self, flt: Filter | FilterTree | None, *extra: Where) -> Where | None:
+        return to_chroma_where(flt, *extra, keys=self.KEYS)
+
+    def _include(self, fields: Sequence[str] | None) -> list[str]:
+        return _include(fields)
+
+    def _view(
+        self,
+        doc_id: str,
+        text: str | None,
+        meta: dict[str, Any] | None,
+        fields: Sequence[str] | None,
+    ) -> dict[str, Any]:
+        return view(doc_id, text, meta, fields)
+
+    def _views(self, got: Any, fields: Sequence[str] | None) -> list[dict[str, Any]]:
+        return [self._view(i, d, m, fields) for i, d, m in _records(got)]
+
+    def _binding_of(self, col: Collection) -> IndexInfo | None:
+        return _binding(col.metadata)
+
+    def _record(self, p: PointWrite, held: set[str]) -> tuple[dict[str, Any] | None, str | None]:
+        """A point as a record's metadata and document; `held`: the metadata keys the record
+        holds now, nulled where the new metadata lacks them (Chroma's upsert merges)."""
+        meta = record_metadata(p)
+        meta.update(dict.fromkeys(held - set(meta)))
+        return meta, p.text
 
     def __init__(self, name: str, cfg: IndexConfig, bm25_dir: Path | None = None) -> None:
         self.name = name
@@ -573,7 +633,7 @@ class ChromaStore(FirstContact, VectorStore):
                 col = self._connected().get_collection(self.collection, embedding_function=None)
             except NotFoundError:
                 col = None
-        info = _binding(col.metadata) if col is not None else None
+        info = self._binding_of(col) if col is not None else None
         self._col = col if info is not None else None
         if info is not None and info.sparse:
             self._info = info  # (so the sidecar can be opened now)
@@ -671,11 +731,7 @@ class ChromaStore(FirstContact, VectorStore):
         held = {
             i: set(m or ()) for i, m in zip(before["ids"], before["metadatas"] or [], strict=True)
         }
-        metas = []
-        for p in points:
-            meta = record_metadata(p)
-            meta.update(dict.fromkeys(held.get(p.doc_id, set()) - set(meta)))
-            metas.append(meta)
+        records = [self._record(p, held.get(p.doc_id, set())) for p in points]
         vectors = [
             np.asarray(p.dense, dtype=np.float32)
             if p.dense is not None
@@ -685,8 +741,8 @@ class ChromaStore(FirstContact, VectorStore):
         col.upsert(
             ids=ids,
             embeddings=np.stack(vectors),
-            documents=[p.text for p in points],
-            metadatas=metas,  # type: ignore[arg-type]
+            documents=[d for _, d in records] if any(d is not None for _, d in records) else None,  # type: ignore[misc]
+            metadatas=[m for m, _ in records] if any(m for m, _ in records) else None,  # type: ignore[misc]
         )
 
     def _update_if_same_text(self, col: Collection, points: Sequence[PointWrite]) -> None:
@@ -743,7 +799,7 @@ class ChromaStore(FirstContact, VectorStore):
     def _query(
         self, vector: np.ndarray, limit: int, flt: Filter | None, fields: Sequence[str]
     ) -> list[tuple[dict[str, Any], float]]:
-        where = to_chroma_where(flt, {DENSE: True})
+        where = self._where(flt, self.DENSE_WHERE)
         if limit <= 0 or where is NOTHING:
             return []
         with self._guard():
@@ -751,12 +807,12 @@ class ChromaStore(FirstContact, VectorStore):
                 query_embeddings=[np.asarray(vector, dtype=np.float32)],
                 n_results=limit,
                 where=where,
-                include=["distances", *_include(fields)],  # type: ignore[list-item]
+                include=["distances", *self._include(fields)],  # type: ignore[list-item]
             )
         got = {k: (v[0] if v else None) for k, v in res.items() if k != "included"}
         # cosine distance is 1 - cosine similarity
         scores = [1.0 - float(d) for d in got["distances"] or []]
-        return list(zip(_views(got, fields), scores, strict=True))
+        return list(zip(self._views(got, fields), scores, strict=True))
 
     def search_sparse(
         self, sparse: Sparse, limit: int, flt: Filter | None = None
@@ -768,7 +824,7 @@ class ChromaStore(FirstContact, VectorStore):
                 f"{self.location}: Chroma has no BM25 and this index has no BM25 sidecar "
                 "(`sparse` is False)"
             )
-        if to_chroma_where(flt) is NOTHING:  # (and refused here where Chroma would refuse it)
+        if self._where(flt) is NOTHING:  # (and refused here where Chroma would refuse it)
             return []
         return side.search_sparse(sparse, limit, flt)
 
@@ -776,7 +832,7 @@ class ChromaStore(FirstContact, VectorStore):
         if not doc_ids:
             return set()
         out: set[str] = set()
-        for got in self._by_ids(doc_ids, where={DENSE: True}, include=[]):
+        for got in self._by_ids(doc_ids, where=self.DENSE_WHERE, include=[]):
             out.update(got["ids"])
         return out
 
@@ -790,22 +846,22 @@ class ChromaStore(FirstContact, VectorStore):
     def dense_vectors(self, doc_ids: Sequence[str]) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         if doc_ids:
-            for got in self._by_ids(doc_ids, where={DENSE: True}, include=["embeddings"]):
+            for got in self._by_ids(doc_ids, where=self.DENSE_WHERE, include=["embeddings"]):
                 out.update(self._vectors(got))
         return out
 
     def dense_sample(self, limit: int) -> dict[str, np.ndarray]:
         if self.info() is None or limit <= 0:
             return {}
-        return self._vectors(self._get(where={DENSE: True}, limit=limit, include=["embeddings"]))
+        return self._vectors(self._get(where=self.DENSE_WHERE, limit=limit, include=["embeddings"]))
 
     def retrieve(
         self, doc_ids: Sequence[str], fields: Sequence[str] | None = None
     ) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         if doc_ids:
-            for got in self._by_ids(doc_ids, include=_include(fields)):
-                out.update((v["doc_id"], v) for v in _views(got, fields))
+            for got in self._by_ids(doc_ids, include=self._include(fields)):
+                out.update((v["doc_id"], v) for v in self._views(got, fields))
         return out
 
     def scroll(
@@ -815,9 +871,9 @@ class ChromaStore(FirstContact, VectorStore):
             return
         offset = 0
         while True:
-            got = self._get(limit=batch, offset=offset, include=_include(fields))
+            got = self._get(limit=batch, offset=offset, include=self._include(fields))
             if got["ids"]:
-                yield _views(got, fields)
+                yield self._views(got, fields)
             if len(got["ids"]) < batch:
                 return
             offset += batch
@@ -841,7 +897,7 @@ class ChromaStore(FirstContact, VectorStore):
         if self.info() is None:
             return 0
         if dense_only:
-            return self._count({DENSE: True})
+            return self._count(self.DENSE_WHERE)
         with self._guard():
             return int(self._coll().count())
 
@@ -850,7 +906,7 @@ class ChromaStore(FirstContact, VectorStore):
             return self.count()
         if self.info() is None:
             return 0
-        return self._count(to_chroma_where(flt))
+        return self._count(self._where(flt))
 
     def _offset_of(self, where: Where | None, key: str, doc_id: str) -> int | None:
         """Where `doc_id` sits among the records matching `where`: remembered from the page
@@ -873,15 +929,15 @@ class ChromaStore(FirstContact, VectorStore):
     ) -> tuple[list[dict[str, Any]], str | None]:
         if self.info() is None:
             return [], None
-        where = to_chroma_where(flt)
+        where = self._where(flt)
         if where is NOTHING:
             return [], None
         key = json.dumps(where, sort_keys=True)
         offset = 0 if start is None else self._offset_of(where, key, start)
         if offset is None:  # the start is gone (deleted meanwhile)
             return [], None
-        got = self._get(where=where, limit=limit + 1, offset=offset, include=_include(fields))
-        views = _views(got, fields)
+        got = self._get(where=where, limit=limit + 1, offset=offset, include=self._include(fields))
+        views = self._views(got, fields)
         if len(views) <= limit:
             return views, None
         nxt = views[limit]["doc_id"]
@@ -894,7 +950,7 @@ class ChromaStore(FirstContact, VectorStore):
     def without_dense(self, limit: int) -> list[str]:
         if self.info() is None or limit <= 0:
             return []
-        return list(self._get(where={DENSE: False}, limit=limit, include=[])["ids"])
+        return list(self._get(where=self.NO_DENSE_WHERE, limit=limit, include=[])["ids"])
 
     def has_payload_field(self, field: str) -> bool:
         if self.info() is None:

@@ -1,14 +1,23 @@
-"""Which adapter holds a side's index: edge, Qdrant server, Chroma, or an adopted collection,
-at the placement `migrate start` chose. The adapters import the protocol
-(proxy/store/__init__.py); this module imports them, so none imports the module that imports
-it."""
+"""Which adapter holds a side's index: edge, Qdrant server, Chroma, or an adopted collection
+(Qdrant's or Chroma's), at the placement `migrate start` chose. The adapters import the
+protocol (proxy/store/__init__.py); this module imports them, so none imports the module that
+imports it."""
 
 from __future__ import annotations
 
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from proxy.config import IndexConfig, Settings
 from proxy.store import VectorStore
+
+
+def chroma_bm25_dir(settings: Settings, cfg: IndexConfig) -> Path:
+    """BM25 beside a Chroma collection (Chroma has none), keyed by the collection, not the
+    side: after a finish the same collection is the old index, with the same sidecar."""
+    scope = f"{cfg.tenant or 'default_tenant'}/{cfg.database or 'default_database'}"
+    return settings.data_path(f"chroma-bm25/{scope}/{cfg.collection}")
 
 
 def is_edge_in_place(settings: Settings, placement: dict[str, Any] | None) -> bool:
@@ -31,7 +40,15 @@ def open_store(
     collection's, or in place in the old index's edge shard)."""
     cfg: IndexConfig = getattr(settings.indexes, which)
     old = settings.indexes.old
-    if old.adopt is not None:
+    if old.adopt is not None and old.backend == "chroma":
+        from proxy.store.chroma_adopted import open_adopted_chroma
+
+        adopted = open_adopted_chroma(
+            settings, which, placement, partial(chroma_bm25_dir, settings)
+        )
+        if adopted is not None:
+            return adopted
+    elif old.adopt is not None:
         from proxy.store.adopted import open_adopted
 
         return open_adopted(settings, which, placement)  # type: ignore[no-any-return]
@@ -50,10 +67,7 @@ def open_store(
     if cfg.backend == "chroma":
         from proxy.store.chroma import ChromaStore
 
-        # BM25 beside the collection (Chroma has none), keyed by the collection, not the side:
-        # after a finish the same collection is the old index, with the same sidecar
-        scope = f"{cfg.tenant or 'default_tenant'}/{cfg.database or 'default_database'}"
-        return ChromaStore(which, cfg, settings.data_path(f"chroma-bm25/{scope}/{cfg.collection}"))
+        return ChromaStore(which, cfg, chroma_bm25_dir(settings, cfg))
     from proxy.store.server import ServerStore
 
     return ServerStore(which, cfg)
