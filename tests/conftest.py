@@ -10,16 +10,26 @@ from typing import Any
 
 import pytest
 
+from proxy.config import ModelConfig
 from proxy.embedding import load_embedder
 from proxy.model import Embedder
 from proxy.runtime import Runtime
-from tests.helpers import demo_settings
+from tests.helpers import MPNET, MPNET_PATH, demo_settings
 
 
 @pytest.fixture(scope="session")
 def models() -> dict[str, Embedder]:
     s = demo_settings(Path("/nonexistent"))
     return {"old": load_embedder(s.models.old), "new": load_embedder(s.models.new)}
+
+
+@pytest.fixture(scope="session")
+def mpnet() -> Embedder:
+    """all-mpnet-base-v2 (768-d), the seeds' new model: slow on CPU, so tests embed short
+    texts with it, and few."""
+    if not Path(MPNET_PATH, "modules.json").exists():
+        pytest.skip("all-mpnet-base-v2 is not installed: run `make mpnet` (part of `make test`)")
+    return load_embedder(ModelConfig(**MPNET))
 
 
 @pytest.fixture

