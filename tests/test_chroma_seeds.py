@@ -115,8 +115,8 @@ def test_the_seeds_migration_l6_to_mpnet_on_a_real_chroma_server(
                 "collection": old_name,
                 "adopt": {},
             },
-            "new": {"backend": "edge", "path": "new"},
-        },  # fmt: skip
+            "new": {"backend": "chroma", "url": chroma_server.url, "collection": new_name},
+        },  # fmt: skip (the README's Chroma config)
         # the backfill stops at half until the test lets it go on: fused at partial coverage
         migration={"batch_size": 16, "cpu_share": 1.0, "until": 50.0},
         server={"admin_key": ADMIN},

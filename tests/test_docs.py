@@ -157,6 +157,18 @@ def test_readme_config_is_valid(tmp_path: Path) -> None:
     assert "migrate start --into docs_mpnet" in README.read_text()
 
 
+def test_readme_chroma_config_is_the_seeds_migration(tmp_path: Path) -> None:
+    """The README's Chroma config loads, and is the migration tests/test_chroma_seeds.py runs
+    against a real Chroma server (an adopted collection, L6 -> mpnet, --into a collection)."""
+    path = tmp_path / "chroma.yaml"
+    path.write_text(block("readme-chroma-config"))
+    s = load_settings(path)
+    old = s.indexes.old
+    assert old.backend == "chroma" and old.adopt is not None and old.collection == "docs"
+    assert (s.models.old.name, s.models.new.name) == ("all-MiniLM-L6-v2", "all-mpnet-base-v2")
+    assert "migrate start --into docs_mpnet" in README.read_text()
+
+
 def test_readme_quick_start(tmp_path: Path) -> None:
     """The README's quick start as written: `make run` (its data dir and port moved out of the
     way through the environment), then the search request beside it, on that port. The other
