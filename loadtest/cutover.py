@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from loadtest.harness import free_port, run_load, wait_ready  # noqa: E402
 from proxy.config import load_settings  # noqa: E402
 from proxy.demo import python_reference, write_eval_set  # noqa: E402
+from proxy.document import Doc  # noqa: E402
 from proxy.ingest import ingest  # noqa: E402
 from proxy.migration.start import start_migration  # noqa: E402
 from proxy.migration.worker import Reembedder  # noqa: E402
@@ -37,8 +38,11 @@ from proxy.runtime import Runtime  # noqa: E402
 KEY = "loadtest-admin-key"
 
 
-def prepare(data_dir: Path, port: int, models: dict[str, Any] | None = None) -> Path:
-    """A finished demo migration (100% coverage) and a config for a proxy serving it."""
+def prepare(
+    data_dir: Path, port: int, models: dict[str, Any] | None = None, docs: list[Doc] | None = None
+) -> Path:
+    """A finished demo migration (100% coverage) of `docs` (default: the whole demo corpus)
+    and a config for a proxy serving it."""
     cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     cfg["data_dir"] = str(data_dir)
     cfg["server"].update({"port": port, "admin_key": KEY})
@@ -48,7 +52,7 @@ def prepare(data_dir: Path, port: int, models: dict[str, Any] | None = None) -> 
     path.write_text(yaml.safe_dump(cfg))
     rt = Runtime(load_settings(path), models)
     try:
-        docs = python_reference()
+        docs = docs or python_reference()
         ingest(rt, "old", docs, progress=False)
         start_migration(rt, strategy="lazy", progress=False)
         worker = Reembedder(rt)
@@ -81,9 +85,15 @@ def serve(config: Path, port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def run(data_dir: Path, clients: int, requests: int, models: dict[str, Any] | None = None) -> dict:
+def run(
+    data_dir: Path,
+    clients: int,
+    requests: int,
+    models: dict[str, Any] | None = None,
+    docs: list[Doc] | None = None,
+) -> dict:
     port = free_port()
-    config = prepare(data_dir, port, models)
+    config = prepare(data_dir, port, models, docs)
     url = f"http://127.0.0.1:{port}"
     admin = {"Authorization": f"Bearer {KEY}"}
 

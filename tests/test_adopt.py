@@ -7,6 +7,7 @@ Also the refusals: a wrong old model, a bilingual collection, a collection witho
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -41,6 +42,7 @@ def corpus(n: int = N) -> list[Doc]:
     return python_reference()[:n]
 
 
+@functools.cache  # one torch model for the session (loading it takes seconds): it holds no state
 def l6_langchain() -> Any:
     from langchain_huggingface import HuggingFaceEmbeddings
 

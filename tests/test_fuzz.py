@@ -474,7 +474,11 @@ def fuzz_operation(op: schemathesis.APIOperation, url: str) -> int:
     def run(case: schemathesis.Case, admin: bool) -> None:
         nonlocal ran
         ran += 1
-        case.call_and_validate(base_url=url, headers=ADMIN if admin else None, checks=CHECKS)
+        # 60 s, as the suite's other clients: schemathesis' default (10 s) timed out on a
+        # loaded box, where GET /admin/plan embeds a sample beside the resumed worker.
+        case.call_and_validate(
+            base_url=url, headers=ADMIN if admin else None, checks=CHECKS, timeout=60
+        )
 
     run()
     return ran

@@ -26,6 +26,7 @@ from proxy.availability import IndexState, serving_plan
 from proxy.cli import spend_lines
 from proxy.config import FusionConfig, Mode, ModelConfig
 from proxy.demo import python_reference
+from proxy.document import Doc
 from proxy.embedding import load_embedder
 from proxy.hosted import RateLimiter, backoff_s, retry_after_s
 from proxy.ingest import ingest
@@ -43,9 +44,11 @@ KEY = "test-admin-key"
 ADMIN = {"Authorization": f"Bearer {KEY}"}
 
 
-def demo_docs(n: int) -> list[Any]:
-    """The first `n` passages of the demo corpus (454 in all)."""
-    return python_reference()[:n]
+def demo_docs(n: int, chars: int | None = None) -> list[Any]:
+    """The first `n` passages of the demo corpus (454 in all), or their first `chars`
+    characters."""
+    docs = python_reference()[:n]
+    return [Doc(d.doc_id, d.text[:chars], d.metadata) for d in docs] if chars else docs
 
 
 def hosted(url: str, **cfg: Any) -> Embedder:
@@ -54,11 +57,14 @@ def hosted(url: str, **cfg: Any) -> Embedder:
     )
 
 
-def migrating(tmp: Path, url: str, models: dict, n: int = 80, **new: Any) -> Runtime:
-    """Old index (local ONNX model) of `n` passages, migration started to the hosted model."""
+def migrating(
+    tmp: Path, url: str, models: dict, n: int = 80, docs: list[Any] | None = None, **new: Any
+) -> Runtime:
+    """Old index (local ONNX model) of `docs` (default: `n` passages), migration started to
+    the hosted model."""
     settings = hosted_settings(tmp / "data", url, **new)
     rt = Runtime(settings, {"old": models["old"]})
-    ingest(rt, "old", demo_docs(n), progress=False)
+    ingest(rt, "old", docs or demo_docs(n), progress=False)
     start_migration(rt, progress=False)
     return rt
 
@@ -179,8 +185,10 @@ def test_migration_through_429s_and_500s_embeds_every_document_once(
     """Must-show 3: 20% of requests 429 (Retry-After), 5% 500 (half after the server did the
     work): the migration completes, every document embedded (and written) exactly once,
     `verify` clean."""
-    docs = demo_docs(240)
-    rt = migrating(tmp_path, fault_proxy.url, models, n=240, max_concurrent_requests=4)
+    # 240 passages: 30 requests of 8, enough for the seeded faults to hit both kinds; their
+    # first 300 characters, since Infinity embedding them (on this machine's CPU) is the time.
+    docs = demo_docs(240, chars=300)
+    rt = migrating(tmp_path, fault_proxy.url, models, docs=docs, max_concurrent_requests=4)
     fault_proxy.reset()
     fault_proxy.p429, fault_proxy.p500, fault_proxy.retry_after = 0.2, 0.05, "1"
     worker = Reembedder(rt)
