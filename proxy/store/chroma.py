@@ -804,9 +804,17 @@ class ChromaStore(FirstContact, VectorStore):
         with self._guard():
             return self._coll().get(**kw)
 
-    def _by_ids(self, doc_ids: Sequence[str], **kw: Any) -> Iterator[Any]:
+    def _by_ids(
+        self, doc_ids: Sequence[str], where: Where | None = None, **kw: Any
+    ) -> Iterator[Any]:
+        """The records of `doc_ids` (matching `where`). With a `where`, the ids go into it
+        (`doc_id` $in), not beside it: Chroma 1.5 answers `get(ids=..., where=...)` by
+        scanning (1.3 s for 200 ids of 5,000 records, against 20-40 ms so, local or server)."""
         for chunk in _chunks(_unique(doc_ids), self._max_batch()):
-            yield self._get(ids=list(chunk), **kw)
+            if where is None:
+                yield self._get(ids=list(chunk), **kw)
+            else:
+                yield self._get(where={"$and": [where, {"doc_id": {"$in": list(chunk)}}]}, **kw)
 
     def search_dense(
         self, vector: np.ndarray, limit: int, flt: Filter | None = None
