@@ -493,7 +493,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from proxy.runtime import Runtime
 
     with Runtime(_settings(args)) as rt:
-        out = verify(rt, sample=args.sample)
+        out = verify(rt, sample=args.sample, repair=args.repair)
     _print_json(out)
     return 0 if out["ok"] else 1
 
@@ -747,6 +747,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("verify", help="check every point of the new index (stop the proxy first)")
     s.add_argument("--sample", type=int, default=64, help="vectors re-embedded and compared")
+    s.add_argument(
+        "--repair",
+        action="store_true",
+        help="rewrite a BM25 sidecar (a Chroma index's) from its collection where they differ, "
+        "or rebuild it where it is missing",
+    )
     s.set_defaults(func=cmd_verify)
 
     for name, func, helptext in (
