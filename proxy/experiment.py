@@ -95,9 +95,13 @@ def scratch_settings(
     if backend == "chroma":
         name = re.sub(r"[^a-zA-Z0-9._-]", "_", f"eval-{root.name}-{tag}")
         where = url or f"local:{data_dir.resolve() / 'chroma'}"
+        # Chroma searches an HNSW graph; the edge shards of a simulation are searched
+        # exactly (no HNSW built). A breadth of 4 x the list depth finds an exact top-100
+        # (docs/measurements/chroma-bm25.md), so the figures measure the fusion, not the ANN.
+        ef = 4 * DEPTH
         indexes = IndexesConfig(
-            old=IndexConfig(backend="chroma", url=where, collection=f"{name}-old"),
-            new=IndexConfig(backend="chroma", url=where, collection=f"{name}-new"),
+            old=IndexConfig(backend="chroma", url=where, collection=f"{name}-old", ef_search=ef),
+            new=IndexConfig(backend="chroma", url=where, collection=f"{name}-new", ef_search=ef),
         )
     elif backend == "edge":
         if url is not None:

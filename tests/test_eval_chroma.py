@@ -7,6 +7,7 @@ docs/measurements/chroma-bm25.md)."""
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ import chromadb
 import pytest
 
 from proxy.cli import main
+from proxy.config import IndexConfig
+from proxy.store import IndexInfo
+from proxy.store.chroma import ChromaStore
 from tests.helpers import SCIFACT
 from tests.test_eval import SERVE_ANY_MAP, eval_config, make_subset
 
@@ -51,7 +55,27 @@ def test_eval_on_chroma_gives_the_edge_figures(
                     got = chroma["coverage"][pct][system][metric]
                     assert got == pytest.approx(value, abs=TOLERANCE), (pct, system, metric)
     for side in ("old", "new"):
-        client.delete_collection(f"eval-{eval_dir.name}-{side}")  # the server outlives the test
+        name = f"eval-{eval_dir.name}-{side}"
+        # searched 4 x as broadly as the lists are deep: an exact top-100, as on edge
+        assert client.get_collection(name).configuration["hnsw"]["ef_search"] == 400
+        client.delete_collection(name)  # the server outlives the test
+
+
+def test_ef_search_is_set_on_a_collection_of_ours(chroma_server: Any) -> None:
+    name = f"ef-{uuid.uuid4().hex[:8]}"
+    cfg = IndexConfig(backend="chroma", url=chroma_server.url, collection=name)
+    store = ChromaStore("new", cfg)
+    store.create(IndexInfo(dim=4, fingerprint="m", sparse=False))
+    client = chromadb.HttpClient(host="127.0.0.1", port=chroma_server.port)
+    assert client.get_collection(name).configuration["hnsw"]["ef_search"] == 100  # Chroma's
+    store.close()
+    wider = ChromaStore("new", cfg.model_copy(update={"ef_search": 250}))
+    assert wider.info() is not None
+    assert client.get_collection(name).configuration["hnsw"]["ef_search"] == 250
+    wider.drop()
+    wider.close()
+    with pytest.raises(ValueError, match="'ef_search' is Chroma's"):
+        IndexConfig(backend="edge", path="x", ef_search=250)
 
 
 def test_a_chroma_url_needs_the_chroma_backend(

@@ -730,11 +730,27 @@ class ChromaStore(FirstContact, VectorStore):
                 col = None
         info = self._binding_of(col) if col is not None else None
         self._col = col if info is not None else None
+        if self._col is not None:
+            self._apply_ef_search(self._col)
         if info is not None and info.sparse:
             self._info = info  # (so the sidecar can be opened now)
             with suppress(RuntimeError):
                 self.sparse  # noqa: B018  # opened, or the warning logged, at first contact
         return info
+
+    def _hnsw(self) -> dict[str, Any]:
+        """The collection's configuration: cosine, and `ef_search` where configured."""
+        ef = self._cfg.ef_search
+        return {"hnsw": {**COSINE["hnsw"], **({"ef_search": ef} if ef else {})}}
+
+    def _apply_ef_search(self, col: Collection) -> None:
+        """A configured `ef_search` that a collection of ours lacks (created before it was
+        set) is set on it: a search breadth, not a property of the data."""
+        ef = self._cfg.ef_search
+        have = ((col.configuration or {}).get("hnsw") or {}).get("ef_search")
+        if ef and have != ef:
+            with self._guard():
+                col.modify(configuration={"hnsw": {"ef_search": ef}})
 
     def _heartbeat(self) -> None:
         with self._guard():
@@ -761,7 +777,7 @@ class ChromaStore(FirstContact, VectorStore):
             with self._guard(), self._lock:
                 col = self._connected().get_or_create_collection(
                     self.collection,
-                    configuration=COSINE,  # type: ignore[arg-type]
+                    configuration=self._hnsw(),  # type: ignore[arg-type]
                     metadata={BINDING: json.dumps(asdict(want))},
                     embedding_function=None,
                 )
