@@ -97,7 +97,7 @@ def scratch_settings(
         where = url or f"local:{data_dir.resolve() / 'chroma'}"
         # Chroma searches an HNSW graph; the edge shards of a simulation are searched
         # exactly (no HNSW built). A breadth of 4 x the list depth finds an exact top-100
-        # (docs/measurements/chroma-bm25.md), so the figures measure the fusion, not the ANN.
+        # (docs/measurements/chroma-eval.md), so the figures measure the fusion, not the ANN.
         ef = 4 * DEPTH
         indexes = IndexesConfig(
             old=IndexConfig(backend="chroma", url=where, collection=f"{name}-old", ef_search=ef),

@@ -2,7 +2,7 @@
 embedded Chroma under the eval directory, or the session's real `chroma run` server), scored
 as on edge shards. The fusion must not depend on the store: every figure of every system at
 every coverage within 0.005 of the edge run's (the SciFact and ArguAna runs are in
-docs/measurements/chroma-bm25.md)."""
+docs/measurements/chroma-eval.md)."""
 
 from __future__ import annotations
 
