@@ -18,6 +18,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 DEFAULT_CONFIG = "config/demo.yaml"
 EVAL_CONFIG = "config/scifact.yaml"
 COVERAGES = [0, 25, 50, 75, 100]  # where `tune` fits a knot
+BACKENDS = ("edge", "chroma")  # where `eval` and `tune` simulate (proxy/experiment.py)
 
 
 def _print_json(obj: Any) -> None:
@@ -492,7 +493,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from proxy.runtime import Runtime
 
     with Runtime(_settings(args)) as rt:
-        out = verify(rt, sample=args.sample)
+        out = verify(rt, sample=args.sample, repair=args.repair)
     _print_json(out)
     return 0 if out["ok"] else 1
 
@@ -522,6 +523,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         progress=not args.json,
         tune=args.tune,
         min_fit_queries=args.min_queries,
+        backend=args.backend,
+        url=args.chroma_url,
     )
     if ev.tuned is not None:
         from proxy.migration.fitted import profile_dict
@@ -581,6 +584,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         progress=True,
         tune=True,
         min_fit_queries=args.min_queries,
+        backend=args.backend,
+        url=args.chroma_url,
     )
     assert ev.tuned is not None
     if ev.tuned.source == "default rule":
@@ -742,6 +747,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("verify", help="check every point of the new index (stop the proxy first)")
     s.add_argument("--sample", type=int, default=64, help="vectors re-embedded and compared")
+    s.add_argument(
+        "--repair",
+        action="store_true",
+        help="rewrite a BM25 sidecar (a Chroma index's) from its collection where they differ, "
+        "or rebuild it where it is missing",
+    )
     s.set_defaults(func=cmd_verify)
 
     for name, func, helptext in (
@@ -762,6 +773,19 @@ def build_parser() -> argparse.ArgumentParser:
             "--min-queries",
             type=int,
             help="fewest fitting queries a fit needs (default 50); fewer keep the label-free rule",
+        )
+        s.add_argument(
+            "--backend",
+            choices=BACKENDS,
+            default="edge",
+            help="where the simulation's scratch indexes live: embedded edge shards, or two "
+            "Chroma collections (default: an embedded Chroma under the eval directory)",
+        )
+        s.add_argument(
+            "--chroma-url",
+            metavar="URL",
+            help="with --backend chroma: a running Chroma server (http://HOST:PORT) to hold "
+            "the scratch collections instead (nothing is started)",
         )
         if name == "eval":
             s.add_argument("--simulate-coverage", help="comma-separated percentages, e.g. 0,50,100")

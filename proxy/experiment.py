@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,19 +79,40 @@ class Simulation:
     vector: dict[int, VectorStep] = field(default_factory=dict)
 
 
-def scratch_settings(settings: Settings, beir_dir: str | Path) -> Settings:
+def scratch_settings(
+    settings: Settings, beir_dir: str | Path, backend: str = "edge", url: str | None = None
+) -> Settings:
     """The same models and fusion, with indexes of their own under
     `<data_dir>/eval/<set name>-<hash of its path>`: a simulation drops and rebuilds its new
     index, so it must never run on the indexes a deployment serves, and two data sets must
-    never share one."""
+    never share one. `backend` chroma: two collections named for the set (`eval-<set>-<hash>-
+    old`, `-new`) on the Chroma server at `url`, by default an embedded Chroma under that
+    directory (`local:<dir>/chroma`); their BM25 sidecar lies under it too. The embedding
+    cache is the same for both backends."""
     root = Path(beir_dir).resolve()
     tag = hashlib.sha256(str(root).encode()).hexdigest()[:8]
-    indexes = IndexesConfig(
-        old=IndexConfig(backend="edge", path="old"), new=IndexConfig(backend="edge", path="new")
-    )
-    return settings.model_copy(
-        update={"data_dir": str(settings.data_path(f"eval/{root.name}-{tag}")), "indexes": indexes}
-    )
+    data_dir = settings.data_path(f"eval/{root.name}-{tag}")
+    if backend == "chroma":
+        name = re.sub(r"[^a-zA-Z0-9._-]", "_", f"eval-{root.name}-{tag}")
+        where = url or f"local:{data_dir.resolve() / 'chroma'}"
+        # Chroma searches an HNSW graph; the edge shards of a simulation are searched
+        # exactly (no HNSW built). A breadth of 4 x the list depth finds an exact top-100
+        # (docs/measurements/chroma-eval.md), so the figures measure the fusion, not the ANN.
+        ef = 4 * DEPTH
+        indexes = IndexesConfig(
+            old=IndexConfig(backend="chroma", url=where, collection=f"{name}-old", ef_search=ef),
+            new=IndexConfig(backend="chroma", url=where, collection=f"{name}-new", ef_search=ef),
+        )
+    elif backend == "edge":
+        if url is not None:
+            raise ValueError("a Chroma URL is for backend 'chroma'; edge shards are embedded")
+        indexes = IndexesConfig(
+            old=IndexConfig(backend="edge", path="old"),
+            new=IndexConfig(backend="edge", path="new"),
+        )
+    else:
+        raise ValueError(f"backend {backend!r}: a simulation runs on edge or chroma")
+    return settings.model_copy(update={"data_dir": str(data_dir), "indexes": indexes})
 
 
 def system_runs(
@@ -314,14 +336,17 @@ def evaluate(
     progress: bool = True,
     tune: bool = False,
     min_fit_queries: int | None = None,
+    backend: str = "edge",
+    url: str | None = None,
 ) -> Evaluation:
-    """Every system at each simulated coverage, on scratch indexes (`scratch_settings`). With
-    `tune`, the fusion is also fitted (proxy/tuning.py) on queries that are then left out of
-    every figure reported, and scored beside the others as `crossfade-tuned`."""
+    """Every system at each simulated coverage, on scratch indexes (`scratch_settings`, on
+    `backend`, a Chroma server's at `url`). With `tune`, the fusion is also fitted
+    (proxy/tuning.py) on queries that are then left out of every figure reported, and scored
+    beside the others as `crossfade-tuned`."""
     data = load_beir(root, split)
     if not data.docs:
         data.docs = corpus_of_deployment(settings)
-    scratch = scratch_settings(settings, root)
+    scratch = scratch_settings(settings, root, backend, url)
     if not tune:
         sim = simulation(scratch, data, coverages, seed=seed, progress=progress)
         result = score_systems(sim.steps, data.qrels, settings.fusion, vector=sim.vector)

@@ -166,18 +166,23 @@ def compare_indexes(rt: Runtime) -> dict[str, Any] | None:
     return disagreements(_digest(old), _digest(new), rt.state.unembeddable_ids())
 
 
-def verify(rt: Runtime, sample: int = 64) -> dict[str, Any]:
+def verify(rt: Runtime, sample: int = 64, repair: bool = False) -> dict[str, Any]:
     """Check the new index point by point: one point per doc id, every vector from the bound
     model and of the current text (hash), and for a sample, the stored vector equals a fresh
     embedding of the stored text (it is its own nearest neighbour at cosine ~1). And old
     against new for every document: the same texts and metadata (a dual write that reached
-    one side only shows here, by id)."""
+    one side only shows here, by id). And an index's BM25 sidecar against the index
+    (proxy/migration/sidecars.py); `repair` rewrites where they differ, or rebuilds it."""
     import numpy as np
 
+    from proxy.migration.sidecars import check_sidecars, sidecar_problems
+
+    sidecars = check_sidecars(rt, repair)
     new = rt.store("new")
     info = new.info()
     if info is None:
-        return {"ok": False, "problems": ["the new index does not exist"]}
+        problems = ["the new index does not exist", *sidecar_problems(sidecars)]
+        return {"ok": False, "bm25_sidecars": sidecars, "problems": problems}
     ids: list[str] = []
     problems: list[str] = []
     fields = ["text", "text_sha256", "vector_sha256", "model_fingerprint"]
@@ -219,6 +224,7 @@ def verify(rt: Runtime, sample: int = 64) -> dict[str, Any]:
             f"{[u['doc_id'] for u in unembeddable['ids'][:3]]}: give them text or "
             "`crossfade migrate exclude ID...`"
         )
+    problems.extend(sidecar_problems(sidecars))
     return {
         "ok": not problems,
         "documents": len(ids),
@@ -227,5 +233,6 @@ def verify(rt: Runtime, sample: int = 64) -> dict[str, Any]:
         "sampled": len(picked),
         "disagreements": compared,
         "unembeddable": unembeddable,
+        "bm25_sidecars": sidecars,
         "problems": problems,
     }

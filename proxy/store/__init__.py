@@ -16,7 +16,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -142,6 +142,10 @@ class VectorStore(Protocol):
     # Adopted: where the texts of a collection that stores none come from (a JSONL file,
     # indexes.old.adopt.text_source); None: stored in the collection.
     texts: TextSource | None = None
+    # BM25 is kept beside the index, in a sidecar the store writes after each write of the
+    # index (Chroma's): one that can fall out of step with it, or go missing (another
+    # data_dir). `sidecar_missing`, `bm25_divergence` and `repair_bm25` check and mend it.
+    bm25_sidecar: bool = False
 
     @property
     def location(self) -> str:
@@ -181,6 +185,24 @@ class VectorStore(Protocol):
         """Adopt the collection as it is: record which model its vectors come from (where
         crossfade keeps it, never in the collection)."""
         raise NotImplementedError(f"index {self.name!r} is not adopted")
+
+    # --- a BM25 sidecar (with `bm25_sidecar`) --------------------------------------------
+    def sidecar_missing(self) -> str | None:
+        """With `bm25_sidecar`: why the sidecar can't be opened (missing, held by another
+        process), None while it can."""
+        return None
+
+    def bm25_divergence(self) -> set[str]:
+        """With `bm25_sidecar`: the doc ids where the sidecar and the index disagree (an id
+        on one side only, another text hash). O(n)."""
+        raise NotImplementedError(f"index {self.name!r} keeps no BM25 sidecar")
+
+    def repair_bm25(
+        self, document: Callable[[str], Sparse], doc_ids: Iterable[str] | None = None
+    ) -> int:
+        """With `bm25_sidecar`: rewrite the sidecar's records of `doc_ids` from the index
+        (`document`: the BM25 encoder), or with None rebuild it whole; the ids written."""
+        raise NotImplementedError(f"index {self.name!r} keeps no BM25 sidecar")
 
     def set_alias(self, alias: str, collection: str) -> None:
         """Point `alias` at `collection` in one request (with `aliases`)."""
