@@ -893,20 +893,31 @@ class ChromaStore(FirstContact, VectorStore):
         with self._guard():
             return self._coll().get(**kw)
 
-    def _by_ids(
-        self, doc_ids: Sequence[str], where: Where | None = None, **kw: Any
-    ) -> Iterator[Any]:
-        """The records of `doc_ids` (matching `where`). With a `where`, the ids go into it
-        where the layout has an id key, not beside it: Chroma 1.5 answers `get(ids=...,
-        where=...)` by scanning (1.3 s for 200 ids of 5,000 records, against 20-40 ms so,
-        local or server)."""
+    def _by_ids(self, doc_ids: Sequence[str], dense: bool = False, **kw: Any) -> Iterator[Any]:
+        """The records of `doc_ids` (`dense`: only those holding a real vector). Never
+        `get(ids=..., where=...)`, which Chroma 1.5 answers by scanning (1.3 s for 200 ids of
+        5,000 records, against 20-40 ms without the where, local or server): where the layout
+        has an id key the ids go into the where; where it has none, the dense marker is read
+        from the records' metadata."""
         for chunk in _chunks(_unique(doc_ids), self._max_batch()):
-            if where is None:
+            if not dense:
                 yield self._get(ids=list(chunk), **kw)
             elif self.KEYS.ids_in_where:
-                yield self._get(where={"$and": [where, self.KEYS.has_id(chunk, False)]}, **kw)
+                where = {"$and": [self.DENSE_WHERE, self.KEYS.has_id(chunk, False)]}
+                yield self._get(where=where, **kw)
             else:
-                yield self._get(ids=list(chunk), where=where, **kw)
+                include = kw.pop("include", [])
+                got = self._get(ids=list(chunk), include=[*include, "metadatas"], **kw)
+                keep = [self._is_dense(m) for m in got["metadatas"] or []]
+                yield {
+                    k: [x for x, yes in zip(v, keep, strict=True) if yes]
+                    for k, v in got.items()
+                    if k in ("ids", *include) and v is not None
+                }
+
+    def _is_dense(self, meta: dict[str, Any] | None) -> bool:
+        """Whether a record's metadata says it holds a real vector (not a placeholder)."""
+        return bool((meta or {}).get(DENSE))
 
     def search_dense(
         self, vector: np.ndarray, limit: int, flt: Filter | None = None
@@ -954,7 +965,7 @@ class ChromaStore(FirstContact, VectorStore):
         if not doc_ids:
             return set()
         out: set[str] = set()
-        for got in self._by_ids(doc_ids, where=self.DENSE_WHERE, include=[]):
+        for got in self._by_ids(doc_ids, dense=True, include=[]):
             out.update(got["ids"])
         return out
 
@@ -968,7 +979,7 @@ class ChromaStore(FirstContact, VectorStore):
     def dense_vectors(self, doc_ids: Sequence[str]) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         if doc_ids:
-            for got in self._by_ids(doc_ids, where=self.DENSE_WHERE, include=["embeddings"]):
+            for got in self._by_ids(doc_ids, dense=True, include=["embeddings"]):
                 out.update(self._vectors(got))
         return out
 

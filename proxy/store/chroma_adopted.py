@@ -126,6 +126,9 @@ class AdoptedChromaStore(ChromaStore):
     DENSE_WHERE: Where = {PENDING: {"$ne": True}}
     NO_DENSE_WHERE: Where = {PENDING: True}
 
+    def _is_dense(self, meta: dict[str, Any] | None) -> bool:
+        return not (meta or {}).get(PENDING)
+
     def __init__(
         self,
         name: str,
