@@ -54,6 +54,45 @@ def demo_settings(data_dir: Path, **overrides: object) -> Settings:
     return load_settings(ROOT / "config" / "demo.yaml", data_dir=str(data_dir), **overrides)
 
 
+def chroma_adopt_settings(
+    data_dir: Path, url: str, old: str, new: dict[str, Any] | None = None, **overrides: Any
+) -> Settings:
+    """The seeds' deployment: the app's Chroma collection `old` adopted (L6), mpnet new (`new`:
+    the config's new index; `migrate start --into` places it anyway)."""
+    over: dict[str, Any] = {
+        "migration": {"batch_size": 16, "cpu_share": 1.0},
+        "cutover": {"eval_set": "eval"},
+        **overrides,
+    }
+    adopt = over.pop("adopt", None) or {}
+    return demo_settings(
+        data_dir,
+        models={"old": L6, "new": MPNET},
+        indexes={
+            "old": {"backend": "chroma", "url": url, "collection": old, "adopt": adopt},
+            "new": new or {"backend": "edge", "path": "new"},
+        },
+        **over,
+    )
+
+
+def chroma_client(url: str, key: str | None = None, header: str = "X-Chroma-Token") -> Any:
+    """A plain chromadb HttpClient at `url`; with a key, sent as chromadb's token auth sends
+    it (`header`: X-Chroma-Token or Authorization)."""
+    import chromadb
+
+    host, port = url.removeprefix("http://").split(":")
+    auth: dict[str, Any] = {}
+    if key is not None:
+        auth = {
+            "chroma_client_auth_provider": "chromadb.auth.token_authn.TokenAuthClientProvider",
+            "chroma_client_auth_credentials": key,
+            "chroma_auth_token_transport_header": header,
+        }
+    settings = chromadb.Settings(anonymized_telemetry=False, **auth)
+    return chromadb.HttpClient(host=host, port=int(port), settings=settings)
+
+
 class LiveServer:
     """uvicorn on 127.0.0.1 in a thread, stopped at teardown."""
 

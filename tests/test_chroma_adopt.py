@@ -16,7 +16,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import chromadb
 import httpx
 import numpy as np
 import pytest
@@ -36,7 +35,15 @@ from proxy.runtime import Runtime
 from proxy.store.chroma import UnsupportedFilter
 from proxy.store.chroma_ef import check_persisted
 from proxy.writes import upsert_documents
-from tests.helpers import L6, L6_PATH, MPNET, MPNET_PATH, LiveServer, demo_settings, drain
+from tests.helpers import (
+    L6,
+    L6_PATH,
+    MPNET_PATH,
+    LiveServer,
+    chroma_adopt_settings,
+    chroma_client,
+    drain,
+)
 
 N = 16
 KEY = "test-admin-key"
@@ -47,15 +54,10 @@ def corpus() -> list[Doc]:
     return [Doc(d.doc_id, d.text[:240], d.metadata) for d in python_reference()[:N]]
 
 
-def app_client(server: Any) -> Any:
-    host, port = server.url.removeprefix("http://").split(":")
-    return chromadb.HttpClient(host=host, port=int(port))
-
-
 def app_collection(server: Any, name: str, docs: list[Doc], model_name: str, vectors=None):  # type: ignore[no-untyped-def]
     """What a plain chromadb app writes: its embedding function embeds the documents (or the
     app gives embeddings it computed)."""
-    client = app_client(server)
+    client = chroma_client(server.url)
     col = client.create_collection(
         name, embedding_function=SentenceTransformerEmbeddingFunction(model_name=model_name)
     )
@@ -69,19 +71,11 @@ def app_collection(server: Any, name: str, docs: list[Doc], model_name: str, vec
 
 
 def settings_for(tmp: Path, server: Any, old: str, adopt: dict[str, Any] | None = None):  # type: ignore[no-untyped-def]
-    return demo_settings(
+    return chroma_adopt_settings(
         tmp / "data",
-        models={"old": L6, "new": MPNET},
-        indexes={
-            "old": {
-                "backend": "chroma",
-                "url": server.url,
-                "collection": old,
-                "adopt": adopt or {},
-            },
-            "new": {"backend": "edge", "path": "new"},
-        },  # fmt: skip
-        migration={"batch_size": 16, "cpu_share": 1.0},
+        server.url,
+        old,
+        adopt=adopt,
         server={"admin_key": KEY},
         cutover={"eval_set": "eval", "max_ndcg_drop": 0.5, "max_recall_drop": 0.5},
     )
@@ -241,7 +235,7 @@ def test_a_collection_without_documents_takes_its_texts_from_a_file(
     text_source gives them; a dual write keeps the app's layout (no document) and the text."""
     docs = corpus()[:12]
     name = f"nodocs-{uuid.uuid4().hex[:8]}"
-    client = app_client(chroma_server)
+    client = chroma_client(chroma_server.url)
     col = client.create_collection(name, embedding_function=None)
     vectors = models["new"].embed_documents([d.text for d in docs])
     col.add(ids=[d.doc_id for d in docs], embeddings=vectors, metadatas=[d.metadata for d in docs])  # type: ignore[arg-type]

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import chromadb
 import httpx
 import numpy as np
 import orjson
@@ -47,7 +46,7 @@ from proxy.ingest import ingest
 from proxy.migration.start import start_migration
 from proxy.model import Embedder
 from proxy.runtime import Runtime
-from tests.helpers import RW_KEY, LiveServer, demo_settings
+from tests.helpers import RW_KEY, LiveServer, chroma_client, demo_settings
 
 RO_KEY = "chroma-read-only-key-0123456789"
 # chromadb's OpenAI embedding function warns that a key given directly is not persisted.
@@ -84,19 +83,7 @@ class App:
     def __init__(
         self, url: str, key: str | None, ef: Any, header: str = "X-Chroma-Token", name: str = NAME
     ) -> None:
-        host, port = url.removeprefix("http://").split(":")
-        extra: dict[str, Any] = {}
-        if key is not None:
-            extra = {
-                "chroma_client_auth_provider": "chromadb.auth.token_authn.TokenAuthClientProvider",
-                "chroma_client_auth_credentials": key,
-                "chroma_auth_token_transport_header": header,
-            }
-        self.client = chromadb.HttpClient(
-            host=host,
-            port=int(port),
-            settings=chromadb.Settings(anonymized_telemetry=False, **extra),
-        )
+        self.client = chroma_client(url, key, header)
         self.paths: list[str] = []
         session = self.client._server._session  # type: ignore[attr-defined]
         session.event_hooks["response"].append(self._record)

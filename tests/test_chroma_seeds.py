@@ -15,7 +15,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import chromadb
 import httpx
 import numpy as np
 import pytest
@@ -30,13 +29,13 @@ from proxy.migration.status import verify
 from proxy.model import Embedder
 from proxy.runtime import Runtime
 from tests.helpers import (
-    L6,
     L6_PATH,
     MPNET,
     RW_KEY,
     SCIFACT,
     LiveServer,
-    demo_settings,
+    chroma_adopt_settings,
+    chroma_client,
     wait_for,
     wait_for_full_coverage,
 )
@@ -70,20 +69,6 @@ def write_gate_set(root: Path, queries: dict[str, str], qrels: dict[str, dict[st
     (root / "corpus.jsonl").write_text("")
 
 
-def client_at(url: str, key: str | None = None) -> Any:
-    """A plain chromadb HttpClient; with a key, as token auth sends it (X-Chroma-Token)."""
-    host, port = url.removeprefix("http://").split(":")
-    auth: dict[str, Any] = {}
-    if key is not None:
-        auth = {
-            "chroma_client_auth_provider": "chromadb.auth.token_authn.TokenAuthClientProvider",
-            "chroma_client_auth_credentials": key,
-            "chroma_auth_token_transport_header": "X-Chroma-Token",
-        }
-    settings = chromadb.Settings(anonymized_telemetry=False, **auth)
-    return chromadb.HttpClient(host=host, port=int(port), settings=settings)
-
-
 def cosine(a: Any, b: Any) -> float:
     a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
@@ -98,29 +83,22 @@ def test_the_seeds_migration_l6_to_mpnet_on_a_real_chroma_server(
     l6_ef = SentenceTransformerEmbeddingFunction(model_name=L6_PATH)
 
     # The app as it was: a plain chromadb client on the Chroma server, its function embeds.
-    direct = client_at(chroma_server.url)
+    direct = chroma_client(chroma_server.url)
     direct.create_collection(old_name, embedding_function=l6_ef).add(
         ids=[d.doc_id for d in docs],
         documents=[d.text for d in docs],
         metadatas=[d.metadata for d in docs],  # type: ignore[misc]
     )
 
-    settings = demo_settings(
+    settings = chroma_adopt_settings(
         tmp_path / "data",
-        models={"old": L6, "new": MPNET},
-        indexes={
-            "old": {
-                "backend": "chroma",
-                "url": chroma_server.url,
-                "collection": old_name,
-                "adopt": {},
-            },
-            "new": {"backend": "chroma", "url": chroma_server.url, "collection": new_name},
-        },  # fmt: skip (the README's Chroma config)
+        chroma_server.url,
+        old_name,
+        # the README's Chroma config: the new index named in it (--into places it anyway)
+        {"backend": "chroma", "url": chroma_server.url, "collection": new_name},
         # the backfill stops at half until the test lets it go on: fused at partial coverage
         migration={"batch_size": 16, "cpu_share": 1.0, "until": 50.0},
         server={"admin_key": ADMIN},
-        cutover={"eval_set": "eval"},
     )
     write_gate_set(settings.data_path("eval"), queries, qrels)
     l6 = models["new"]  # the demo's new model is this all-MiniLM-L6-v2
@@ -131,7 +109,7 @@ def test_the_seeds_migration_l6_to_mpnet_on_a_real_chroma_server(
 
         with LiveServer(create_app(rt)) as srv:
             paths: list[str] = []
-            app = client_at(srv.url, RW_KEY)  # the app, changed only in host, port and key
+            app = chroma_client(srv.url, RW_KEY)  # the app, changed only in host, port and key
             app._server._session.event_hooks["response"].append(  # type: ignore[attr-defined]
                 lambda r: paths.append(r.headers.get("x-crossfade-query", ""))
             )
