@@ -114,6 +114,9 @@ def test_the_seeds_migration_l6_to_mpnet_on_a_real_chroma_server(
                 lambda r: paths.append(r.headers.get("x-crossfade-query", ""))
             )
             col = app.get_collection(old_name, embedding_function=l6_ef)
+            # an app that gives no function embeds with the one its collection persisted (L6)
+            persisted = app.get_collection(old_name).configuration["embedding_function"]
+            assert persisted.get_config()["model_name"] == L6_PATH
             admin = {"Authorization": f"Bearer {ADMIN}"}
 
             def status() -> dict[str, Any]:
@@ -180,9 +183,10 @@ def test_the_seeds_migration_l6_to_mpnet_on_a_real_chroma_server(
             # refusal naming the new model; the app moves to mpnet (NEW's persisted function)
             with pytest.raises(Exception, match="all-mpnet-base-v2"):
                 col.query(query_texts=["vitamin D"], n_results=3)
-            through = app.get_collection(
-                old_name, embedding_function=SentenceTransformerEmbeddingFunction(MPNET["path"])
-            )
+            # ... and now NEW's (mpnet), as an app that opens its collection without one gets it
+            through = app.get_collection(old_name)
+            mpnet_ef = through.configuration["embedding_function"]
+            assert mpnet_ef.get_config()["model_name"] == MPNET["path"]
 
             # a plain client opening NEW: its persisted function embeds with mpnet, and it gets
             # crossfade's new-mode top-10 (the new index's dense list; the same vectors)

@@ -54,7 +54,7 @@ from proxy.chroma_api.where import to_filter
 from proxy.errors import Conflict, CrossfadeError
 from proxy.migration.finish import retired
 from proxy.security import Access
-from proxy.store import VectorStore
+from proxy.store import IndexUnavailable, VectorStore
 
 FIELDS = ("text", "metadata")
 API_VERSION = "1.0.0"  # what `chroma run` of chromadb 1.x answers to /version
@@ -98,8 +98,14 @@ COLLECTION = DB + "/collections/{collection_id}"
 
 
 def served(sv: Services) -> ServedCollection:
-    dim = sv.rt.model(sv.settings.vector_clients.app_model).fingerprint.dim
-    return ServedCollection.of(sv.settings, dim)
+    """The app's collection as its model's side has it; after a finish, the new one's (its
+    vectors are the ones left to query)."""
+    side = "new" if sv.retired.get() else sv.settings.vector_clients.app_model
+    try:
+        function = sv.rt.store(side).persisted_embedding_function()
+    except IndexUnavailable:  # (described without it; queries will say what is down)
+        function = None
+    return ServedCollection.of(sv.settings, sv.rt.model(side).fingerprint.dim, function)
 
 
 def checked(sv: Services, tenant: str, database: str, collection_id: str) -> ServedCollection:

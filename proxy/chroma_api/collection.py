@@ -26,9 +26,15 @@ class ServedCollection:
     database: str
     space: str  # cosine | l2 | ip
     dim: int  # the app's model's
+    # The served side's persisted embedding function (an adopted Chroma collection's; after
+    # finish the new collection's): a client that opens the collection without giving one
+    # builds it from this, as from Chroma itself.
+    embedding_function: dict[str, Any] | None = None
 
     @classmethod
-    def of(cls, settings: Settings, dim: int) -> ServedCollection:
+    def of(
+        cls, settings: Settings, dim: int, embedding_function: dict[str, Any] | None = None
+    ) -> ServedCollection:
         conf, old = settings.chroma_api, settings.indexes.old
         chroma = old.backend == "chroma"
         return cls(
@@ -37,6 +43,7 @@ class ServedCollection:
             database=conf.database or (chroma and old.database) or DEFAULT_DATABASE,
             space=conf.space,
             dim=dim,
+            embedding_function=embedding_function,
         )
 
     @property
@@ -51,16 +58,16 @@ class ServedCollection:
         return {"id": self.database_id, "name": self.database, "tenant": self.tenant}
 
     def as_json(self) -> dict[str, Any]:
-        """Chroma's collection model. No embedding function is persisted: the app's own (its
-        client's) embeds, as it always did; no schema (clients then use the embedding function
-        they are given)."""
+        """Chroma's collection model: the served side's persisted embedding function, else
+        none (the app's own, its client's, embeds as it always did); no schema (clients then
+        use the embedding function they are given)."""
         return {
             "id": self.id,
             "name": self.name,
             "configuration_json": {
                 "hnsw": {"space": self.space},
                 "spann": None,
-                "embedding_function": None,
+                "embedding_function": self.embedding_function,
             },
             "schema": None,
             "metadata": None,

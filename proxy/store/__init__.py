@@ -223,6 +223,11 @@ class VectorStore(Protocol):
         """Why a point of this index has no text to re-embed it from."""
         ...
 
+    def persisted_embedding_function(self) -> dict[str, Any] | None:
+        """The embedding function persisted with the collection (Chroma's configuration:
+        `{type, name, config}`), from which Chroma clients build theirs; None: none."""
+        return None
+
     def check_ids(self, doc_ids: Sequence[str]) -> None:
         """Raise ValueError for an id this index can't key a point by (asked before a write
         touches any index). By default any doc id keys a point."""

@@ -540,6 +540,7 @@ class ChromaStore(FirstContact, VectorStore):
         self._client: ClientAPI | None = None
         self._lock = _write_lock(cfg)
         self._col: Collection | None = None
+        self._model: Collection | None = None
         self._batch: int | None = None
         self._cursors: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._cursors_lock = threading.Lock()
@@ -730,6 +731,7 @@ class ChromaStore(FirstContact, VectorStore):
                 col = None
         info = self._binding_of(col) if col is not None else None
         self._col = col if info is not None else None
+        self._model = col  # (the collection as the server describes it, bound or not)
         if self._col is not None:
             self._apply_ef_search(self._col)
         if info is not None and info.sparse:
@@ -760,6 +762,15 @@ class ChromaStore(FirstContact, VectorStore):
         if self.info() is None or self._col is None:
             raise RuntimeError(f"index {self.name!r} ({self.location}) does not exist yet")
         return self._col
+
+    def persisted_embedding_function(self) -> dict[str, Any] | None:
+        """From the collection's model as read at first contact (no request)."""
+        self.info()  # (first contact)
+        col = self._col or self._model
+        if col is None:
+            return None
+        ef = (col.configuration_json or {}).get("embedding_function")
+        return ef if isinstance(ef, dict) and ef.get("type") == "known" else None
 
     def _max_batch(self) -> int:
         if self._batch is None:
