@@ -10,10 +10,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import uvicorn
 import yaml
 
@@ -23,6 +25,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from loadtest.harness import free_port  # noqa: E402
 from proxy.config import Settings, load_settings, resolve_path  # noqa: E402
 from proxy.embedding import default_model_cache  # noqa: E402
+from proxy.model import Embedded, Embedder  # noqa: E402
 
 # One ONNX export of the new model for the whole suite (the session's `models` use this
 # cache), not one per data dir: each costs ~10 s of CPU. The setting reaches every Settings
@@ -52,6 +55,31 @@ MPNET = {"kind": "sentence-transformers", "name": "all-mpnet-base-v2", "path": M
 
 def demo_settings(data_dir: Path, **overrides: object) -> Settings:
     return load_settings(ROOT / "config" / "demo.yaml", data_dir=str(data_dir), **overrides)
+
+
+class CachedDocuments:
+    """A real local model that embeds each document text once: tests that backfill the same
+    passages again reuse its vectors (the worker, stores and HTTP stay real). Everything else
+    (queries, the fingerprint) is the model's own."""
+
+    def __init__(self, model: Embedder) -> None:
+        assert not model.hosted, "a hosted model bills tokens per call: not cached"
+        self._inner = model
+        self.vectors: dict[str, np.ndarray] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        todo = [t for t in dict.fromkeys(texts) if t not in self.vectors]
+        if todo:
+            self.vectors.update(zip(todo, self._inner.embed_documents(todo), strict=True))
+        if not texts:
+            return self._inner.embed_documents([])
+        return np.stack([self.vectors[t] for t in texts])
+
+    def embed_billed(self, texts: Sequence[str]) -> Embedded:
+        return Embedded(self.embed_documents(texts), 0)
 
 
 class LiveServer:
