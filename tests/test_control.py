@@ -24,7 +24,7 @@ from proxy.migration.worker import Reembedder
 from proxy.routing import Routing, bucket, rank_biased_overlap, route
 from proxy.runtime import Runtime
 from proxy.store import point_id
-from tests.helpers import CachedDocuments, LiveServer, cli_config, demo_settings, drain
+from tests.helpers import LiveServer, cli_config, demo_settings, drain
 
 KEY = "control-test-key"
 ADMIN = {"Authorization": f"Bearer {KEY}"}
@@ -112,17 +112,11 @@ def control_settings(data: Path) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def control_models(models: dict) -> dict:
-    """Six tests backfill the same 44 passages: the new model embeds each once."""
-    return {**models, "new": CachedDocuments(models["new"])}
-
-
-@pytest.fixture(scope="module")
-def ingested(tmp_path_factory: pytest.TempPathFactory, control_models: dict) -> Path:
+def ingested(tmp_path_factory: pytest.TempPathFactory, cached_models: dict) -> Path:
     """A data dir with the passages in the old index, built once: every test starts from a copy
     of it (ingesting them again is the same state, at ~3 s a test)."""
     data = tmp_path_factory.mktemp("control") / "data"
-    with Runtime(control_settings(data), dict(control_models)) as rt:
+    with Runtime(control_settings(data), dict(cached_models)) as rt:
         ingest(rt, "old", DOCS, progress=False)
     return data
 
@@ -132,8 +126,8 @@ def copy_of(ingested: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def setup(tmp_path: Path, control_models: dict, ingested: Path) -> Iterator[tuple[Runtime, Path]]:
-    rt = Runtime(control_settings(copy_of(ingested, tmp_path)), dict(control_models))
+def setup(tmp_path: Path, cached_models: dict, ingested: Path) -> Iterator[tuple[Runtime, Path]]:
+    rt = Runtime(control_settings(copy_of(ingested, tmp_path)), dict(cached_models))
     yield rt, write_eval_set(tmp_path / "beir", DOCS)
     rt.close()
 
@@ -355,13 +349,13 @@ def test_new_is_refused_below_the_cutover_coverage_unless_forced(
 
 
 def test_requests_without_a_key_can_stay_on_the_base_mode(
-    tmp_path: Path, control_models: dict, ingested: Path
+    tmp_path: Path, cached_models: dict, ingested: Path
 ) -> None:
     settings = demo_settings(
         copy_of(ingested, tmp_path),
         routing={"split_mode": "old", "split_percent": 50, "without_key": "base"},
     )
-    with Runtime(settings, dict(control_models)) as rt:
+    with Runtime(settings, dict(cached_models)) as rt:
         start_migration(rt, progress=False)
         rt.state.set("paused", True)
         with LiveServer(_app(rt)) as live:

@@ -159,11 +159,11 @@ def b_and_c(data: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def cached(models: dict[str, Embedder]) -> dict[str, Embedder]:
+def cached(cached_models: dict[str, Embedder]) -> dict[str, Embedder]:
     """Both migrating tests backfill the same passages with B, then with C: each model embeds
     each text once (and C is loaded once). Vectors are compared against `models`, uncached."""
     c = load_embedder(settings(Path("data"), models=b_and_c(Path("data"))).models.new)
-    return {"old": models["old"], "new": CachedDocuments(models["new"]), "c": CachedDocuments(c)}
+    return {**cached_models, "c": CachedDocuments(c)}
 
 
 def b_to_c(data: Path, cached: dict[str, Embedder], old_index: dict[str, Any]) -> Runtime:

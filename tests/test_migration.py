@@ -25,19 +25,13 @@ from proxy.model import Embedded, Embedder
 from proxy.runtime import Runtime
 from proxy.store import FingerprintMismatch, PointWrite
 from proxy.writes import delete_documents, upsert_documents
-from tests.helpers import CachedDocuments, demo_settings, drain
+from tests.helpers import demo_settings, drain
 
 N = 40
 
 
 def migration_settings(data: Path) -> Settings:
     return demo_settings(data, migration={"batch_size": 8})
-
-
-@pytest.fixture(scope="module")
-def migration_models(models: dict[str, Embedder]) -> dict[str, Embedder]:
-    """Three tests backfill the same passages: the new model embeds each once."""
-    return {**models, "new": CachedDocuments(models["new"])}
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +47,10 @@ def started(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Embedder
 
 @pytest.fixture
 def migrating(
-    tmp_path: Path, migration_models: dict[str, Embedder], started: Path
+    tmp_path: Path, cached_models: dict[str, Embedder], started: Path
 ) -> Iterator[Runtime]:
     data = shutil.copytree(started, tmp_path / "data")
-    rt = Runtime(migration_settings(Path(data)), dict(migration_models))
+    rt = Runtime(migration_settings(Path(data)), dict(cached_models))
     yield rt
     rt.close()
 
