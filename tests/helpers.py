@@ -58,9 +58,10 @@ def demo_settings(data_dir: Path, **overrides: object) -> Settings:
 
 
 class CachedDocuments:
-    """A real local model that embeds each document text once: tests that backfill the same
-    passages again reuse its vectors (the worker, stores and HTTP stay real). Everything else
-    (queries, the fingerprint) is the model's own."""
+    """A real local model whose backfill embeds each text once: the re-embed worker asks
+    `embed_billed`, cached here by text, so tests that backfill the same passages again reuse
+    the vectors (the worker, stores and HTTP stay real). Everything else (`embed_documents`:
+    writes, verify, the canary; queries; the fingerprint) is the model's own, fresh."""
 
     def __init__(self, model: Embedder) -> None:
         assert not model.hosted, "a hosted model bills tokens per call: not cached"
@@ -70,16 +71,13 @@ class CachedDocuments:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+    def embed_billed(self, texts: Sequence[str]) -> Embedded:
         todo = [t for t in dict.fromkeys(texts) if t not in self.vectors]
         if todo:
             self.vectors.update(zip(todo, self._inner.embed_documents(todo), strict=True))
         if not texts:
-            return self._inner.embed_documents([])
-        return np.stack([self.vectors[t] for t in texts])
-
-    def embed_billed(self, texts: Sequence[str]) -> Embedded:
-        return Embedded(self.embed_documents(texts), 0)
+            return self._inner.embed_billed(texts)
+        return Embedded(np.stack([self.vectors[t] for t in texts]), 0)
 
 
 class LiveServer:
