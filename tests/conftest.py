@@ -14,13 +14,20 @@ from proxy.config import ModelConfig
 from proxy.embedding import load_embedder
 from proxy.model import Embedder
 from proxy.runtime import Runtime
-from tests.helpers import MPNET, MPNET_PATH, demo_settings
+from tests.helpers import MPNET, MPNET_PATH, CachedDocuments, demo_settings
 
 
 @pytest.fixture(scope="session")
 def models() -> dict[str, Embedder]:
     s = demo_settings(Path("/nonexistent"))
     return {"old": load_embedder(s.models.old), "new": load_embedder(s.models.new)}
+
+
+@pytest.fixture(scope="session")
+def cached_models(models: dict[str, Embedder]) -> dict[str, Embedder]:
+    """`models`, the new one embedding each document text once for the session: many tests
+    backfill the same passages (tests that measure or compare the model itself use `models`)."""
+    return {**models, "new": CachedDocuments(models["new"])}
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import uvicorn
 import yaml
 
@@ -23,6 +25,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from loadtest.harness import free_port  # noqa: E402
 from proxy.config import Settings, load_settings, resolve_path  # noqa: E402
 from proxy.embedding import default_model_cache  # noqa: E402
+from proxy.model import Embedded, Embedder  # noqa: E402
 
 # One ONNX export of the new model for the whole suite (the session's `models` use this
 # cache), not one per data dir: each costs ~10 s of CPU. The setting reaches every Settings
@@ -91,6 +94,29 @@ def chroma_client(url: str, key: str | None = None, header: str = "X-Chroma-Toke
         }
     settings = chromadb.Settings(anonymized_telemetry=False, **auth)
     return chromadb.HttpClient(host=host, port=int(port), settings=settings)
+
+
+class CachedDocuments:
+    """A real local model whose backfill embeds each text once: the re-embed worker asks
+    `embed_billed`, cached here by text, so tests that backfill the same passages again reuse
+    the vectors (the worker, stores and HTTP stay real). Everything else (`embed_documents`:
+    writes, verify, the canary; queries; the fingerprint) is the model's own, fresh."""
+
+    def __init__(self, model: Embedder) -> None:
+        assert not model.hosted, "a hosted model bills tokens per call: not cached"
+        self._inner = model
+        self.vectors: dict[str, np.ndarray] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def embed_billed(self, texts: Sequence[str]) -> Embedded:
+        todo = [t for t in dict.fromkeys(texts) if t not in self.vectors]
+        if todo:
+            self.vectors.update(zip(todo, self._inner.embed_documents(todo), strict=True))
+        if not texts:
+            return self._inner.embed_billed(texts)
+        return Embedded(np.stack([self.vectors[t] for t in texts]), 0)
 
 
 class LiveServer:

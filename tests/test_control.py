@@ -4,6 +4,7 @@ every strategy end to end: start -> ... -> gated cutover -> rollback; drift; adm
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 import qdrant_edge as qe
 
 from proxy.cli import main
-from proxy.config import CutoverConfig, Mode
+from proxy.config import CutoverConfig, Mode, Settings
 from proxy.demo import python_reference, write_eval_set
 from proxy.ingest import ingest
 from proxy.migration.cutover import AUDIT, AuditLog, decide, load_routing
@@ -104,18 +105,30 @@ def test_gate_decision() -> None:
     ]
 
 
-@pytest.fixture
-def setup(tmp_path: Path, models: dict) -> Iterator[tuple[Runtime, Path]]:
-    docs = DOCS
-    settings = demo_settings(
-        tmp_path / "data",
-        server={"admin_key": KEY},
-        shadow={"sample_rate": 1.0},
-        migration={"batch_size": 8},
+def control_settings(data: Path) -> Settings:
+    return demo_settings(
+        data, server={"admin_key": KEY}, shadow={"sample_rate": 1.0}, migration={"batch_size": 8}
     )
-    rt = Runtime(settings, dict(models))
-    ingest(rt, "old", docs, progress=False)
-    yield rt, write_eval_set(tmp_path / "beir", docs)
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory: pytest.TempPathFactory, cached_models: dict) -> Path:
+    """A data dir with the passages in the old index, built once: every test starts from a copy
+    of it (ingesting them again is the same state, at ~3 s a test)."""
+    data = tmp_path_factory.mktemp("control") / "data"
+    with Runtime(control_settings(data), dict(cached_models)) as rt:
+        ingest(rt, "old", DOCS, progress=False)
+    return data
+
+
+def copy_of(ingested: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(ingested, tmp_path / "data"))
+
+
+@pytest.fixture
+def setup(tmp_path: Path, cached_models: dict, ingested: Path) -> Iterator[tuple[Runtime, Path]]:
+    rt = Runtime(control_settings(copy_of(ingested, tmp_path)), dict(cached_models))
+    yield rt, write_eval_set(tmp_path / "beir", DOCS)
     rt.close()
 
 
@@ -335,13 +348,14 @@ def test_new_is_refused_below_the_cutover_coverage_unless_forced(
         assert s.json()["mode"] == "new" and "degraded" not in s.json()
 
 
-def test_requests_without_a_key_can_stay_on_the_base_mode(tmp_path: Path, models: dict) -> None:
+def test_requests_without_a_key_can_stay_on_the_base_mode(
+    tmp_path: Path, cached_models: dict, ingested: Path
+) -> None:
     settings = demo_settings(
-        tmp_path / "data",
+        copy_of(ingested, tmp_path),
         routing={"split_mode": "old", "split_percent": 50, "without_key": "base"},
     )
-    with Runtime(settings, dict(models)) as rt:
-        ingest(rt, "old", DOCS, progress=False)
+    with Runtime(settings, dict(cached_models)) as rt:
         start_migration(rt, progress=False)
         rt.state.set("paused", True)
         with LiveServer(_app(rt)) as live:
@@ -428,11 +442,14 @@ def test_drift_catches_vectors_written_behind_the_proxy(
     assert report["indexes"]["new"]["foreign"] == {foreign_fp: 10}
 
 
-def test_plan_measures_speed_tokens_cost_and_storage(setup: tuple[Runtime, Path]) -> None:
+def test_plan_measures_speed_tokens_cost_and_storage(
+    tmp_path: Path, models: dict, ingested: Path
+) -> None:
     from proxy.migration.plan import plan
 
-    rt, _ = setup
-    out = plan(rt, sample=16)
+    # The model itself, not the cached one: the plan measures its speed.
+    with Runtime(control_settings(copy_of(ingested, tmp_path)), dict(models)) as rt:
+        out = plan(rt, sample=16)
     assert out["documents"] == N and out["sample"] == 16
     assert out["docs_per_s_full_speed"] > 0
     assert out["backfill_eta_s_at_budget"] >= out["full_rebuild_s"]  # budget slows it

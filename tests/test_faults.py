@@ -233,12 +233,13 @@ def test_a_batch_the_engine_refuses_is_retried_until_every_index_has_it(
         assert idx["old"].keys() == idx["new"].keys() and "later" in idx["new"]
 
 
-def test_kill_9_during_cutover(tmp_path: Path, models: dict) -> None:
+def test_kill_9_during_cutover(tmp_path: Path, models: dict, cached_models: dict) -> None:
     """Killed at several points of a cutover (during the gate's evaluation, around the
     switch, after it): after each restart the pointer is the old or the new one, the proxy
     serves in that mode, and the audit log agrees with the pointer."""
     proxy = ProxyProcess(tmp_path, admin_key=KEY)
-    docs = setup_migration(proxy, models, migrated=True)
+    # The backfill of passages other modules backfill too: the session's cached vectors.
+    docs = setup_migration(proxy, cached_models, migrated=True)
     write_eval_set(proxy.data / "eval", docs)
     for delay in (0.4, 1.2, 4.0):
         proxy.start()

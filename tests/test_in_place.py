@@ -34,6 +34,7 @@ from proxy.store.edge import META_FILE
 from tests.helpers import (
     ROOT,
     RW,
+    CachedDocuments,
     LiveServer,
     cli_config,
     demo_settings,
@@ -150,24 +151,38 @@ def serve_migration(rt: Runtime, drop: bool) -> dict[str, Any]:
     return out
 
 
-def b_to_c(data: Path, models: dict[str, Embedder], old_index: dict[str, Any]) -> Runtime:
-    """The next migration, from what serves: B is the old model, C (B at a shorter token limit,
-    another fingerprint) the new one."""
+def b_and_c(data: Path) -> dict[str, Any]:
+    """B is the old model of the next migration, C (B at a shorter token limit, another
+    fingerprint) the new one."""
     b = settings(data).models.new.model_dump()
-    c = {**b, "name": "all-MiniLM-L6-v2-128", "max_length": 128}
+    return {"old": b, "new": {**b, "name": "all-MiniLM-L6-v2-128", "max_length": 128}}
+
+
+@pytest.fixture(scope="module")
+def cached(cached_models: dict[str, Embedder]) -> dict[str, Embedder]:
+    """Both migrating tests backfill the same passages with B, then with C: each model embeds
+    each text once (and C is loaded once). Vectors are compared against `models`, uncached."""
+    c = load_embedder(settings(Path("data"), models=b_and_c(Path("data"))).models.new)
+    return {**cached_models, "c": CachedDocuments(c)}
+
+
+def b_to_c(data: Path, cached: dict[str, Embedder], old_index: dict[str, Any]) -> Runtime:
+    """The next migration, from what serves: B to C."""
     s2 = settings(
         data,
-        models={"old": b, "new": c},
+        models=b_and_c(data),
         indexes={"old": old_index, "new": {"backend": "edge", "path": "c"}},
     )
-    return Runtime(s2, {"old": models["new"], "new": load_embedder(s2.models.new)})
+    return Runtime(s2, {"old": cached["new"], "new": cached["c"]})
 
 
-def test_in_place_on_edge_then_again(tmp_path: Path, models: dict[str, Embedder]) -> None:
+def test_in_place_on_edge_then_again(
+    tmp_path: Path, models: dict[str, Embedder], cached: dict[str, Embedder]
+) -> None:
     data = tmp_path / "data"
     shard_dir = data / "old"
     write_eval_set(data / "eval", DOCS)
-    rt = Runtime(settings(data), dict(models))
+    rt = Runtime(settings(data), {"old": cached["old"], "new": cached["new"]})
     ingest(rt, "old", DOCS, progress=False)
     started = start_migration(rt, progress=False, in_place=True)
     assert started["placement"] == {"engine": "edge", "path": "old", "vector": B_NAME}
@@ -212,7 +227,7 @@ def test_in_place_on_edge_then_again(tmp_path: Path, models: dict[str, Embedder]
         shard.close()
 
     # B -> C, in place again: the config names what serves (B, in the same shard) as old.
-    rt = b_to_c(data, models, {"backend": "edge", "path": "old", "vector": B_NAME})
+    rt = b_to_c(data, cached, {"backend": "edge", "path": "old", "vector": B_NAME})
     started = start_migration(rt, progress=False, in_place=True)
     assert started["placement"]["vector"] == "all-MiniLM-L6-v2-128"
     assert started["seeded"] == 0  # every point holds the BM25 vector already
@@ -254,14 +269,14 @@ def test_in_place_on_edge_then_again(tmp_path: Path, models: dict[str, Embedder]
 
 
 def test_in_place_after_a_migration_into_its_own_shard(
-    tmp_path: Path, models: dict[str, Embedder]
+    tmp_path: Path, cached: dict[str, Embedder]
 ) -> None:
     """A -> B into shard `new` (the usual way), finish; then B -> C in place in that shard,
     whose first vector carries the per-point bookkeeping: dropped with it at finish."""
     docs = DOCS[:40]
     data = tmp_path / "data"
     write_eval_set(data / "eval", docs)
-    rt = Runtime(settings(data), dict(models))
+    rt = Runtime(settings(data), {"old": cached["old"], "new": cached["new"]})
     ingest(rt, "old", docs, progress=False)
     start_migration(rt, progress=False)
     drain(Reembedder(rt))
@@ -270,7 +285,7 @@ def test_in_place_after_a_migration_into_its_own_shard(
         assert post(srv.url, "/admin/finish", {"now": True, "drop": True}).status_code == 200
     rt.close()
 
-    rt = b_to_c(data, models, {"backend": "edge", "path": "new"})
+    rt = b_to_c(data, cached, {"backend": "edge", "path": "new"})
     fp_c = rt.model("new").fingerprint.id
     try:
         start_migration(rt, progress=False, in_place=True, vector="c")

@@ -4,6 +4,7 @@ pause/limit, the edit-during-re-embed race, the bilingual-write guard, and verif
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from proxy.config import Settings
 from proxy.demo import python_reference
 from proxy.document import Doc
 from proxy.ingest import ingest
@@ -28,12 +30,27 @@ from tests.helpers import demo_settings, drain
 N = 40
 
 
+def migration_settings(data: Path) -> Settings:
+    return demo_settings(data, migration={"batch_size": 8})
+
+
+@pytest.fixture(scope="module")
+def started(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Embedder]) -> Path:
+    """A data dir with N passages ingested and the migration started, built once: each test
+    runs on a copy of it."""
+    data = tmp_path_factory.mktemp("migration") / "data"
+    with Runtime(migration_settings(data), dict(models)) as rt:
+        ingest(rt, "old", python_reference()[:N], progress=False)
+        start_migration(rt, progress=False)
+    return data
+
+
 @pytest.fixture
-def migrating(tmp_path: Path, models: dict[str, Embedder]) -> Iterator[Runtime]:
-    docs = python_reference()[:N]
-    rt = Runtime(demo_settings(tmp_path, migration={"batch_size": 8}), dict(models))
-    ingest(rt, "old", docs, progress=False)
-    start_migration(rt, progress=False)
+def migrating(
+    tmp_path: Path, cached_models: dict[str, Embedder], started: Path
+) -> Iterator[Runtime]:
+    data = shutil.copytree(started, tmp_path / "data")
+    rt = Runtime(migration_settings(Path(data)), dict(cached_models))
     yield rt
     rt.close()
 
@@ -127,9 +144,12 @@ def test_budget_sleeps_to_honour_cpu_share_and_rate(migrating: Runtime) -> None:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="per-thread priority is Linux's")
-def test_worker_embeds_at_background_priority_on_its_own_thread(migrating: Runtime) -> None:
+def test_worker_embeds_at_background_priority_on_its_own_thread(
+    migrating: Runtime, models: dict[str, Embedder]
+) -> None:
     import torch
 
+    migrating._models["new"] = models["new"]  # not the cached one: the worker embeds here
     worker = Reembedder(migrating)  # defaults: nice 19, one thread
 
     def probe() -> tuple[int, int, int]:

@@ -3,6 +3,7 @@ document writes, status. (Kills of the proxy process are in test_faults.py.)"""
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from proxy.app import create_app
+from proxy.config import Settings
 from proxy.demo import python_reference
 from proxy.ingest import ingest
 from proxy.migration.start import start_migration
@@ -22,18 +24,28 @@ KEY = "test-admin-key"
 ADMIN = {"Authorization": f"Bearer {KEY}"}
 
 
-@pytest.fixture
-def server(tmp_path: Path, models: dict) -> Iterator[tuple[str, Runtime]]:
-    settings = demo_settings(
-        tmp_path,
-        migration={"batch_size": 4, "max_docs_per_s": 20},
-        server={"admin_key": KEY},
+def api_settings(data: Path) -> Settings:
+    return demo_settings(
+        data, migration={"batch_size": 4, "max_docs_per_s": 20}, server={"admin_key": KEY}
     )
-    rt = Runtime(settings, dict(models))
-    ingest(rt, "old", python_reference()[:N], progress=False)
-    start_migration(rt, progress=False)
-    rt.state.set("paused", True)  # each test decides when the worker runs
-    with LiveServer(create_app(rt)) as live:
+
+
+@pytest.fixture(scope="module")
+def started(tmp_path_factory: pytest.TempPathFactory, models: dict) -> Path:
+    """N passages ingested, the migration started and its worker paused, built once: each test
+    serves a copy."""
+    data = tmp_path_factory.mktemp("migration-api") / "data"
+    with Runtime(api_settings(data), dict(models)) as rt:
+        ingest(rt, "old", python_reference()[:N], progress=False)
+        start_migration(rt, progress=False)
+        rt.state.set("paused", True)  # each test decides when the worker runs
+    return data
+
+
+@pytest.fixture
+def server(tmp_path: Path, cached_models: dict, started: Path) -> Iterator[tuple[str, Runtime]]:
+    data = Path(shutil.copytree(started, tmp_path / "data"))
+    with Runtime(api_settings(data), dict(cached_models)) as rt, LiveServer(create_app(rt)) as live:
         yield live.url, rt
 
 
