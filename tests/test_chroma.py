@@ -22,7 +22,7 @@ from proxy.migration.worker import Reembedder
 from proxy.model import Embedder
 from proxy.runtime import Runtime
 from proxy.writes import delete_documents, upsert_documents
-from tests.helpers import demo_settings, drain
+from tests.helpers import chroma_client, demo_settings, drain
 
 N = 24
 
@@ -94,5 +94,11 @@ def test_a_migration_between_two_chroma_collections(
         assert old.retrieve([added.doc_id]) == new.retrieve([added.doc_id]) == {}
         for store in (old, new):
             store.drop()  # the server outlives the test
+        # ... and its other collections get nothing of ours: Chroma 1.5.9 hands a dropped
+        # collection's array metadata to the records of the next one created (an app's)
+        app = chroma_client(chroma_server.url).create_collection(f"app-{run}")
+        app.add(ids=["a", "b"], embeddings=[[1.0, 0.0], [0.0, 1.0]], metadatas=[{"k": 1}] * 2)
+        assert app.get(include=["metadatas"])["metadatas"] == [{"k": 1}, {"k": 1}]
+        chroma_client(chroma_server.url).delete_collection(app.name)
     finally:
         rt.close()

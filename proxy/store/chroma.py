@@ -804,8 +804,15 @@ class ChromaStore(FirstContact, VectorStore):
             raise RuntimeError(f"{self.location} exists, bound to {have}")
 
     def drop(self) -> None:
+        """Its records deleted first: Chroma 1.5.9 keeps a dropped collection's array-valued
+        metadata (our `crossfade:paths`) and gives it to the records of a collection created
+        later on the same server, whatever their ids (any app's); deleted records' don't."""
         with self._guard(), self._lock, suppress(NotFoundError):
-            self._connected().delete_collection(self.collection)
+            client = self._connected()
+            col = client.get_collection(self.collection, embedding_function=None)
+            while ids := col.get(limit=self._max_batch(), include=[])["ids"]:
+                col.delete(ids=ids)
+            client.delete_collection(self.collection)
         self._col, self._info, self._loaded = None, None, True
         self._cursors.clear()
         with self._bm25_lock:
