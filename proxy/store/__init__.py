@@ -375,6 +375,16 @@ def check_fingerprints(info: IndexInfo | None, points: Sequence[PointWrite]) -> 
             raise FingerprintMismatch(f"doc {p.doc_id!r}: vector shape {p.dense.shape}")
 
 
+def bound_fingerprints(store: VectorStore) -> dict[str, int]:
+    """An adopted collection carries no fingerprint per point: every vector it holds is its
+    bound model's (the adoption checks and the write guard see to it)."""
+    info = store.info()
+    if info is None:
+        return {}
+    n = store.count(dense_only=True)
+    return {info.fingerprint: n} if n else {}
+
+
 def fingerprint_counts(facets: dict[str, int], with_vector: int) -> dict[str, int]:
     """Add the vectors that carry no fingerprint at all (written behind the proxy's back)."""
     out = dict(sorted(facets.items()))

@@ -32,7 +32,13 @@ from qdrant_client import models as qm
 from proxy.config import IndexConfig, ModelConfig, Settings
 from proxy.document import text_sha256
 from proxy.errors import Invalid
-from proxy.store import AdoptionRefused, IndexInfo, PointWrite, check_fingerprints
+from proxy.store import (
+    AdoptionRefused,
+    IndexInfo,
+    PointWrite,
+    bound_fingerprints,
+    check_fingerprints,
+)
 from proxy.store import write_json_atomic as _write_json
 from proxy.store.server import ServerStore
 from proxy.store.texts import EditedTexts, TextSource
@@ -409,11 +415,7 @@ class AdoptedStore(ServerStore):
         return self._holding(doc_ids, self.sparse_vector)
 
     def fingerprints(self) -> dict[str, int]:
-        info = self.info()
-        if info is None:
-            return {}
-        n = self.count(dense_only=True)
-        return {info.fingerprint: n} if n else {}
+        return bound_fingerprints(self)
 
     def sample(self, n: int) -> list[tuple[str, str | None, np.ndarray]]:
         """Up to `n` points holding the vector (doc id, text or None, stored vector), drawn

@@ -492,19 +492,20 @@ class ChromaStore(FirstContact, VectorStore):
     def _select(self, flt: Filter | FilterTree | None, *extra: Where) -> Selection:
         """A request's `where`, and its `ids` where the layout has no id key (the ids the
         filter's top-level `must` requires; an id condition deeper is refused by the keys)."""
-        ids: list[str] | None = None
-        if not self.KEYS.ids_in_where and isinstance(flt, FilterTree):
-            required = [c for c in flt.must if isinstance(c, HasId)]
-            for c in required:
-                ids = [i for i in (ids if ids is not None else c.doc_ids) if i in c.doc_ids]
-            if required:
-                flt = replace(flt, must=tuple(c for c in flt.must if not isinstance(c, HasId)))
-        where = self._where(flt, *extra)
-        if ids == []:
-            where = NOTHING
-        if ids is None:
-            return {"where": where}
-        return {"where": where, "ids": list(dict.fromkeys(ids))}
+        required = (
+            [c for c in flt.must if isinstance(c, HasId)]
+            if not self.KEYS.ids_in_where and isinstance(flt, FilterTree)
+            else []
+        )
+        if not required:
+            return {"where": self._where(flt, *extra)}
+        assert isinstance(flt, FilterTree)
+        rest = replace(flt, must=tuple(c for c in flt.must if not isinstance(c, HasId)))
+        ids = [
+            i for i in dict.fromkeys(required[0].doc_ids) if all(i in c.doc_ids for c in required)
+        ]
+        where = self._where(rest, *extra)  # (refused here too where Chroma would refuse it)
+        return {"where": where if ids else NOTHING, "ids": ids}
 
     def _include(self, fields: Sequence[str] | None) -> list[str]:
         return _include(fields)

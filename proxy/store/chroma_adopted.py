@@ -54,6 +54,7 @@ from proxy.store import (
     AdoptionRefused,
     IndexInfo,
     PointWrite,
+    bound_fingerprints,
     check_fingerprints,
 )
 from proxy.store import write_json_atomic as _write_json
@@ -303,11 +304,7 @@ class AdoptedChromaStore(ChromaStore):
         return any(field in v for v in views)
 
     def fingerprints(self) -> dict[str, int]:
-        info = self.info()
-        if info is None:
-            return {}
-        n = self.count(dense_only=True)
-        return {info.fingerprint: n} if n else {}
+        return bound_fingerprints(self)
 
     # --- the adoption checks' reads ------------------------------------------------------
     def sample(self, n: int) -> list[tuple[str, str | None, np.ndarray]]:
