@@ -128,19 +128,17 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_exclude(args: argparse.Namespace) -> int:
     """Migrate without documents that cannot be re-embedded (listed by `crossfade status`):
     an operator's decision, so it is recorded in the audit log."""
-    from proxy.migration.cutover import AUDIT, AuditLog
-    from proxy.migration.state import SqliteState
+    from proxy.migration.cutover import AuditLog
+    from proxy.state.open import open_state
 
     settings = _settings(args)
-    state = SqliteState(settings.data_path("migration.sqlite"))
+    state = open_state(settings)
     try:
         actor = _actor()
         excluded = state.exclude(args.ids, actor)
         unknown = [d for d in args.ids if d not in excluded]
         if excluded:
-            AuditLog(settings.data_path(AUDIT)).append(
-                {"action": "migrate exclude", "actor": actor, "ids": excluded}
-            )
+            AuditLog(state).append({"action": "migrate exclude", "actor": actor, "ids": excluded})
         left = state.unembeddable()["count"]
     finally:
         state.close()
@@ -166,20 +164,20 @@ def cmd_finish(args: argparse.Namespace) -> int:
             return 1
         _print_json(r.json())
         return 0
-    from proxy.migration.cutover import AUDIT, AuditLog, load_routing, save_routing
+    from proxy.migration.cutover import AuditLog, load_routing, save_routing
     from proxy.migration.finish import FinishRefused, finish_migration
     from proxy.runtime import Runtime
 
     with Runtime(settings) as rt:
-        routing, _ = load_routing(settings)
+        routing, _ = load_routing(rt.state, settings)
         try:
             entry = finish_migration(
-                rt, routing, AuditLog(settings.data_path(AUDIT)), body["actor"], args.now, args.drop
+                rt, routing, AuditLog(rt.state), body["actor"], args.now, args.drop
             )
         except FinishRefused as e:
             print(f"crossfade: {e}", file=sys.stderr)
             return 1
-        save_routing(settings, routing, None)
+        save_routing(rt.state, routing, None)
     _print_json(entry)
     return 0
 
@@ -241,14 +239,16 @@ def _from_proxy_or_stores(settings: Any, path: str, local: Any) -> Any:
 
 def _local_status(rt: Any) -> dict[str, Any]:
     """`GET /migration` without a proxy: the stores' counts and the persisted pointer."""
-    from proxy.migration.cutover import load_routing, routing_dict
+    from proxy.migration.cutover import load_routing
     from proxy.migration.status import migration_status
+    from proxy.routing import routing_dict
 
-    return {**migration_status(rt), "routing": routing_dict(load_routing(rt.settings)[0])}
+    return {**migration_status(rt), "routing": routing_dict(load_routing(rt.state, rt.settings)[0])}
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from proxy.migration.cutover import describe, parse_routing
+    from proxy.migration.cutover import describe
+    from proxy.routing import parse_routing
 
     settings = _settings(args)
     out = _from_proxy_or_stores(settings, "/migration", _local_status)
@@ -369,7 +369,7 @@ def cmd_canary(args: argparse.Namespace) -> int:
     out = _ask_proxy(settings, "POST", "/admin/canary", body)
     if out is None:
         from proxy.migration.canary import accept_drift, check_canaries, drift_alarms
-        from proxy.migration.cutover import AUDIT, AuditLog
+        from proxy.migration.cutover import AuditLog
         from proxy.runtime import Runtime
 
         with Runtime(settings) as rt:
@@ -377,7 +377,7 @@ def cmd_canary(args: argparse.Namespace) -> int:
                 out = {"checked": check_canaries(rt), "drift": drift_alarms(rt)}
             else:
                 lifted = accept_drift(rt)
-                AuditLog(settings.data_path(AUDIT)).append(
+                AuditLog(rt.state).append(
                     {"action": "canary accept", "actor": body["actor"], "lifted": lifted}
                 )
                 out = {"lifted": lifted, "drift": drift_alarms(rt)}
@@ -564,7 +564,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     """Fit the fusion on labelled queries and store it with the migration state, where the
     serving path picks it up (a running proxy within seconds)."""
     from proxy.experiment import evaluate
-    from proxy.migration.cutover import AUDIT, AuditLog
+    from proxy.migration.cutover import AuditLog
     from proxy.migration.fitted import profile_dict, save_fit
     from proxy.runtime import Runtime
 
@@ -597,10 +597,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
         }
         with Runtime(settings) as rt:
             save_fit(rt.state, ev.tuned, rt.fingerprints(), how=ev.how, held_out=held_out)
-            AuditLog(settings.data_path(AUDIT)).append(
+            AuditLog(rt.state).append(
                 {"action": "fusion fitted", "actor": "cli", "fit": profile_dict(ev.tuned)}
             )
-        out["stored"] = str(settings.data_path("migration.sqlite"))
+            out["stored"] = rt.state.where
     _print_json(out)
     return 0
 

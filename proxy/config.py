@@ -701,6 +701,37 @@ class WritesConfig(Strict):
     )
 
 
+class StateConfig(Strict):
+    """Where the migration's durable state lives (proxy/state): files under `data_dir` for one
+    process, or a PostgreSQL database every replica and worker of a fleet shares."""
+
+    url: SecretStr | None = Field(
+        None,
+        description="`postgresql://USER:PASSWORD@HOST:PORT/DB` (any libpq URI): the serving "
+        "pointer, switches, queue and leases, write journal, spend, audit log and bindings "
+        "in PostgreSQL, shared by every `crossfade serve` and `crossfade worker` given the "
+        "same URL. Unset: one process, state in SQLite files under data_dir. A secret: never "
+        "logged (set it with CROSSFADE_STATE__URL to keep it out of the file).",
+    )
+    poll_s: float = Field(
+        0.5,
+        gt=0,
+        le=10,
+        description="How often a replica reads the shared pointer and switches: a change made "
+        "through any replica or the CLI takes effect everywhere within about this long.",
+    )
+    connect_timeout_s: float = Field(
+        3.0,
+        gt=0,
+        le=60,
+        description="How long to wait for the state store: past it, a replica serves its last "
+        "known generation marked degraded, and refuses control changes and writes.",
+    )
+    pool_size: int = Field(
+        8, ge=2, le=64, description="Connections to the state store per process."
+    )
+
+
 class QdrantApiConfig(Strict):
     """Qdrant's REST query API on the proxy, for apps written against qdrant-client
     (`QdrantClient(url=<proxy>, cloud_inference=True)`): they send text, crossfade embeds it."""
@@ -918,6 +949,7 @@ class Settings(BaseSettings):
     chroma_api: ChromaApiConfig = Field(default_factory=ChromaApiConfig)
     vector_clients: VectorClientsConfig = Field(default_factory=VectorClientsConfig)
     writes: WritesConfig = Field(default_factory=WritesConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
     bm25_avg_len: float = Field(
         256.0, gt=0, description="Expected document length in tokens for BM25 normalisation."
     )

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from proxy.sqlite import durable_sqlite
 
@@ -47,6 +47,52 @@ class Batch:
     # a retry needs no model call; None: every live index (a crash cut it short).
     sides_left: list[str] | None = None
     vectors: dict[str, list[list[float]]] | None = None
+
+
+class Journal(Protocol):
+    """The write journal: SQLite here (`WriteJournal`), or a table of the fleet's shared state
+    (proxy/state/postgres.py). Callers apply batches one at a time, in batch order (they hold
+    the state's WRITES section)."""
+
+    def begin(self, op: str, items: Sequence[Any]) -> int:
+        """Record a batch durably before it touches any index; returns its id."""
+        ...
+
+    def applied(self, batch: int) -> None:
+        """In every index (not yet flushed there: kept until `forget_applied`)."""
+        ...
+
+    def forget_applied(self) -> int:
+        """The indexes were flushed: the batches applied before are on disk there."""
+        ...
+
+    def retry_later(
+        self,
+        batch: int,
+        error: str,
+        sides_left: Sequence[str],
+        vectors: dict[str, list[list[float]]] | None = None,
+    ) -> float:
+        """Record a failed attempt: what is left to apply, and when to try again (backoff).
+        Returns the seconds until then."""
+        ...
+
+    def pending(self, unflushed: bool = False) -> list[Batch]:
+        """Batches begun but not in every index yet, oldest first (the order they apply in);
+        `unflushed`: also those applied but maybe not on disk yet (a restart replays them)."""
+        ...
+
+    def status(self, now: float | None = None) -> dict[str, Any]:
+        """`pending`, `retrying`, `oldest_age_s`, `max_attempts`, `next_retry_in_s`,
+        `failing_batch`, `last_error`: what is not yet in every index."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def backoff(base_s: float, max_s: float, attempts: int) -> float:
+    """Seconds before the next try of a batch that failed `attempts` times."""
+    return min(max_s, base_s * 2 ** (attempts - 1))
 
 
 class WriteJournal:
@@ -119,7 +165,7 @@ class WriteJournal:
                 "SELECT attempts FROM pending WHERE batch = ?", (batch,)
             ).fetchone()
             attempts = int(row[0]) + 1 if row else 1
-            wait = min(self.retry_max_s, self.retry_base_s * 2 ** (attempts - 1))
+            wait = backoff(self.retry_base_s, self.retry_max_s, attempts)
             rest = json.dumps({"sides": list(sides_left), "vectors": vectors})
             self._db.execute(
                 "UPDATE pending SET attempts = ?, next_at = ?, error = ?, rest = ? WHERE batch = ?",

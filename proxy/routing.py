@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from proxy.config import Mode
 
@@ -29,6 +30,24 @@ class Routing:
     split_mode: Mode | None = None
     split_percent: float = 0.0  # 0..100
     generation: int = 0  # bumped by every switch
+
+
+def parse_routing(d: dict[str, Any]) -> Routing:
+    return Routing(
+        mode=Mode(d["mode"]),
+        split_mode=Mode(d["split_mode"]) if d.get("split_mode") else None,
+        split_percent=float(d.get("split_percent", 0.0)),
+        generation=int(d.get("generation", 0)),
+    )
+
+
+def routing_dict(r: Routing) -> dict[str, Any]:
+    return {
+        "mode": r.mode.value,
+        "split_mode": r.split_mode.value if r.split_mode else None,
+        "split_percent": r.split_percent,
+        "generation": r.generation,
+    }
 
 
 def bucket(key: str) -> int:

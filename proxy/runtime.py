@@ -13,12 +13,13 @@ from typing import Any
 from proxy.config import Settings
 from proxy.embedding import EmbeddingCache, QueryEmbedder, load_embedder, load_query_embedder
 from proxy.every import Every
-from proxy.journal import WriteJournal
+from proxy.journal import Journal
 from proxy.migration.fitted import load_fit
-from proxy.migration.state import SqliteState
 from proxy.model import Embedder
 from proxy.search import Coverage, Searcher
 from proxy.sparse import Bm25Encoder
+from proxy.state import StateStore
+from proxy.state.open import open_state
 from proxy.store import VectorStore
 from proxy.store.factory import open_store
 from proxy.threads import lower_priority
@@ -85,10 +86,9 @@ class Runtime:
     def embedding_cache(self) -> EmbeddingCache:
         return EmbeddingCache(self.settings.data_path("cache/embeddings.sqlite"))
 
-    @cached_property
-    def journal(self) -> WriteJournal:
-        w = self.settings.writes
-        return WriteJournal(self.settings.data_path("writes.sqlite"), w.retry_base_s, w.retry_max_s)
+    @property
+    def journal(self) -> Journal:
+        return self.state.journal
 
     @cached_property
     def write_pool(self) -> ThreadPoolExecutor:
@@ -102,8 +102,8 @@ class Runtime:
         )
 
     @cached_property
-    def state(self) -> SqliteState:
-        return SqliteState(self.settings.data_path("migration.sqlite"))
+    def state(self) -> StateStore:
+        return open_state(self.settings)
 
     def close_stores(self) -> None:
         """Drop the open stores (the next `store()` reopens them, e.g. at a new placement)."""
@@ -140,6 +140,6 @@ class Runtime:
         self._stores.clear()
         if "write_pool" in self.__dict__:
             self.__dict__.pop("write_pool").shutdown(wait=True)
-        for name in ("embedding_cache", "state", "journal"):
+        for name in ("embedding_cache", "state"):
             if name in self.__dict__:
                 self.__dict__.pop(name).close()

@@ -16,11 +16,11 @@ from proxy.demo import python_reference
 from proxy.document import Doc
 from proxy.ingest import ingest
 from proxy.migration.start import start_migration
-from proxy.migration.state import HIT
 from proxy.migration.status import migration_status, verify
 from proxy.migration.worker import Reembedder
 from proxy.model import Embedder
 from proxy.runtime import Runtime
+from proxy.state import HIT
 from proxy.writes import delete_documents, upsert_documents
 from tests.helpers import chroma_client, demo_settings, drain
 

@@ -18,7 +18,7 @@ from proxy.cli import main
 from proxy.config import CutoverConfig, Mode, Settings
 from proxy.demo import python_reference, write_eval_set
 from proxy.ingest import ingest
-from proxy.migration.cutover import AUDIT, AuditLog, decide, load_routing
+from proxy.migration.cutover import AuditLog, decide, load_routing
 from proxy.migration.start import start_migration
 from proxy.migration.worker import Reembedder
 from proxy.routing import Routing, bucket, rank_biased_overlap, route
@@ -141,7 +141,7 @@ def test_strategy_end_to_end(setup: tuple[Runtime, Path], strategy: str) -> None
     rt, beir = setup
     start_migration(rt, strategy=strategy, progress=False)
     expected = {"rebuild": Mode.OLD, "shadow": Mode.SHADOW, "lazy": Mode.FUSED}[strategy]
-    assert load_routing(rt.settings)[0].mode is expected
+    assert load_routing(rt.state, rt.settings)[0].mode is expected
     rt.state.set("paused", True)  # the test drives the worker itself
     with LiveServer(_app(rt)) as live:
         url = live.url
@@ -171,7 +171,7 @@ def test_strategy_end_to_end(setup: tuple[Runtime, Path], strategy: str) -> None
         assert actions[-3:] == ["cutover refused", "cutover", "rollback"]
         assert audit[-2]["actor"] == "tester" and audit[-2]["gate"]["new"]["ndcg@10"] > 0
     # the pointer survives a restart
-    assert load_routing(rt.settings)[0].mode is expected
+    assert load_routing(rt.state, rt.settings)[0].mode is expected
 
 
 def _app(rt: Runtime):  # type: ignore[no-untyped-def]
@@ -276,7 +276,7 @@ def test_rollback_only_undoes_the_last_cutover(setup: tuple[Runtime, Path]) -> N
         assert post(url, "/admin/split", {"mode": "old", "percent": 10}).status_code == 200
         served_before = routing(url)
         assert post(url, "/admin/cutover", {"beir": str(beir)}).status_code == 200
-        assert routing(url)["mode"] == "new" and load_routing(rt.settings)[1] is not None
+        assert routing(url)["mode"] == "new" and load_routing(rt.state, rt.settings)[1] is not None
         again = post(url, "/admin/cutover", {"beir": str(beir)})
         assert again.status_code == 409 and again.json()["error"].startswith("already cut over")
         actions = httpx.get(url + "/migration").json()["actions"]
@@ -307,7 +307,7 @@ def test_rollback_only_undoes_the_last_cutover(setup: tuple[Runtime, Path]) -> N
         assert post(url, "/admin/rollback").json()["to"]["mode"] == "fused"
         assert post(url, "/admin/rollback").status_code == 409
     # Persisted: after a restart there is still nothing to roll back.
-    assert load_routing(rt.settings)[1] is None
+    assert load_routing(rt.state, rt.settings)[1] is None
 
 
 def test_new_is_refused_below_the_cutover_coverage_unless_forced(
@@ -399,7 +399,7 @@ def test_backfill_controls_are_audited(
     monkeypatch.setenv("CROSSFADE_ACTOR", "night-shift")
     assert main(["--config", str(cfg), "backfill", "limit", "--until", "80%"]) == 0
     assert json.loads(capsys.readouterr().out)["until"] == 80.0
-    last = AuditLog(rt.settings.data_path(AUDIT)).tail(1)[0]
+    last = AuditLog(rt.state).tail(1)[0]
     assert last["action"] == "backfill until 80%" and last["actor"] == "night-shift"
     assert last["before"]["until"] == 50.0 and last["after"]["until"] == 80.0
 

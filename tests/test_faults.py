@@ -19,11 +19,12 @@ import pytest
 from proxy.demo import python_reference, write_eval_set
 from proxy.document import Doc, text_sha256
 from proxy.ingest import ingest
-from proxy.migration.cutover import AUDIT, POINTER, AuditLog
+from proxy.migration.cutover import AuditLog
 from proxy.migration.start import start_migration
 from proxy.migration.status import verify
 from proxy.migration.worker import Reembedder
 from proxy.runtime import SIDES, Runtime
+from proxy.state.sqlite import AUDIT, POINTER, SqliteState
 from proxy.writes import (
     JournalBehind,
     WritePending,
@@ -272,7 +273,7 @@ def test_kill_9_during_cutover(tmp_path: Path, models: dict, cached_models: dict
             assert ready["routing"]["mode"] == pointer["mode"]
             r = httpx.post(proxy.url + "/search", json={"query": "while loop", "k": 3})
             assert r.status_code == 200 and r.json()["mode"] == pointer["mode"]
-            audit = AuditLog(proxy.data / AUDIT).tail(1000)
+            audit = AuditLog(SqliteState(proxy.data)).tail(1000)
             last = next((e for e in reversed(audit) if e.get("to")), None)
             assert (last["to"]["generation"] if last else 0) == pointer["generation"]
         finally:
@@ -289,7 +290,7 @@ def test_audit_log_survives_a_torn_line_and_an_unrecorded_switch(tmp_path: Path)
     from proxy.config import Mode
     from proxy.routing import Routing
 
-    log = AuditLog(tmp_path / AUDIT)
+    log = AuditLog(SqliteState(tmp_path))
     log.append({"action": "cutover", "to": {"mode": "new", "generation": 1}})
     with (tmp_path / AUDIT).open("a") as fh:
         fh.write('{"action": "rollback", "to": {"mo')  # the process died mid-write

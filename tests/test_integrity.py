@@ -23,7 +23,7 @@ from proxy.config import ConfigError, Mode, load_settings
 from proxy.demo import python_reference
 from proxy.document import Doc
 from proxy.ingest import ingest
-from proxy.migration.cutover import AUDIT, AuditLog, decide
+from proxy.migration.cutover import AuditLog, decide
 from proxy.migration.finish import why_not_finish
 from proxy.migration.start import start_migration
 from proxy.migration.status import compare_indexes, migration_status, verify
@@ -31,6 +31,7 @@ from proxy.migration.worker import Reembedder
 from proxy.point import make_point
 from proxy.routing import Routing
 from proxy.runtime import Runtime
+from proxy.state.sqlite import SqliteState
 from proxy.writes import upsert_documents
 from tests.helpers import (
     ROOT,
@@ -338,7 +339,7 @@ def test_documents_without_text_are_counted_listed_and_block_the_gate(
     assert main(["--config", str(cfg), "migrate", "exclude", "3", "nope"]) == 1
     assert main(["--config", str(cfg), "migrate", "exclude", "11"]) == 0
     capsys.readouterr()
-    entries = AuditLog(settings.data_path(AUDIT)).tail(10)
+    entries = AuditLog(SqliteState(settings.data_dir)).tail(10)
     assert [e["ids"] for e in entries if e["action"] == "migrate exclude"] == [["3"], ["11"]]
     with Runtime(settings, {"old": models["new"], "new": models["old"]}) as rt:
         status = migration_status(rt)
@@ -451,7 +452,7 @@ def test_ingest_into_old_during_a_migration_writes_both_indexes(
 def test_the_finish_guard_sees_a_cutover_behind_many_audit_entries(tmp_path: Path) -> None:
     """The guard looked at the last 1,000 audit entries only: a cutover followed by more
     entries (pauses, gate refusals) no longer held a finish back."""
-    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit = AuditLog(SqliteState(tmp_path))
     audit.append({"action": "cutover", "actor": "t", "to": {"mode": "new", "generation": 2}})
     for i in range(1200):
         audit.append({"action": "backfill pause", "actor": "t", "n": i})

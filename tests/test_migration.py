@@ -18,11 +18,12 @@ from proxy.demo import python_reference
 from proxy.document import Doc
 from proxy.ingest import ingest
 from proxy.migration.start import start_migration
-from proxy.migration.state import BACKFILL, HIT, SqliteState
 from proxy.migration.status import migration_status, verify
 from proxy.migration.worker import Reembedder, set_control
 from proxy.model import Embedded, Embedder
 from proxy.runtime import Runtime
+from proxy.state import BACKFILL, HIT
+from proxy.state.sqlite import SqliteState
 from proxy.store import FingerprintMismatch, PointWrite
 from proxy.writes import delete_documents, upsert_documents
 from tests.helpers import demo_settings, drain
@@ -56,7 +57,7 @@ def migrating(
 
 
 def test_queue_dedupes_prioritises_and_survives_reopen(tmp_path: Path) -> None:
-    q = SqliteState(tmp_path / "m.sqlite")
+    q = SqliteState(tmp_path)
     assert q.enqueue(["a", "b", "c"], BACKFILL) == 3
     assert q.enqueue(["c", "d", "d"], HIT) == 1  # c moves up, d is new, duplicates collapse
     assert q.depth() == {"hits": 2, "backfill": 2, "total": 4}
@@ -65,14 +66,14 @@ def test_queue_dedupes_prioritises_and_survives_reopen(tmp_path: Path) -> None:
     q.done(["c"])
     q.set("paused", True)
     q.close()
-    again = SqliteState(tmp_path / "m.sqlite")
+    again = SqliteState(tmp_path)
     assert again.depth()["total"] == 3 and again.get("paused") is True
     assert again.claim(10, lease_s=60) == []  # leases persist too
     again.close()
 
 
 def test_expired_lease_returns_the_item(tmp_path: Path) -> None:
-    q = SqliteState(tmp_path / "m.sqlite")
+    q = SqliteState(tmp_path)
     q.enqueue(["a"], HIT)
     assert q.claim(1, lease_s=-1) == ["a"]  # a worker that claimed and died
     assert q.claim(1, lease_s=60) == ["a"]

@@ -18,8 +18,9 @@ from proxy.config import Mode
 from proxy.errors import Conflict, Invalid
 from proxy.filters import StrictBody
 from proxy.migration.canary import accept_drift, check_canaries, drift_alarms
-from proxy.migration.cutover import new_too_early, routing_dict, why_no_cutover
+from proxy.migration.cutover import new_too_early, why_no_cutover
 from proxy.migration.plan import plan
+from proxy.routing import routing_dict
 
 router = APIRouter(dependencies=GUARDED)
 WRITE = {400: {}, 401: {}, 409: {}, 413: {}, 422: {}}

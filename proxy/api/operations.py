@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from proxy.api.errors import OrjsonResponse, error
 from proxy.api.services import Svc, access
 from proxy.availability import readiness
-from proxy.migration.cutover import routing_dict
+from proxy.routing import routing_dict
 from proxy.security import Access
 
 router = APIRouter()

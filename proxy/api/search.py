@@ -22,10 +22,10 @@ from proxy.errors import BadRequest, Conflict, Forbidden, Invalid, Unavailable
 from proxy.filters import Filter, StrictBody
 from proxy.migration.cutover import new_too_early
 from proxy.migration.finish import retired
-from proxy.migration.state import HIT
 from proxy.model import ModelUnavailable
 from proxy.search import SearchResult
 from proxy.security import Access
+from proxy.state import HIT
 from proxy.store import IndexUnavailable, VectorStore
 
 router = APIRouter()

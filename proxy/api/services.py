@@ -16,13 +16,13 @@ from proxy.config import Settings
 from proxy.every import Every
 from proxy.metrics import Metrics
 from proxy.migration.control import ControlPlane, available_actions
-from proxy.migration.cutover import routing_dict
 from proxy.migration.finish import retired
 from proxy.migration.history import History
 from proxy.migration.query_map import map_status
 from proxy.migration.status import migration_status
 from proxy.migration.worker import Reembedder, control_state
 from proxy.remembered import RememberedTexts
+from proxy.routing import routing_dict
 from proxy.runtime import Runtime
 from proxy.search import Searcher
 from proxy.security import Access, Keyring, admin_key, presented_key

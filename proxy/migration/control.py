@@ -10,19 +10,17 @@ from typing import Any
 from proxy.beir import Beir
 from proxy.config import CutoverConfig, Mode
 from proxy.migration.cutover import (
-    AUDIT,
     AuditLog,
     evaluate_gate,
     load_routing,
     new_too_early,
     nothing_to_roll_back,
-    routing_dict,
     save_routing,
     why_no_cutover,
 )
 from proxy.migration.finish import FinishRefused, finish_migration
 from proxy.migration.worker import control_state, set_control
-from proxy.routing import Routing, overlap_at_k, rank_biased_overlap, route
+from proxy.routing import Routing, overlap_at_k, rank_biased_overlap, route, routing_dict
 from proxy.runtime import Runtime
 from proxy.search import Searcher
 
@@ -56,8 +54,8 @@ class ControlPlane:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.settings = rt.settings
-        self.routing, self.rollback_to = load_routing(rt.settings)
-        self.audit = AuditLog(rt.settings.data_path(AUDIT))
+        self.routing, self.rollback_to = load_routing(rt.state, rt.settings)
+        self.audit = AuditLog(rt.state)
         self.audit.reconcile(self.routing)
         self.shadow = ShadowStats()
         self.last_gate: dict[str, Any] | None = None
@@ -96,7 +94,7 @@ class ControlPlane:
         new = replace(target, generation=before.generation + 1)
         await asyncio.to_thread(self._mirror_alias, new)
         try:
-            await asyncio.to_thread(save_routing, self.settings, new, rollback_to)
+            await asyncio.to_thread(save_routing, self.rt.state, new, rollback_to)
         except BaseException:
             await asyncio.to_thread(self._mirror_alias, before)
             raise
@@ -179,7 +177,7 @@ class ControlPlane:
             except FinishRefused as e:
                 return False, {"error": str(e)}
             self.rollback_to = None
-            await asyncio.to_thread(save_routing, self.settings, self.routing, None)
+            await asyncio.to_thread(save_routing, self.rt.state, self.routing, None)
             return True, entry
 
     async def rollback(self, actor: str) -> tuple[bool, dict[str, Any]]:

@@ -1,23 +1,20 @@
 """Cutover and rollback: the serving pointer, the audit log and the quality gate.
 
-The serving pointer (mode, traffic split, generation) is one JSON file written by atomic
-rename: a crash leaves the old pointer or the new one, never neither. In the running proxy
+The serving pointer (mode, traffic split, generation) is one record of the migration state
+(proxy/state), written whole or not at all. In the running proxy
 it is one immutable `Routing` object swapped by a single assignment, so every request sees
 either the old or the new pointer, whole. With the Qdrant-server backend the pointer is
 mirrored to a collection alias (`<new collection>_serving`) that clients outside the proxy can
 follow. Dual writes continue after cutover, which is what makes rollback lossless.
 
-Rollback undoes the last cutover and nothing else: the pointer file keeps the routing that
+Rollback undoes the last cutover and nothing else: the pointer keeps the routing that
 served before the last cutover (`rollback_to`), a rollback restores it and clears it. A second
 rollback finds nothing to undo and is refused; it can never switch forward past the gate.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,48 +23,23 @@ from proxy.beir import Beir
 from proxy.clock import now_iso
 from proxy.config import CutoverConfig, Mode, Settings
 from proxy.evaluation import score_run
-from proxy.routing import Routing
+from proxy.routing import Routing, routing_dict
 from proxy.search import Searcher
-from proxy.store import write_json_atomic
-
-POINTER = "serving.json"
-AUDIT = "audit.jsonl"
+from proxy.state import Pointer, StateStore
 
 
-def load_routing(settings: Settings) -> tuple[Routing, Routing | None]:
+def load_routing(state: StateStore, settings: Settings) -> tuple[Routing, Routing | None]:
     """The serving pointer and the routing to roll back to (None: no cutover to undo). Before
-    the first switch there is no file: the config's mode and split are the pointer."""
-    path = settings.data_path(POINTER)
-    if not path.exists():
+    the first switch there is none stored: the config's mode and split are the pointer."""
+    pointer = state.pointer()
+    if pointer is None:
         r = settings.routing
         return Routing(settings.mode, r.split_mode, r.split_percent if r.split_mode else 0.0), None
-    data = json.loads(path.read_text())
-    back = data.get("rollback_to")
-    return parse_routing(data), (parse_routing(back) if back else None)
+    return pointer.routing, pointer.rollback_to
 
 
-def parse_routing(d: dict[str, Any]) -> Routing:
-    return Routing(
-        mode=Mode(d["mode"]),
-        split_mode=Mode(d["split_mode"]) if d.get("split_mode") else None,
-        split_percent=float(d.get("split_percent", 0.0)),
-        generation=int(d.get("generation", 0)),
-    )
-
-
-def routing_dict(r: Routing) -> dict[str, Any]:
-    return {
-        "mode": r.mode.value,
-        "split_mode": r.split_mode.value if r.split_mode else None,
-        "split_percent": r.split_percent,
-        "generation": r.generation,
-    }
-
-
-def save_routing(settings: Settings, routing: Routing, rollback_to: Routing | None) -> None:
-    data = routing_dict(routing)
-    data["rollback_to"] = routing_dict(rollback_to) if rollback_to else None
-    write_json_atomic(settings.data_path(POINTER), data)
+def save_routing(state: StateStore, routing: Routing, rollback_to: Routing | None) -> None:
+    state.save_pointer(Pointer(routing, rollback_to))
 
 
 def describe(r: Routing) -> str:
@@ -103,37 +75,20 @@ def new_too_early(coverage: float, gate: CutoverConfig) -> str | None:
 
 
 class AuditLog:
-    """Append-only JSON lines, fsynced: who, when, what, from, to, and the gate's numbers."""
+    """Who, when, what, from, to, and the gate's numbers: appended to the state's audit log
+    (durably: a file fsynced, or a shared table)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, state: StateStore) -> None:
+        self.state = state
 
     def append(self, entry: dict[str, Any]) -> dict[str, Any]:
         entry = {"at": now_iso(), **entry}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a+b") as fh:
-            # A line torn by a crash must not swallow this entry: start on a fresh line.
-            torn = False
-            if fh.seek(0, os.SEEK_END) > 0:
-                fh.seek(-1, os.SEEK_END)
-                torn = fh.read(1) != b"\n"
-            fh.write((("\n" if torn else "") + json.dumps(entry, default=str) + "\n").encode())
-            fh.flush()
-            os.fsync(fh.fileno())
+        self.state.audit_append(entry)
         return entry
 
     def tail(self, n: int | None = 50) -> list[dict[str, Any]]:
         """The last `n` entries, oldest first (None: every entry)."""
-        if not self.path.exists():
-            return []
-        out = []
-        lines = self.path.read_text().splitlines()
-        for line in lines[-n:] if n is not None else lines:
-            try:
-                out.append(json.loads(line))
-            except ValueError:  # a line torn by a crash mid-append: skipped, not fatal
-                continue
-        return out
+        return self.state.audit_tail(n)
 
     def reconcile(self, routing: Routing) -> dict[str, Any] | None:
         """The pointer is written before its audit entry; a crash between the two leaves a

@@ -18,8 +18,8 @@ from typing import Any
 
 from proxy.config import Mode
 from proxy.errors import Conflict
-from proxy.migration.cutover import AuditLog, describe, routing_dict
-from proxy.routing import Routing
+from proxy.migration.cutover import AuditLog, describe
+from proxy.routing import Routing, routing_dict
 from proxy.runtime import Runtime
 
 

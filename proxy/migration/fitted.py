@@ -11,7 +11,7 @@ from typing import Any
 
 from proxy.config import FusionConfig
 from proxy.fusion import LISTS, Profile, default_profile, weights_at
-from proxy.migration.state import MigrationState
+from proxy.state import StateStore
 
 KEY = "fusion_fit"
 
@@ -36,7 +36,7 @@ def profile_of(d: dict[str, Any]) -> Profile:
 
 
 def save_fit(
-    state: MigrationState, profile: Profile, models: dict[str, str], **about: Any
+    state: StateStore, profile: Profile, models: dict[str, str], **about: Any
 ) -> dict[str, Any]:
     record = {
         **profile_dict(profile),
@@ -49,7 +49,7 @@ def save_fit(
     return record
 
 
-def load_fit(state: MigrationState, models: dict[str, str]) -> Profile | None:
+def load_fit(state: StateStore, models: dict[str, str]) -> Profile | None:
     """The stored fit if it was made for these models, else None."""
     record = state.get(KEY)
     if not record:
@@ -63,7 +63,7 @@ def load_fit(state: MigrationState, models: dict[str, str]) -> Profile | None:
 
 
 def fusion_status(
-    state: MigrationState, fusion: FusionConfig, fitted: Profile | None, coverage: float
+    state: StateStore, fusion: FusionConfig, fitted: Profile | None, coverage: float
 ) -> dict[str, Any]:
     """What fuses now: the profile in use, its weights at this coverage and, when a stored fit
     is ignored, why."""

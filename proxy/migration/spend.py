@@ -13,13 +13,13 @@ import threading
 from typing import Any
 
 from proxy.config import Settings
-from proxy.migration.state import MigrationState
+from proxy.state import StateStore
 
 KEY = "spend"
 _lock = threading.Lock()  # read-modify-write of the sum, within one process
 
 
-def _current(state: MigrationState) -> tuple[str | None, dict[str, Any]]:
+def _current(state: StateStore) -> tuple[str | None, dict[str, Any]]:
     migration = (state.get("migration") or {}).get("started_at")
     spent = state.get(KEY) or {}
     if spent.get("migration") != migration:
@@ -27,7 +27,7 @@ def _current(state: MigrationState) -> tuple[str | None, dict[str, Any]]:
     return migration, spent
 
 
-def add_spend(state: MigrationState, tokens: int, requests: int = 1) -> None:
+def add_spend(state: StateStore, tokens: int, requests: int = 1) -> None:
     with _lock:
         migration, spent = _current(state)
         state.set(
@@ -40,7 +40,7 @@ def add_spend(state: MigrationState, tokens: int, requests: int = 1) -> None:
         )
 
 
-def spend_status(state: MigrationState, settings: Settings, max_spend: float) -> dict[str, Any]:
+def spend_status(state: StateStore, settings: Settings, max_spend: float) -> dict[str, Any]:
     """Tokens, money, the cap (None = none) and whether it is reached. `max_spend` comes
     from the control state (the config's value unless changed at run time)."""
     _, spent = _current(state)

@@ -24,10 +24,10 @@ from proxy.document import doc_of
 from proxy.ingest import Progress, ensure_index
 from proxy.migration.adoption import adopt_old
 from proxy.migration.canary import record_canaries
-from proxy.migration.cutover import AUDIT, AuditLog, load_routing, routing_dict, save_routing
+from proxy.migration.cutover import AuditLog, load_routing, save_routing
 from proxy.migration.worker import set_control
 from proxy.point import make_point
-from proxy.routing import Routing
+from proxy.routing import Routing, routing_dict
 from proxy.runtime import Runtime
 
 STRATEGY_MODE = {"lazy": Mode.FUSED, "shadow": Mode.SHADOW, "rebuild": Mode.OLD}
@@ -161,16 +161,16 @@ def start_migration(
         rt.state.delete("lazy")  # what an earlier shadow or rebuild start switched off
     else:
         set_control(rt.state, lazy=False)
-    before, rollback_to = load_routing(rt.settings)
+    before, rollback_to = load_routing(rt.state, rt.settings)
     if previous and previous.get("state") == "finished":
         rollback_to = None  # nothing of the last migration is left to roll back to
     mode = STRATEGY_MODE.get(strategy)
     after = before
     if mode is not None and (mode is not before.mode or previous is not None):
         after = Routing(mode=mode, generation=before.generation + 1)
-        save_routing(rt.settings, after, rollback_to)  # a mode change, not a cutover
+        save_routing(rt.state, after, rollback_to)  # a mode change, not a cutover
     # Every start is recorded: the audit log tells a migration's whole story, start to finish.
-    AuditLog(rt.settings.data_path(AUDIT)).append(
+    AuditLog(rt.state).append(
         {
             "action": f"migrate start ({strategy})",
             "actor": "cli",

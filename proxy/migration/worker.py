@@ -33,10 +33,10 @@ from proxy.config import MigrationConfig
 from proxy.document import Doc, doc_of
 from proxy.migration.canary import drift_message
 from proxy.migration.spend import add_spend, spend_status
-from proxy.migration.state import BACKFILL, MigrationState
 from proxy.model import Embedded, Embedder, ModelUnavailable
 from proxy.point import make_point
 from proxy.runtime import Runtime
+from proxy.state import BACKFILL, StateStore
 from proxy.store import IndexUnavailable
 from proxy.threads import lower_priority
 
@@ -73,7 +73,7 @@ class Stats:
         return sum(n for _, n in recent[1:]) / span
 
 
-def control_state(state: MigrationState, cfg: MigrationConfig) -> dict[str, Any]:
+def control_state(state: StateStore, cfg: MigrationConfig) -> dict[str, Any]:
     """Pause flag, lazy and backfill switches, backfill limit: persisted in the migration
     state (so a restart honours them), the config supplying defaults."""
     return {
@@ -86,7 +86,7 @@ def control_state(state: MigrationState, cfg: MigrationConfig) -> dict[str, Any]
 
 
 def set_control(
-    state: MigrationState,
+    state: StateStore,
     action: str | None = None,
     backfill: bool | None = None,
     until: float | None = None,
@@ -120,7 +120,7 @@ class Reembedder:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.cfg = rt.settings.migration
-        self.state: MigrationState = rt.state
+        self.state: StateStore = rt.state
         self.stats = Stats()
         # A batch's reads and writes run on one thread at normal priority: the engine may hold
         # the GIL in a call, and a starved thread holding it would stall the event loop.
