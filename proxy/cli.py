@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -90,6 +91,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
     level = settings.server.log_level
     logging.basicConfig(level=level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     uvicorn.run(app, host=host, port=port, log_level=level)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Re-embed from the fleet's shared queue (no HTTP): as many as the backfill needs, on as
+    many machines; SIGTERM or Ctrl-C stops it after the batch in flight."""
+    import asyncio
+    import signal
+
+    from proxy.config import ConfigError
+    from proxy.migration.worker import work
+    from proxy.runtime import Runtime
+
+    settings = _settings(args)
+    if settings.state.url is None:
+        raise ConfigError(
+            "state.url: `crossfade worker` shares the migration's queue with the other "
+            "processes of a fleet through PostgreSQL (state.url); alone, `crossfade serve` "
+            "re-embeds itself"
+        )
+    level = settings.server.log_level
+    logging.basicConfig(level=level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with Runtime(settings) as rt:
+            rt.model("new")  # a model that can't load stops the worker here, named
+            print(f"crossfade: worker on the shared state at {rt.state.where}", file=sys.stderr)
+            with contextlib.suppress(asyncio.CancelledError):
+                await work(rt)
+
+    asyncio.run(main())
     return 0
 
 
@@ -640,6 +677,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host")
     s.add_argument("--port", type=int)
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("worker", help="re-embed from a fleet's shared queue (state.url)")
+    s.set_defaults(func=cmd_worker)
 
     s = sub.add_parser("demo", help="ingest the demo corpus, start a migration, serve")
     s.add_argument("--host")

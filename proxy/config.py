@@ -474,6 +474,12 @@ class MigrationConfig(Strict):
     lease_s: float = Field(
         120.0, gt=0, description="A claimed batch returns to the queue if not done in this time."
     )
+    in_serve: bool = Field(
+        True,
+        description="`crossfade serve` re-embeds too (its hits first, then the backfill). A "
+        "fleet may set it false and leave re-embedding to `crossfade worker` processes, which "
+        "claim the same shared queue: the replicas then only enqueue.",
+    )
     finish_guard_s: float = Field(
         3600.0,
         ge=0,
@@ -978,6 +984,20 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"indexes.old.path ({a}) and indexes.new.path ({b}) lie one inside the "
                     "other: give each index a directory of its own"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _fleet_needs_a_server(self) -> Settings:
+        """A shared state means several processes: an embedded shard opens in one only."""
+        if self.state.url is None:
+            return self
+        for side in ("old", "new"):
+            if getattr(self.indexes, side).backend == "edge":
+                raise ValueError(
+                    f"indexes.{side}.backend is edge, an embedded shard one process opens: a "
+                    "fleet sharing state.url needs a vector store server every process reaches "
+                    "(qdrant with a url, or chroma)"
                 )
         return self
 

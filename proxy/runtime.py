@@ -5,8 +5,8 @@ index) never pays for the new one."""
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from functools import cached_property
 from typing import Any
 
@@ -18,7 +18,7 @@ from proxy.migration.fitted import load_fit
 from proxy.model import Embedder
 from proxy.search import Coverage, Searcher
 from proxy.sparse import Bm25Encoder
-from proxy.state import StateStore
+from proxy.state import WRITES, StateStore
 from proxy.state.open import open_state
 from proxy.store import VectorStore
 from proxy.store.factory import open_store
@@ -33,13 +33,16 @@ class Runtime:
         # Already-loaded models may be handed in (tests and tools that build several runtimes).
         self._models: dict[str, Embedder] = dict(models or {})
         self._stores: dict[str, VectorStore] = {}
-        # Document writes run one at a time (see proxy/writes.py).
-        self.write_lock = threading.Lock()
         # Written since the last flush (proxy/writes.py flush_writes).
         self.unflushed = False
         self._drift: Every[dict[str, Any]] = Every(
             1.0, lambda: dict(self.state.get("model_drift") or {})
         )
+
+    def writing(self) -> AbstractContextManager[None]:
+        """Document writes run one at a time, in journal order (see proxy/writes.py): in this
+        process, and across the fleet when the state is shared."""
+        return self.state.exclusive(WRITES)
 
     def model_drift(self) -> dict[str, Any]:
         """Models whose canary drifted (proxy/migration/canary.py), per side; read from the

@@ -131,7 +131,7 @@ def upsert_documents(
     texts = [d.text for d in docs]
     vectors = _embed(rt, sides, texts, given)  # no lock held: a slow model holds up this only
     items = [asdict(d) for d in docs]
-    with rt.write_lock:
+    with rt.writing():
         _catch_up(rt)
         now = _live_now(rt, sides)
         batch = rt.journal.begin(UPSERT, items)
@@ -165,7 +165,7 @@ def ingest_both(
 def delete_documents(rt: Runtime, doc_ids: Sequence[str]) -> dict[str, int]:
     """Delete from every live index; returns how many existed, per index."""
     sides = live_sides(rt)
-    with rt.write_lock:
+    with rt.writing():
         _catch_up(rt)
         sides = _live_now(rt, sides)
         existed = {side: len(rt.store(side).retrieve(doc_ids, [])) for side in sides}
@@ -184,7 +184,7 @@ def _live_now(rt: Runtime, sides: Sequence[str]) -> list[str]:
 def _catch_up(rt: Runtime, force: bool = False, unflushed: bool = False) -> int:
     """Apply every batch still in the journal, oldest first; returns how many. One that is not
     due for its retry yet (or fails again) stops here: JournalBehind, nothing later applied.
-    Callers hold `rt.write_lock`."""
+    Callers hold `rt.writing()`."""
     pending = rt.journal.pending(unflushed)
     for b in pending:
         wait = b.next_at - time.time()
@@ -212,7 +212,7 @@ def _catch_up(rt: Runtime, force: bool = False, unflushed: bool = False) -> int:
 def replay_journal(rt: Runtime) -> int:
     """At start-up: apply every batch still in the journal, whatever its backoff, the ones
     applied but perhaps never flushed to disk too; returns how many. Callers hold
-    `rt.write_lock` (or run before serving starts)."""
+    `rt.writing()` (or run before serving starts)."""
     return _catch_up(rt, force=True, unflushed=True)
 
 
@@ -221,7 +221,7 @@ def flush_writes(rt: Runtime) -> int:
     applied before it; returns how many. Blocking; takes the write lock (a batch applied
     during the flush stays in the journal). One flush for many writes: the embedded engine
     holds the GIL while it flushes, so a flush per write stalled every search beside it."""
-    with rt.write_lock:
+    with rt.writing():
         if not rt.unflushed:
             return 0
         rt.unflushed = False
@@ -237,7 +237,7 @@ def retry_journal(rt: Runtime) -> bool:
     status = rt.journal.status()
     if not status["pending"] or (status["next_retry_in_s"] or 0) > 0:
         return not status["pending"]
-    with rt.write_lock:
+    with rt.writing():
         try:
             _catch_up(rt)
         except JournalBehind:
@@ -283,5 +283,7 @@ def _apply(
             raise WritePending(batch, sides[:n], left, _brief(e), retry) from e
     rt.journal.applied(batch)  # cleared by the next flush_writes
     rt.unflushed = True
+    if rt.state.shared:  # other replicas' derived indexes (BM25 sidecars) follow the change
+        rt.state.log_changes([d.doc_id for d in docs] if op == UPSERT else items)
     # Given text (or gone): no longer documents that can't be re-embedded.
     rt.state.forget_unembeddable([d.doc_id for d in docs] if op == UPSERT else items)

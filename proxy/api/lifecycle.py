@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from proxy.adapter import needs_refit
 from proxy.api.services import Services
+from proxy.every import Every
 from proxy.migration.canary import check_canaries
 from proxy.migration.fitted import load_fit
 from proxy.migration.query_map import fit_map, load_map
@@ -33,6 +34,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await asyncio.to_thread(recover_writes, sv)
     checked = asyncio.Event()  # the first canary check is done (or there is none to do)
     tasks = [
+        asyncio.create_task(follow_fleet(sv)),
         asyncio.create_task(reembed_after(checked, sv)),
         asyncio.create_task(sample_history(sv)),
         asyncio.create_task(watch_canaries(sv, checked)),
@@ -53,7 +55,7 @@ def recover_writes(sv: Services) -> None:
     """Finish document writes a crash cut short, before serving (see proxy/journal.py).
     If an index is unreachable now, the next write retries them first."""
     try:
-        with sv.rt.write_lock:
+        with sv.rt.writing():
             n = replay_journal(sv.rt)
         if n:
             log.warning("re-applied %d document write batch(es) left by a crash", n)
@@ -121,9 +123,35 @@ async def sample_history(sv: Services) -> None:
 async def reembed_after(checked: asyncio.Event, sv: Services) -> None:
     """The re-embed worker, once the start-up canary check is done: a model that changed
     while the proxy was down must be caught before the backfill writes its vectors (searches
-    queue their hits meanwhile)."""
+    queue their hits meanwhile). With `migration.in_serve: false`, `crossfade worker`
+    processes re-embed instead (this replica only enqueues)."""
+    if not sv.settings.migration.in_serve:
+        sv.worker.stats.state = "off (crossfade worker re-embeds)"
+        return
     await checked.wait()
     await sv.worker.run()
+
+
+async def follow_fleet(sv: Services) -> None:
+    """With a shared state: take switches made through other replicas or the CLI (the
+    pointer, read every `state.poll_s`), reload a fitted fusion, and say this replica is
+    alive. Alone (SQLite), nobody else switches: nothing to follow."""
+    rt = sv.rt
+    if not rt.state.shared:
+        return
+    every = sv.settings.state.poll_s
+    fits = Every(1.0)
+    while True:
+        await sv.control.follow()
+        if sv.control.state_error is None:
+            with suppress(Exception):  # a beat or a fit missed is retried next round
+                await asyncio.to_thread(rt.state.beat, sv.member, "serve", sv.worker.report())
+                if fits.stale():
+                    fits.put(None)
+                    sv.searcher.fitted = await asyncio.to_thread(
+                        load_fit, rt.state, rt.fingerprints()
+                    )
+        await asyncio.sleep(every)
 
 
 async def watch_canaries(sv: Services, checked: asyncio.Event) -> None:

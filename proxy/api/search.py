@@ -167,7 +167,9 @@ async def serve_search(
     ):
         sv.in_background(shadow_compare(sv, query, [h.doc_id for h in res.hits], flt))
     # New below the cutover's coverage (forced, by a switch or per request) is degraded.
-    degraded = "; ".join(x for x in (plan.degraded, early and f"new index {early}") if x)
+    degraded = "; ".join(
+        x for x in (plan.degraded, early and f"new index {early}", control.stale()) if x
+    )
     return Served(served_mode, generation, res, plan.lists, took, degraded)
 
 
@@ -223,6 +225,7 @@ async def serve_vector(
     took = time.perf_counter() - t0
     sv.metrics.search_latency.labels(mode.value).observe(took)
     enqueue_unmigrated(sv, mode, lists, res)
+    degraded = "; ".join(x for x in (degraded, sv.control.stale()) if x)
     return Served(mode, generation, res, lists, took, degraded, query=path)
 
 

@@ -5,6 +5,8 @@ route needs (`access`), and the full status."""
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
@@ -49,6 +51,8 @@ class Services:
         self.settings: Settings = rt.settings
         self.metrics = Metrics()
         self.worker = Reembedder(rt)
+        # This process in the fleet's heartbeats (proxy/api/lifecycle.py follow_fleet).
+        self.member = f"serve {socket.gethostname()} pid {os.getpid()}"
         self.control = ControlPlane(rt)
         self.key = admin_key(rt.settings)
         self.keys = Keyring(self.key, rt.settings.server)

@@ -4,6 +4,9 @@ rollback) with their audit trail, and the shadow comparison's running figures.""
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,6 +26,21 @@ from proxy.migration.worker import control_state, set_control
 from proxy.routing import Routing, overlap_at_k, rank_biased_overlap, route, routing_dict
 from proxy.runtime import Runtime
 from proxy.search import Searcher
+from proxy.state import CONTROL, StateStore, StateUnavailable
+
+log = logging.getLogger("crossfade")
+
+
+@asynccontextmanager
+async def held(state: StateStore, section: str) -> AsyncIterator[None]:
+    """`state.exclusive(section)` around async work: taken and given back off the event loop
+    (with a shared state it waits on a PostgreSQL advisory lock)."""
+    cm = state.exclusive(section)
+    await asyncio.to_thread(cm.__enter__)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(cm.__exit__, None, None, None)
 
 
 @dataclass
@@ -60,6 +78,54 @@ class ControlPlane:
         self.shadow = ShadowStats()
         self.last_gate: dict[str, Any] | None = None
         self._lock = asyncio.Lock()
+        # Why the shared state can't be read now (None: it can): the replica keeps serving the
+        # generation it knows, marked degraded, and refuses control changes.
+        self.state_error: str | None = None
+
+    def refresh(self) -> bool:
+        """Take the pointer another process of the fleet switched (blocking); whether it
+        changed. Raises StateUnavailable when the state store can't be read."""
+        pointer = self.rt.state.pointer()
+        if pointer is None or pointer.routing == self.routing:
+            return False
+        if pointer.routing.generation < self.routing.generation:
+            return False  # never back to an older view
+        before = self.routing
+        self.rollback_to, self.routing = pointer.rollback_to, pointer.routing
+        log.info("serving pointer switched elsewhere in the fleet: %s", routing_dict(self.routing))
+        return before != self.routing
+
+    async def follow(self) -> None:
+        """One read of the shared pointer (run every `state.poll_s`): on failure, mark the
+        replica stale rather than stop serving."""
+        try:
+            await asyncio.to_thread(self.refresh)
+        except StateUnavailable as e:
+            if self.state_error is None:
+                log.warning(
+                    "state store unreachable, serving generation %d: %s", self.routing.generation, e
+                )
+            self.state_error = str(e)
+            return
+        if self.state_error is not None:
+            log.warning("state store reachable again")
+        self.state_error = None
+
+    def stale(self) -> str | None:
+        """Why an answer must be marked degraded (the fleet's state unreachable), or None."""
+        if self.state_error is None:
+            return None
+        return f"state store unreachable: serving generation {self.routing.generation}"
+
+    @asynccontextmanager
+    async def _changing(self) -> AsyncIterator[None]:
+        """A control change: one at a time in this process (`_lock`) and in the fleet
+        (CONTROL), starting from the pointer as the state store has it now (a switch made
+        through another replica a moment ago is the `before` of this one). The state store
+        unreachable: StateUnavailable, nothing changed."""
+        async with self._lock, held(self.rt.state, CONTROL):
+            await asyncio.to_thread(self.refresh)
+            yield
 
     def route(self, key: str | None, override: Mode | None) -> tuple[Mode, int]:
         r = self.routing  # one read: the request is routed wholly by this snapshot
@@ -73,7 +139,7 @@ class ControlPlane:
         self, target: Routing, action: str, actor: str, gate: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         """A mode or split change: what a rollback would restore stays as it was."""
-        async with self._lock:
+        async with self._changing():
             return await self._switch(target, action, actor, gate, self.rollback_to)
 
     async def _switch(
@@ -87,8 +153,8 @@ class ControlPlane:
         """Move the Qdrant alias (if any), persist the pointer (atomic rename), then swap it in
         memory (one assignment). The alias goes first: it is the step that can fail on a
         network, and failing there changes nothing; if the pointer can't be saved after it,
-        the alias is moved back. Callers hold `_lock`: control operations run one at a time,
-        so a rollback asked for while a cutover is being evaluated waits for it and then
+        the alias is moved back. Callers hold `_changing()`: control operations run one at a
+        time, so a rollback asked for while a cutover is being evaluated waits for it and then
         undoes it."""
         before = self.routing
         new = replace(target, generation=before.generation + 1)
@@ -151,7 +217,7 @@ class ControlPlane:
     ) -> tuple[bool, dict[str, Any]]:
         if data is None and not force:
             return False, {"ok": False, "refused_because": ["no labelled queries to gate on"]}
-        async with self._lock:
+        async with self._changing():
             stuck = (await asyncio.to_thread(self.rt.state.unembeddable))["count"]
             gate = (
                 await evaluate_gate(searcher, data, self.settings.cutover, stuck) if data else None
@@ -169,7 +235,7 @@ class ControlPlane:
 
     async def finish(self, actor: str, now: bool, drop: bool) -> tuple[bool, dict[str, Any]]:
         """End the migration (proxy/migration/finish.py); no rollback after it."""
-        async with self._lock:
+        async with self._changing():
             try:
                 entry = await asyncio.to_thread(
                     finish_migration, self.rt, self.routing, self.audit, actor, now, drop
@@ -183,7 +249,7 @@ class ControlPlane:
     async def rollback(self, actor: str) -> tuple[bool, dict[str, Any]]:
         """Back to the routing that served before the last cutover; (False, why) if there is
         no cutover to undo (never a switch forward)."""
-        async with self._lock:
+        async with self._changing():
             if self.rollback_to is None:
                 return False, {"error": nothing_to_roll_back(self.routing)}
             return True, await self._switch(self.rollback_to, "rollback", actor, None, None)

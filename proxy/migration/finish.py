@@ -66,7 +66,7 @@ def finish_migration(
     why = why_not_finish(routing, audit, rt.settings.migration.finish_guard_s, now, migration)
     if why:
         raise FinishRefused(why)
-    with rt.write_lock:  # no dual write in flight while the old index is retired
+    with rt.writing():  # no dual write in flight while the old index is retired
         old = rt.store("old")
         where = old.location
         rt.state.set("retired", True)

@@ -152,6 +152,7 @@ def start_migration(
     if rt.state.get("placement"):
         state["placement"] = rt.state.get("placement")
     rt.state.set("migration", state)
+    rt.state.reset_reembedded()  # duplicates are counted per migration
     record_canaries(rt)  # hosted models: the vectors a silent model change would alter
     # The strategy decides what serves while the new index fills: lazy = fused + backfill,
     # hits re-embedded as the config's `migration.lazy` says (not persisted, so the config

@@ -45,8 +45,12 @@ def migration_status(
     control = control_state(rt.state, rt.settings.migration)
     state = worker_state(control["paused"], worker)
     # The current rate: a worker that is not running (paused, idle, waiting, absent) re-embeds
-    # nothing now, whatever its last minute's average says.
+    # nothing now, whatever its last minute's average says. A fleet's: every process's.
     rate = worker.stats.rate() if worker and state == "running" else 0.0
+    fleet = rt.state.members() if rt.state.shared else []
+    if fleet:
+        rate = sum(float(m.info.get("rate_docs_per_s") or 0.0) for m in fleet)
+    reembedded = rt.state.reembedded()
     fitted = searcher.fitted if searcher else load_fit(rt.state, rt.fingerprints())
     return {
         "migration": rt.state.get("migration"),
@@ -58,18 +62,16 @@ def migration_status(
         # text or are excluded (`crossfade migrate exclude`).
         "unembeddable": unembeddable,
         "control": control,
-        "worker": None
-        if worker is None
-        else {
-            "running": True,
-            "processed": worker.stats.processed,
-            "skipped": worker.stats.skipped,
-            "batches": worker.stats.batches,
-            "busy": worker.stats.busy,
-            "last_error": worker.stats.last_error,
-            "failed_requests": worker.stats.failed_requests,
-        },
+        "worker": None if worker is None else {"running": True, **worker.report()},
         "worker_state": state,
+        # Processes sharing this migration's state (a fleet), as their heartbeats say.
+        "fleet": [{"name": m.name, "role": m.role, "age_s": m.age_s, **m.info} for m in fleet],
+        # Re-embeds this migration: a document embedded more than once is a duplicate.
+        "reembedded": {
+            "embeddings": reembedded.total,
+            "documents": reembedded.distinct,
+            "duplicates": reembedded.duplicates,
+        },
         "remaining": remaining,
         "rate_docs_per_s": round(rate, 2),
         "eta_s": round(remaining / rate, 1) if rate > 0 and remaining is not None else None,

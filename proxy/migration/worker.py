@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -137,6 +139,20 @@ class Reembedder:
         # A hosted model's requests: several in flight (bounded again inside the adapter).
         self.requests = ThreadPoolExecutor(64, thread_name_prefix="reembed-request")
 
+    def report(self) -> dict[str, Any]:
+        """What this worker says of itself: in the status, and in its fleet heartbeat."""
+        s = self.stats
+        return {
+            "state": s.state,
+            "processed": s.processed,
+            "skipped": s.skipped,
+            "batches": s.batches,
+            "busy": s.busy,
+            "rate_docs_per_s": round(s.rate(), 2) if s.state == "running" else 0.0,
+            "last_error": s.last_error,
+            "failed_requests": s.failed_requests,
+        }
+
     def refill(self) -> int:
         """Enqueue the next documents of the sweep if the queue runs low and backfill may run."""
         ctl = control_state(self.state, self.cfg)
@@ -217,11 +233,12 @@ class Reembedder:
             ]
             # Conditional: refused if the text changed while we embedded, never a stale vector;
             # under the write lock, so that no document write lands between check and write.
-            with self.rt.write_lock:
+            with self.rt.writing():
                 new.upsert(points)
                 self.rt.unflushed = True  # on disk at the next flush_writes
             # Off the queue as soon as written: a later failure in this batch can't redo them.
             self.state.done([d.doc_id for d in chunk])
+            self.state.record_reembedded([d.doc_id for d in chunk])
             if model.hosted:
                 add_spend(self.state, out.tokens)
             written += len(chunk)
@@ -314,3 +331,30 @@ class Reembedder:
                 await asyncio.sleep(self.sleep_after(written, took))
             else:
                 await asyncio.sleep(idle_s)
+
+
+async def work(rt: Runtime, beat_s: float = 1.0) -> None:
+    """`crossfade worker`: re-embed from the fleet's shared queue until cancelled. A hosted
+    new model's canary is checked first (a model that changed under its name must not write
+    a vector); the worker reports itself in the fleet's heartbeats (`crossfade status`)."""
+    from proxy.migration.canary import check_canaries
+
+    worker = Reembedder(rt)
+    name = f"worker {socket.gethostname()} pid {os.getpid()}"
+    if rt.settings.models.new.kind == "openai":
+        log.info("canary: %s", await asyncio.to_thread(check_canaries, rt))
+
+    async def beat() -> None:
+        while True:
+            try:
+                await asyncio.to_thread(rt.state.beat, name, "worker", worker.report())
+            except Exception as e:  # the state store down: the worker's claims fail too
+                log.warning("heartbeat: %s", e)
+            await asyncio.sleep(beat_s)
+
+    beating = asyncio.create_task(beat())
+    try:
+        await worker.run()
+    finally:
+        beating.cancel()
+        worker.executor.shutdown(wait=True)
