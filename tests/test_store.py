@@ -349,7 +349,7 @@ def test_server_backend_mirrors_the_serving_pointer_to_an_alias(
         rt.store(side).create(IndexInfo(dim=DIM, fingerprint=f"{side}@1", sparse=side == "new"))
     plane = ControlPlane(rt)
     new = rt.store("new")
-    asyncio.run(plane.switch(Routing(mode=Mode.OLD), "set mode", "test"))
+    asyncio.run(plane.switch(lambda now: Routing(mode=Mode.OLD), "set mode", "test"))
     assert new.alias_target("docs_v2_serving") == "docs_v1"  # type: ignore[attr-defined]
     asyncio.run(plane.cutover(rt.searcher(), None, True, "test"))
     assert new.alias_target("docs_v2_serving") == "docs_v2"  # type: ignore[attr-defined]

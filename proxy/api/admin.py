@@ -92,9 +92,10 @@ async def set_mode(sv: Svc, body: ModeIn) -> Any:
     why = await refusal(sv, body.mode, body.force)
     if why:
         raise Conflict(why)
-    target = replace(sv.control.routing, mode=body.mode)
     action = "set mode (forced)" if forced(sv, body.mode, body.force) else "set mode"
-    return await sv.control.switch(target, action, body.actor or "admin")
+    return await sv.control.switch(
+        lambda now: replace(now, mode=body.mode), action, body.actor or "admin"
+    )
 
 
 @router.post("/admin/split", responses=WRITE)
@@ -103,14 +104,15 @@ async def set_split(sv: Svc, body: SplitIn) -> Any:
         why = await refusal(sv, body.mode, body.force)
         if why:
             raise Conflict(why)
-    target = replace(
-        sv.control.routing,
-        split_mode=body.mode,
-        split_percent=body.percent if body.mode else 0.0,
-    )
     split_mode = body.mode if body.percent > 0 else None
     action = "set split (forced)" if forced(sv, split_mode, body.force) else "set split"
-    return await sv.control.switch(target, action, body.actor or "admin")
+    return await sv.control.switch(
+        lambda now: replace(
+            now, split_mode=body.mode, split_percent=body.percent if body.mode else 0.0
+        ),
+        action,
+        body.actor or "admin",
+    )
 
 
 @router.post("/admin/cutover", responses=WRITE)

@@ -32,6 +32,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await sv.searcher.coverage.refresh()
     await sv.health.check()  # logs any index it cannot reach; serving starts regardless
     await asyncio.to_thread(recover_writes, sv)
+    if rt.state.shared:  # BM25 sidecars: built if missing, caught up with the fleet's writes
+        await asyncio.to_thread(sv.sidecars.catch_up)
     checked = asyncio.Event()  # the first canary check is done (or there is none to do)
     tasks = [
         asyncio.create_task(follow_fleet(sv)),
@@ -144,6 +146,10 @@ async def follow_fleet(sv: Services) -> None:
     while True:
         await sv.control.follow()
         if sv.control.state_error is None:
+            try:
+                await asyncio.to_thread(sv.sidecars.catch_up)
+            except Exception as e:  # an index down: the log keeps the ids, tried next round
+                log.warning("BM25 sidecar catch-up: %s", e)
             with suppress(Exception):  # a beat or a fit missed is retried next round
                 await asyncio.to_thread(rt.state.beat, sv.member, "serve", sv.worker.report())
                 if fits.stale():

@@ -21,6 +21,7 @@ from proxy.migration.control import ControlPlane, available_actions
 from proxy.migration.finish import retired
 from proxy.migration.history import History
 from proxy.migration.query_map import map_status
+from proxy.migration.sidecars import SidecarFollower
 from proxy.migration.status import migration_status
 from proxy.migration.worker import Reembedder, control_state
 from proxy.remembered import RememberedTexts
@@ -53,6 +54,7 @@ class Services:
         self.worker = Reembedder(rt)
         # This process in the fleet's heartbeats (proxy/api/lifecycle.py follow_fleet).
         self.member = f"serve {socket.gethostname()} pid {os.getpid()}"
+        self.sidecars = SidecarFollower(rt)
         self.control = ControlPlane(rt)
         self.key = admin_key(rt.settings)
         self.keys = Keyring(self.key, rt.settings.server)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -136,11 +136,17 @@ class ControlPlane:
         return {r.mode} | ({r.split_mode} if r.split_mode and r.split_percent > 0 else set())
 
     async def switch(
-        self, target: Routing, action: str, actor: str, gate: dict[str, Any] | None = None
+        self,
+        change: Callable[[Routing], Routing],
+        action: str,
+        actor: str,
+        gate: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """A mode or split change: what a rollback would restore stays as it was."""
+        """A mode or split change, applied to the pointer as it is now (after any switch made
+        elsewhere in the fleet: a stale view never undoes it); what a rollback would restore
+        stays as it was."""
         async with self._changing():
-            return await self._switch(target, action, actor, gate, self.rollback_to)
+            return await self._switch(change(self.routing), action, actor, gate, self.rollback_to)
 
     async def _switch(
         self,
@@ -218,6 +224,9 @@ class ControlPlane:
         if data is None and not force:
             return False, {"ok": False, "refused_because": ["no labelled queries to gate on"]}
         async with self._changing():
+            done = why_no_cutover(self.routing)  # cut over elsewhere in the fleet meanwhile
+            if done:
+                return False, {"ok": False, "refused_because": [done]}
             stuck = (await asyncio.to_thread(self.rt.state.unembeddable))["count"]
             gate = (
                 await evaluate_gate(searcher, data, self.settings.cutover, stuck) if data else None

@@ -68,3 +68,49 @@ def sidecar_problems(report: dict[str, dict[str, Any]]) -> list[str]:
                 f"sidecar, e.g. {r['ids'][:3]}: `crossfade verify --repair` rewrites them"
             )
     return problems
+
+
+class SidecarFollower:
+    """A fleet replica's BM25 sidecars follow every document write, wherever it was made.
+
+    A sidecar is this process's own data (under its data_dir), derived from the collection;
+    another replica's writes reach the collection, not it. So every write names its documents
+    in the shared state's change log (proxy/writes.py), and each replica rewrites those
+    records of its sidecars from the collection (`repair_bm25`, idempotent: its own writes come
+    back too, harmlessly). A replica whose sidecar is missing or whose position is unknown (a
+    new replica, another data_dir) notes where the log stands, rebuilds the sidecar from the
+    collection, then follows from the noted position: a write made during the rebuild is
+    either in the collection it scanned or in the log after that position."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    def stores(self) -> list[VectorStore]:
+        out = []
+        for side in SIDES:
+            store = self.rt.store(side)
+            if store.info() is not None and store.bm25_sidecar:
+                out.append(store)
+        return out
+
+    def catch_up(self) -> int:
+        """Rebuild where needed, then apply the log; how many documents were rewritten
+        (blocking)."""
+        state, document = self.rt.state, self.rt.bm25.document
+        n = 0
+        for store in self.stores():
+            at = store.sidecar_position()
+            if at is None:
+                head = state.changes_since(0, limit=0).seq
+                n += store.repair_bm25(document)
+                store.set_sidecar_position(head)
+                at = head
+            while True:
+                changes = state.changes_since(at)
+                if changes.doc_ids:
+                    n += store.repair_bm25(document, changes.doc_ids)
+                if changes.seq == at:
+                    break
+                store.set_sidecar_position(changes.seq)
+                at = changes.seq
+        return n

@@ -177,8 +177,10 @@ def verify(rt: Runtime, sample: int = 64, repair: bool = False) -> dict[str, Any
     (proxy/migration/sidecars.py); `repair` rewrites where they differ, or rebuilds it."""
     import numpy as np
 
-    from proxy.migration.sidecars import check_sidecars, sidecar_problems
+    from proxy.migration.sidecars import SidecarFollower, check_sidecars, sidecar_problems
 
+    if rt.state.shared:  # a fleet: this process's sidecars, caught up as a replica's would be
+        SidecarFollower(rt).catch_up()
     sidecars = check_sidecars(rt, repair)
     new = rt.store("new")
     info = new.info()

@@ -204,6 +204,14 @@ class VectorStore(Protocol):
         (`document`: the BM25 encoder), or with None rebuild it whole; the ids written."""
         raise NotImplementedError(f"index {self.name!r} keeps no BM25 sidecar")
 
+    def sidecar_position(self) -> int | None:
+        """With `bm25_sidecar`: the fleet's change-log sequence this sidecar has caught up to
+        (None: unknown, e.g. built before it followed a log: rebuild it)."""
+        raise NotImplementedError(f"index {self.name!r} keeps no BM25 sidecar")
+
+    def set_sidecar_position(self, seq: int) -> None:
+        raise NotImplementedError(f"index {self.name!r} keeps no BM25 sidecar")
+
     def set_alias(self, alias: str, collection: str) -> None:
         """Point `alias` at `collection` in one request (with `aliases`)."""
         raise NotImplementedError(f"index {self.name!r} has no aliases")

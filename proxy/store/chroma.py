@@ -112,6 +112,7 @@ from proxy.store import (
     check_fingerprints,
     fingerprint_counts,
     public_url,
+    write_json_atomic,
 )
 from proxy.store.edge import META_FILE, EdgeStore
 
@@ -637,6 +638,21 @@ class ChromaStore(FirstContact, VectorStore):
             return str(e)
         return None
 
+    def sidecar_position(self) -> int | None:
+        mark = self._position_file()
+        if mark is None or not mark.exists() or self.sidecar_missing() is not None:
+            return None
+        return int(json.loads(mark.read_text())["seq"])
+
+    def set_sidecar_position(self, seq: int) -> None:
+        mark = self._position_file()
+        assert mark is not None, "no data_dir given for the BM25 sidecar"
+        write_json_atomic(mark, {"seq": seq})
+
+    def _position_file(self) -> Path | None:
+        """Inside the sidecar's directory: a rebuild (renamed over it) starts without one."""
+        return None if self._bm25_dir is None else self._bm25_dir / "fleet-position.json"
+
     def repair_bm25(
         self, document: Callable[[str], Sparse], doc_ids: Iterable[str] | None = None
     ) -> int:
@@ -842,7 +858,9 @@ class ChromaStore(FirstContact, VectorStore):
         # one write per doc id: the last (Chroma refuses an id twice in one request)
         plain = list({p.doc_id: p for p in points if p.if_text_sha256 is None}.values())
         redo = [p for p in points if p.if_text_sha256 is not None and p.dense is not None]
-        side = self._sidecar()  # (raises before anything is written where it is missing)
+        # (raises before anything is written where it is missing); a re-embed keeps its text
+        # and so its BM25 vector: a fleet's worker, which keeps no sidecar, writes re-embeds
+        side = self._sidecar() if plain else None
         with self._guard(), self._lock:
             for chunk in _chunks(plain, self._max_batch()):
                 self._write(col, chunk, info.dim)
