@@ -16,8 +16,16 @@ class Every(Generic[T]):
     it with `compute` when stale; a caller with its own way of computing it (off the event
     loop, under a lock) asks `stale` and gives the value to `put`."""
 
-    def __init__(self, seconds: float, compute: Callable[[], T] | None = None) -> None:
-        self.seconds, self.compute = seconds, compute
+    def __init__(
+        self,
+        seconds: float,
+        compute: Callable[[], T] | None = None,
+        hold_on: tuple[type[BaseException], ...] = (),
+    ) -> None:
+        """`hold_on`: errors of `compute` on which `get` keeps the last value (tried again
+        after `seconds`), e.g. a shared state store that went away; before any value, they
+        are raised."""
+        self.seconds, self.compute, self.hold_on = seconds, compute, hold_on
         self.at, self.value = float("-inf"), None
 
     def stale(self) -> bool:
@@ -30,7 +38,12 @@ class Every(Generic[T]):
     def get(self) -> T:
         if self.stale():
             assert self.compute is not None
-            return self.put(self.compute())
+            try:
+                return self.put(self.compute())
+            except self.hold_on:
+                if self.at == float("-inf"):
+                    raise
+                return self.put(self.value)  # type: ignore[arg-type]
         return self.value  # type: ignore[return-value]
 
     def clear(self) -> None:

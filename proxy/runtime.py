@@ -18,7 +18,7 @@ from proxy.migration.fitted import load_fit
 from proxy.model import Embedder
 from proxy.search import Coverage, Searcher
 from proxy.sparse import Bm25Encoder
-from proxy.state import WRITES, StateStore
+from proxy.state import WRITES, StateStore, StateUnavailable
 from proxy.state.open import open_state
 from proxy.store import VectorStore
 from proxy.store.factory import open_store
@@ -36,7 +36,7 @@ class Runtime:
         # Written since the last flush (proxy/writes.py flush_writes).
         self.unflushed = False
         self._drift: Every[dict[str, Any]] = Every(
-            1.0, lambda: dict(self.state.get("model_drift") or {})
+            1.0, lambda: dict(self.state.get("model_drift") or {}), hold_on=(StateUnavailable,)
         )
 
     def writing(self) -> AbstractContextManager[None]:

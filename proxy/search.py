@@ -25,6 +25,7 @@ import numpy as np
 from proxy.adapter import fuse_vector
 from proxy.config import FusionConfig, Mode
 from proxy.embedding import QueryEmbedder
+from proxy.errors import Unavailable
 from proxy.every import Every
 from proxy.filters import Filter
 from proxy.fusion import Fused, FusionParams, Profile, fuse, params_for
@@ -95,7 +96,7 @@ class Coverage:
                 self.total = self.store.count() + self.outside()
                 self.migrated = self.store.count(dense_only=True)
                 self.value = self.migrated / self.total if self.total else 0.0
-        except IndexUnavailable as e:  # keep the last count; try again after refresh_s
+        except Unavailable as e:  # an index or the state store: keep the last count
             log.debug("coverage not recounted: %s", e)
         return self._counted.put(self.value)
 

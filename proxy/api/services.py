@@ -29,6 +29,7 @@ from proxy.routing import routing_dict
 from proxy.runtime import Runtime
 from proxy.search import Searcher
 from proxy.security import Access, Keyring, admin_key, presented_key
+from proxy.state import StateUnavailable
 
 ADMIN_REFUSED = "admin endpoints need the admin key ('Authorization: Bearer <admin key>')"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -71,8 +72,15 @@ class Services:
         # The old -> new query map (proxy/migration/query_map.py), swapped whole when refitted.
         self.query_map: QueryMap | None = None
         self._searcher: Searcher | None = None
-        self._lazy = Every(1.0, lambda: control_state(rt.state, rt.settings.migration)["lazy"])
-        self.retired = Every(1.0, lambda: retired(rt))  # cleared by a finish in this process
+        # Switches read from the state store, held through its outage (the replica serves on
+        # what it knew, marked degraded: proxy/migration/control.py).
+        self._lazy = Every(
+            1.0,
+            lambda: control_state(rt.state, rt.settings.migration)["lazy"],
+            hold_on=(StateUnavailable,),
+        )
+        # cleared by a finish in this process
+        self.retired = Every(1.0, lambda: retired(rt), hold_on=(StateUnavailable,))
         self._figures: Every[dict[str, Any]] = Every(rt.settings.server.metrics_cache_s)
         self._figures_lock = asyncio.Lock()
 

@@ -294,6 +294,7 @@ class Reembedder:
             if control_state(self.state, self.cfg)["paused"]:
                 # The rate after a resume is measured afresh, not averaged over the pause.
                 self.stats.events.clear()
+                self.stats.state = "paused"
                 await asyncio.sleep(idle_s)
                 continue
             t0 = time.monotonic()
