@@ -14,7 +14,7 @@ from proxy.config import ModelConfig
 from proxy.embedding import load_embedder
 from proxy.model import Embedder
 from proxy.runtime import Runtime
-from tests.helpers import MPNET, MPNET_PATH, CachedDocuments, demo_settings
+from tests.helpers import MPNET, MPNET_PATH, CachedDocuments, demo_settings, start_postgres
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +68,29 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     server = Chroma(tmp_path_factory.mktemp("chroma") / "data").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL 16 for the session (pgserver's binaries, a dev dependency), on a Unix
+    socket under a temp dir: yields its URI (`postgresql://postgres:@/postgres?host=DIR`)."""
+    server = start_postgres(tmp_path_factory.mktemp("postgres") / "data")
+    yield server.get_uri()
+    server.cleanup()
+
+
+@pytest.fixture
+def pg_url(postgres: str) -> str:
+    """A database of its own for one test, on the session's PostgreSQL: its URI."""
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex}"
+    with psycopg.connect(postgres, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    assert "/postgres?" in postgres  # pgserver: postgresql://postgres:@/postgres?host=DIR
+    return postgres.replace("/postgres?", f"/{name}?", 1)
 
 
 @pytest.fixture
