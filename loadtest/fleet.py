@@ -311,8 +311,12 @@ class Clients:
         edit: tuple[str, str] | None,
     ) -> None:
         headers = {"Authorization": f"Bearer {WRITER}"}
+        last = "no replica alive"
         for attempt in range(4):
             urls = self.urls()
+            if not urls:
+                time.sleep(0.5)
+                continue
             url = urls[(pick + attempt) % len(urls)]
             t0 = time.perf_counter()
             try:

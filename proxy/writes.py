@@ -212,8 +212,11 @@ def _catch_up(rt: Runtime, force: bool = False, unflushed: bool = False) -> int:
 def replay_journal(rt: Runtime) -> int:
     """At start-up: apply every batch still in the journal, whatever its backoff, the ones
     applied but perhaps never flushed to disk too; returns how many. Callers hold
-    `rt.writing()` (or run before serving starts)."""
-    return _catch_up(rt, force=True, unflushed=True)
+    `rt.writing()` (or run before serving starts). A fleet's journal is shared, and its
+    indexes are servers that keep what they acknowledged: only the batches not applied yet
+    (a process died mid-batch, or an index refused it) are replayed, not every other
+    replica's recent writes (each would be embedded again)."""
+    return _catch_up(rt, force=True, unflushed=not rt.state.shared)
 
 
 def flush_writes(rt: Runtime) -> int:

@@ -47,6 +47,7 @@ def test_a_fleet_migrates_as_one(
     fleet = Fleet(tmp_path, pg_url, chroma_server.url, infinity.url, {"max_docs_per_s": 15}, name)
     docs = corpus(DOCS)
     fleet.setup(docs)
+    clients: Clients | None = None
     try:
         a, b, c = (fleet.add("serve").start() for _ in range(3))
 
@@ -74,20 +75,20 @@ def test_a_fleet_migrates_as_one(
         backfill(b.url, "resume")
         wait_until(lambda: reembedded(a.url) >= 60, 120, "backfill under way")
         backfill(a.url, "pause")
-        time.sleep(1.5)  # the batch in flight when the pause landed
-        held = reembedded(c.url)
-        time.sleep(3)
-        assert reembedded(b.url) == held, "a worker kept re-embedding after the pause"
-        # Each worker says so in its heartbeat, seen through B.
-        workers_say = wait_until(
+        # Each worker finishes the batch in flight (its requests are billed: written, not
+        # thrown away), then says it is paused in its heartbeat, seen through B ...
+        wait_until(
             lambda: (
                 [m["state"] for m in status(b.url)["fleet"] if m["role"] == "worker"]
                 == ["paused", "paused"]
             ),
-            5,
+            60,
             "both workers report paused",
         )
-        assert workers_say
+        # ... and re-embeds nothing more.
+        held = reembedded(c.url)
+        time.sleep(3)
+        assert reembedded(b.url) == held, "a worker kept re-embedding after the pause"
         backfill(c.url, "resume")
         wait_until(lambda: reembedded(a.url) >= DOCS * 0.3, 180, "30% re-embedded")
         workers[1].kill9()
@@ -146,4 +147,6 @@ def test_a_fleet_migrates_as_one(
         print(f"fleet: spend {tokens} tokens, one pass {everything}, duplicates {dup}")
         assert untouched <= tokens <= everything * 1.02
     finally:
+        if clients is not None:
+            clients.stop()
         fleet.stop()

@@ -74,19 +74,30 @@ def where(url: str) -> str:
 class _Db:
     """The pool, every failure to reach the server raised as StateUnavailable."""
 
+    # After a failure, calls fail at once for this long rather than each waiting out the
+    # connect timeout: a replica serving through an outage stalls on it once a second, not on
+    # every read of a switch.
+    RETRY_S = 1.0
+
     def __init__(self, pool: ConnectionPool, where: str) -> None:
         self.pool, self.where = pool, where
+        self._down: tuple[float, str] | None = None  # (retry after, why)
 
     def unreachable(self, e: Exception) -> StateUnavailable:
         return StateUnavailable(f"state store {self.where} unreachable: {e}")
 
     @contextmanager
     def conn(self) -> Iterator[psycopg.Connection[Any]]:
+        down = self._down
+        if down is not None and time.monotonic() < down[0]:
+            raise StateUnavailable(f"state store {self.where} unreachable: {down[1]}")
         try:
             with self.pool.connection() as conn:
                 yield conn
         except (psycopg.OperationalError, PoolTimeout) as e:
+            self._down = (time.monotonic() + self.RETRY_S, str(e))
             raise self.unreachable(e) from e
+        self._down = None
 
     @contextmanager
     def tx(self) -> Iterator[psycopg.Connection[Any]]:
