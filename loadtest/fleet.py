@@ -82,6 +82,13 @@ def corpus(n: int) -> list[dict[str, str]]:
     return [{"id": d.doc_id, "text": d.text} for d in docs[:n]]
 
 
+def own_env() -> dict[str, str]:
+    """This environment without CROSSFADE_* settings (they beat a config file's): a fleet
+    member's settings are its YAML, whoever starts it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CROSSFADE_")}
+    return {**env, "HF_HUB_OFFLINE": "1"}
+
+
 @dataclass
 class Member:
     """One `crossfade serve` or `crossfade worker` child process."""
@@ -98,7 +105,7 @@ class Member:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait: bool = True, timeout: float = 180) -> Member:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+        env = {**own_env(), "PYTHONUNBUFFERED": "1"}
         with self.log.open("ab") as fh:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "proxy.cli", "--config", str(self.config), self.command],
@@ -181,7 +188,9 @@ class Fleet:
                 for side in ("old", "new")
             },
             "state": {"url": self.state_url, "poll_s": 0.25},
-            "migration": {"in_serve": False, "lease_s": 5.0, "batch_size": 16, **self.migration},
+            # A lease outlives a batch (a loaded box's too): one that ran out mid-batch would
+            # hand its documents to another worker, embedded twice.
+            "migration": {"in_serve": False, "lease_s": 20.0, "batch_size": 16, **self.migration},
             "server": {
                 "host": "127.0.0.1",
                 "port": port or 8000,
@@ -204,7 +213,7 @@ class Fleet:
             text=True,
             timeout=timeout,
             cwd=ROOT,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            env=own_env(),
         )
         if out.returncode != 0:
             raise RuntimeError(f"crossfade {' '.join(args)}: {out.stderr[-3000:]}")
