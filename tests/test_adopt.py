@@ -30,6 +30,7 @@ from proxy.document import Doc
 from proxy.migration.start import start_migration
 from proxy.model import Embedder
 from proxy.runtime import Runtime
+from proxy.state.sqlite import SqliteState
 from tests.helpers import ROOT, RW, LiveServer, demo_settings, wait_for_full_coverage
 
 pytestmark = pytest.mark.slow
@@ -367,6 +368,9 @@ def test_wrong_old_model_refused_naming_the_similarity(
     finally:
         client.close()
     assert not (tmp_path / "data" / "bindings").exists()
+    state = SqliteState(tmp_path / "data")  # no binding recorded either
+    assert state.get("binding:qdrant:docs:") is state.get("binding:qdrant:docs_new:") is None
+    state.close()
 
 
 def test_bilingual_collection_reported_with_how_much(
