@@ -78,7 +78,9 @@ class Runtime:
     def store(self, side: str) -> VectorStore:
         if side not in self._stores:
             # The new index may have been placed by `migrate start` (--into, --in-place).
-            self._stores[side] = open_store(self.settings, side, self.state.get("placement"))
+            # Bindings of adopted collections and edited texts: records of the shared state.
+            placement = self.state.get("placement")
+            self._stores[side] = open_store(self.settings, side, placement, self.state)
         return self._stores[side]
 
     @cached_property

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import shutil
+import sqlite3
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,10 @@ from proxy.document import Doc
 from proxy.migration.start import start_migration
 from proxy.model import Embedder
 from proxy.runtime import Runtime
+from proxy.state.sqlite import SqliteState
+from proxy.store import IndexInfo
+from proxy.store.adopted import BINDINGS, EDITED
+from proxy.writes import upsert_documents
 from tests.helpers import ROOT, RW, LiveServer, demo_settings, wait_for_full_coverage
 
 pytestmark = pytest.mark.slow
@@ -367,6 +372,9 @@ def test_wrong_old_model_refused_naming_the_similarity(
     finally:
         client.close()
     assert not (tmp_path / "data" / "bindings").exists()
+    state = SqliteState(tmp_path / "data")  # no binding recorded either
+    assert state.get("binding:qdrant:docs:") is state.get("binding:qdrant:docs_new:") is None
+    state.close()
 
 
 def test_bilingual_collection_reported_with_how_much(
@@ -424,3 +432,91 @@ def test_collection_without_text_needs_a_text_source(
     assert out["seeded"] == 1 and out["adopted"]["text"] == f"from {texts}"
     assert main(["--config", str(cfg), "status"]) == 0
     assert "CANNOT BE RE-EMBEDDED" not in capsys.readouterr().out
+
+
+def text_source_settings(tmp: Path, db: Path, texts: Path):  # type: ignore[no-untyped-def]
+    """A plain collection without stored text (texts from `texts`), new index beside it."""
+    adopt = {"text_field": None, "metadata_field": None, "text_source": str(texts)}
+    url = f"local:{db}"
+    return settings_for(
+        tmp,
+        {"backend": "qdrant", "url": url, "collection": "articles", "vector": "embedding",
+         "adopt": adopt},
+        {"backend": "qdrant", "url": url, "collection": "articles_new"},
+    )  # fmt: skip
+
+
+def texts_file(path: Path, docs: Sequence[Doc]) -> Path:
+    lines = [json.dumps({"id": i, "text": d.text}) + "\n" for i, d in enumerate(docs)]
+    path.write_text("".join(lines))
+    return path
+
+
+def test_replicas_share_bindings_and_edited_texts_through_the_state(
+    tmp_path: Path, models: dict[str, Embedder]
+) -> None:
+    """Two processes of a fleet, each with its own data_dir, one migration state: what one
+    binds and the texts edited through it, the other sees (none of it in a data_dir)."""
+    docs = corpus(16)
+    db = tmp_path / "qdrant"
+    plain_collection(db, docs, models["new"], text=False)
+    texts = texts_file(tmp_path / "texts.jsonl", docs)
+    rt1 = Runtime(text_source_settings(tmp_path / "a", db, texts), swapped(models))
+    rt2 = Runtime(text_source_settings(tmp_path / "b", db, texts), swapped(models))
+    rt2.__dict__["state"] = rt1.state  # (as a shared PostgreSQL state would be)
+    try:
+        assert start_migration(rt1, progress=False, into="articles_new")["seeded"] == len(docs)
+        for side in ("old", "new"):
+            bound = rt1.store(side).info()
+            assert bound is not None and rt2.store(side).info() == bound
+        assert rt1.state.get("binding:qdrant:articles:embedding")["dim"] == 384
+        edit = Doc("3", "Edited through one replica: for loops.", {"topic": "edited"})
+        assert upsert_documents(rt1, [edit]) == ["old", "new"]
+        assert rt2.store("old").retrieve(["3"])["3"]["text"] == edit.text
+        assert rt2.store("old").retrieve(["4"])["4"]["text"] == docs[4].text  # from the file
+        for data in (tmp_path / "a" / "data", tmp_path / "b" / "data"):
+            assert not (data / "bindings").exists() and not (data / EDITED).exists()
+    finally:
+        rt2.__dict__.pop("state")  # closed once, by its owner
+        rt2.close()
+        rt1.close()
+
+
+def test_a_binding_and_edited_texts_of_an_earlier_version_are_imported_once(
+    tmp_path: Path, models: dict[str, Embedder]
+) -> None:
+    """An existing deployment keeps its adoption: the binding file and `edited-texts.sqlite`
+    under data_dir become records of the state; the files are left as they were, and a record
+    deleted since (a drop, a document deleted) is not imported again."""
+    docs = corpus(8)
+    db = tmp_path / "qdrant"
+    plain_collection(db, docs, models["new"], text=False)
+    settings = text_source_settings(tmp_path, db, texts_file(tmp_path / "texts.jsonl", docs))
+    data = tmp_path / "data"
+    info = IndexInfo(dim=384, fingerprint=models["new"].fingerprint.id, sparse=False)
+    legacy = data / BINDINGS / "articles.embedding.json"
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text(json.dumps(info.__dict__))
+    edited = sqlite3.connect(data / EDITED)
+    edited.execute("CREATE TABLE edited (id TEXT PRIMARY KEY, text TEXT NOT NULL)")
+    kept = "An edit kept by the earlier version."
+    edited.execute("INSERT INTO edited VALUES ('2', ?)", (kept,))
+    edited.commit()
+    edited.close()
+    files = {p: p.read_bytes() for p in (legacy, data / EDITED)}
+
+    rt = Runtime(settings, swapped(models))
+    try:
+        assert rt.store("old").info() == info
+        assert rt.state.get("binding:qdrant:articles:embedding") == info.__dict__
+        assert rt.store("old").retrieve(["2"])["2"]["text"] == kept
+        assert rt.state.get("edited:2") == kept
+        # forgotten since: the files, still there, are not imported again
+        rt.state.delete("binding:qdrant:articles:embedding")
+        rt.state.delete("edited:2")
+        rt.close_stores()
+        assert rt.store("old").info() is None
+        assert rt.store("old").retrieve(["2"])["2"]["text"] == docs[2].text
+    finally:
+        rt.close()
+    assert {p: p.read_bytes() for p in files} == files

@@ -117,7 +117,11 @@ def test_adopt_a_chroma_app_collection_and_migrate_beside(
         # the app's collection untouched: records, and no binding in its metadata
         assert everything(client.get_collection(old_name)) == before
         assert client.get_collection(old_name).metadata is None
-        assert (tmp_path / "data" / "bindings" / "chroma").is_dir()
+        # the bindings: records of the migration state (shared by a fleet), none in a file
+        scope = "default_tenant/default_database"
+        assert rt.state.get(f"binding:chroma:{scope}:{new_name}")["dim"] == 768
+        assert rt.state.get(f"binding:chroma:{scope}:{old_name}")["dim"] == 384
+        assert not (tmp_path / "data" / "bindings").exists()
 
         # crossfade's reads: the app's ids, text and metadata keys only
         d = docs[3]
@@ -217,6 +221,9 @@ def test_refused_before_anything_is_written(
         try:
             with pytest.raises(AdoptionRefused) as refused:
                 start_migration(rt, progress=False, into=f"{name}-new")
+            scope = "default_tenant/default_database"
+            assert rt.state.get(f"binding:chroma:{scope}:{name}") is None
+            assert rt.state.get(f"binding:chroma:{scope}:{name}-new") is None
         finally:
             rt.close()
         assert all(w in str(refused.value) for w in words), str(refused.value)

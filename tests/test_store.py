@@ -567,6 +567,7 @@ def test_chroma_server_stopped_mid_use_is_index_unavailable(tmp_path: Path) -> N
 
 def test_the_factory_opens_chroma(tmp_path: Path) -> None:
     from proxy.config import load_settings
+    from proxy.state.sqlite import SqliteState
     from proxy.store.factory import open_store
     from tests.helpers import ROOT
 
@@ -578,7 +579,8 @@ def test_the_factory_opens_chroma(tmp_path: Path) -> None:
             "new": {"backend": "chroma", "url": f"local:{tmp_path / 'c'}", "collection": "docs_v2"},
         },
     )
-    old, new = open_store(settings, "old"), open_store(settings, "new")
+    state = SqliteState(tmp_path)
+    old, new = open_store(settings, "old", None, state), open_store(settings, "new", None, state)
     assert isinstance(old, ChromaStore) and old.location.startswith("chroma collection 'docs_v1'")
     assert (old.remote, old.sparse, old.aliases, old.named_vectors, old.in_place) == (
         True,
@@ -589,3 +591,4 @@ def test_the_factory_opens_chroma(tmp_path: Path) -> None:
     )
     old.close()
     new.close()
+    state.close()

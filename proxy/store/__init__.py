@@ -107,6 +107,53 @@ class IndexInfo:
     sparse: bool
 
 
+class Records(Protocol):
+    """Durable JSON records by key, shared by every process of a fleet: the migration state's
+    (proxy/state's StateStore satisfies this structurally; the store layer never imports it).
+    What an adapter must keep beyond its index, and every replica must see, lives here: the
+    bindings of adopted collections, texts edited through the proxy."""
+
+    def get(self, key: str, default: Any = None) -> Any: ...
+
+    def set(self, key: str, value: Any) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+class Binding:
+    """An adopted collection's binding (IndexInfo) as the record `key` of the migration state,
+    never in the user's collection. `legacy`: where an earlier version kept it, a file under
+    one process's data_dir/bindings."""
+
+    def __init__(self, records: Records, key: str, legacy: Path) -> None:
+        self.records, self.key, self.legacy = records, key, legacy
+
+    def read(self) -> IndexInfo | None:
+        value = self.records.get(self.key)
+        if value is None:
+            value = self._import_legacy()
+        return IndexInfo(**value) if value is not None else None
+
+    def write(self, info: IndexInfo) -> None:
+        self.records.set(self.key, dict(info.__dict__))
+
+    def forget(self) -> None:
+        self.records.delete(self.key)
+
+    def _import_legacy(self) -> dict[str, Any] | None:
+        """A binding file of an earlier version, imported into the records once (so an existing
+        deployment keeps its adoption). The file is left alone: nothing writes or deletes it
+        any more, and the import is recorded (`imported:<path>`), so a drop that deletes the
+        record later is not undone by importing the file again."""
+        mark = f"imported:{self.legacy.resolve()}"
+        if not self.legacy.exists() or self.records.get(mark):
+            return None
+        value: dict[str, Any] = json.loads(self.legacy.read_text())
+        self.records.set(self.key, value)  # (then the mark: a crash between re-imports, no loss)
+        self.records.set(mark, True)
+        return value
+
+
 class VectorStore(Protocol):
     """What the proxy needs from an index. Adapters subclass it explicitly, so that the
     capability members below have their defaults: a backend that lacks a capability leaves

@@ -12,8 +12,9 @@ The new index takes one of Qdrant's two migration shapes:
   collection; "in the new index" = holds the sparse vector, "migrated" = holds the new vector.
 
 Neither carries crossfade's bookkeeping payload (fingerprint, text hash): the binding (model
-fingerprint, dimension) lives in a file under the data directory, text hashes are computed
-from the stored text, and conditional writes compare the stored text itself.
+fingerprint, dimension) lives in the migration state (a record, shared by a fleet), never in
+the user's collection; text hashes are computed from the stored text, and conditional writes
+compare the stored text itself.
 """
 
 from __future__ import annotations
@@ -34,16 +35,18 @@ from proxy.document import text_sha256
 from proxy.errors import Invalid
 from proxy.store import (
     AdoptionRefused,
+    Binding,
     IndexInfo,
     PointWrite,
+    Records,
     bound_fingerprints,
     check_fingerprints,
 )
-from proxy.store import write_json_atomic as _write_json
 from proxy.store.server import ServerStore
 from proxy.store.texts import EditedTexts, TextSource
 
-BINDINGS = "bindings"
+BINDINGS = "bindings"  # where an earlier version kept bindings, under data_dir (imported)
+EDITED = "edited-texts.sqlite"  # where an earlier version kept edited texts (imported)
 
 
 class InvalidDocId(Invalid, ValueError):
@@ -173,21 +176,30 @@ class AdoptedStore(ServerStore):
     named_vectors = True  # Qdrant >= 1.18 adds a named vector to a live collection
 
     def __init__(
-        self, name: str, cfg: IndexConfig, layout: Layout, bindings: Path, in_place: bool
+        self,
+        name: str,
+        cfg: IndexConfig,
+        layout: Layout,
+        records: Records,
+        legacy: Path,
+        in_place: bool,
     ) -> None:
+        """`records`: the migration state's, where the binding lives; `legacy`: the directory
+        of an earlier version's binding files (data_dir/bindings)."""
         self.layout = layout
         self.in_place = in_place
-        vector = cfg.vector or "_unnamed"
-        self.binding = bindings / f"{cfg.collection}.{vector}.json"
+        self.binding = Binding(
+            records,
+            f"binding:qdrant:{cfg.collection}:{cfg.vector or ''}",
+            legacy / f"{cfg.collection}.{cfg.vector or '_unnamed'}.json",
+        )
         super().__init__(name, cfg)
 
-    # --- binding: a file of ours, never the user's collection -------------------------
+    # --- binding: a record of the migration state, never the user's collection --------
     def _read_binding(self) -> IndexInfo | None:
         with self._guard():
             exists = self.client.collection_exists(self.collection)
-        if exists and self.binding.exists():
-            return IndexInfo(**json.loads(self.binding.read_text()))
-        return None
+        return self.binding.read() if exists else None
 
     @property
     def location(self) -> str:
@@ -235,7 +247,7 @@ class AdoptedStore(ServerStore):
 
     def bind(self, info: IndexInfo) -> None:
         """Adopt the collection as it is: record which model its vectors come from."""
-        _write_json(self.binding, dict(info.__dict__))
+        self.binding.write(info)
         self._info, self._loaded = info, True
 
     def create(self, info: IndexInfo) -> None:
@@ -466,18 +478,16 @@ class AdoptedStore(ServerStore):
                     self.client.delete_vector_name(self.collection, self.sparse_vector)
             elif self.client.collection_exists(self.collection):
                 self.client.delete_collection(self.collection)
-        self.binding.unlink(missing_ok=True)
+        self.binding.forget()
         self._info = None
 
 
-@functools.lru_cache(maxsize=4)
-def _edited(path: str) -> EditedTexts:
-    return EditedTexts(Path(path))
-
-
-def edited_texts(settings: Settings, texts: TextSource | None) -> EditedTexts | None:
-    """Where edits through the proxy to documents whose texts come from a file are kept."""
-    return _edited(str(settings.data_path("edited-texts.sqlite"))) if texts else None
+def edited_texts(
+    settings: Settings, texts: TextSource | None, records: Records
+) -> EditedTexts | None:
+    """Where edits through the proxy to documents whose texts come from a file are kept: the
+    migration state's records (an earlier version's file under data_dir imported once)."""
+    return EditedTexts(records, settings.data_path(EDITED)) if texts else None
 
 
 @functools.lru_cache(maxsize=4)
@@ -517,7 +527,10 @@ def is_in_place(old: IndexConfig, new: IndexConfig) -> bool:
     return new.backend == "qdrant" and new.url == old.url and new.collection == old.collection
 
 
-def open_adopted(settings: Settings, which: str, placement: dict[str, Any] | None) -> Any:
+def open_adopted(
+    settings: Settings, which: str, placement: dict[str, Any] | None, records: Records
+) -> Any:
+    """`records`: the migration state's, where bindings and edited texts live."""
     old_cfg = settings.indexes.old
     adopt = old_cfg.adopt
     assert adopt is not None
@@ -528,12 +541,12 @@ def open_adopted(settings: Settings, which: str, placement: dict[str, Any] | Non
             f"in place, the new vector needs another name than the old one ({old_cfg.vector!r})"
         )
     texts = load_texts(settings)
-    edited = edited_texts(settings, texts)
+    edited = edited_texts(settings, texts, records)
     node_json = adopt.text_format == "llama-index"
     layout = Layout(adopt.text_field, adopt.metadata_field, texts, edited, node_json)
-    bindings = settings.data_path(BINDINGS)
+    legacy = settings.data_path(BINDINGS)
     if which == "old":
-        return AdoptedStore("old", old_cfg, layout, bindings, shared)
+        return AdoptedStore("old", old_cfg, layout, records, legacy, shared)
     if new_cfg.backend == "edge":
         from proxy.store.edge import EdgeStore
 
@@ -541,4 +554,4 @@ def open_adopted(settings: Settings, which: str, placement: dict[str, Any] | Non
     if not shared:
         # Beside: the application will read this collection, so it stores the text too.
         layout = replace(layout, text_field=layout.text_field or "text", texts=None)
-    return AdoptedStore("new", new_cfg, layout, bindings, shared)
+    return AdoptedStore("new", new_cfg, layout, records, legacy, shared)

@@ -7,10 +7,10 @@ filter on `metadata.topic` addresses the key `topic`; its embedding is the app m
 vector. crossfade writes the adopted collection only to dual-write document updates, in this
 layout: the document, the app's metadata, the old model's vector; never a key of its own.
 A collection without documents takes its texts from `indexes.old.adopt.text_source` (edits
-through the proxy kept in `edited-texts.sqlite`, as for Qdrant).
+through the proxy kept as records of the migration state, as for Qdrant).
 
-The binding (IndexInfo) is a file of crossfade's under `data_dir/bindings/chroma/`, never the
-app's collection metadata; the text hash is computed from the document. The adoption checks
+The binding (IndexInfo) lives in the migration state (a record, shared by a fleet), never in
+the app's collection metadata; the text hash is computed from the document. The adoption checks
 read the collection's persisted embedding function (proxy/store/chroma_ef.py) against
 models.old, then re-embed a random sample of documents (proxy/migration/adoption.py).
 
@@ -37,7 +37,6 @@ match records without the key, as Qdrant's must_not does.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -52,12 +51,13 @@ from proxy.document import text_sha256
 from proxy.errors import BadRequest
 from proxy.store import (
     AdoptionRefused,
+    Binding,
     IndexInfo,
     PointWrite,
+    Records,
     bound_fingerprints,
     check_fingerprints,
 )
-from proxy.store import write_json_atomic as _write_json
 from proxy.store.chroma import COSINE, ChromaStore, Keys, UnsupportedFilter, Where, chroma_path
 from proxy.store.chroma_ef import Persisted, check_persisted
 from proxy.store.texts import EditedTexts, TextSource
@@ -119,8 +119,10 @@ def check_flat(docs: Sequence[tuple[str, dict[str, Any]]]) -> None:
 
 
 class AdoptedChromaStore(ChromaStore):
-    """`texts`/`edited`: the old collection's texts where it stores none; `function`: the
-    embedding-function configuration the new collection is created with."""
+    """`records`: the migration state's, where the binding lives (`legacy`: the directory of
+    an earlier version's binding files, data_dir/bindings); `texts`/`edited`: the old
+    collection's texts where it stores none; `function`: the embedding-function
+    configuration the new collection is created with."""
 
     adopted = True
     KEYS = AppKeys()
@@ -134,24 +136,27 @@ class AdoptedChromaStore(ChromaStore):
         self,
         name: str,
         cfg: IndexConfig,
-        bindings: Path,
+        records: Records,
+        legacy: Path,
         bm25_dir: Path | None = None,
         texts: TextSource | None = None,
         edited: EditedTexts | None = None,
         function: Persisted | None = None,
     ) -> None:
         scope = f"{cfg.tenant or 'default_tenant'}/{cfg.database or 'default_database'}"
-        self.binding = bindings / "chroma" / scope / f"{cfg.collection}.json"
+        self.binding = Binding(
+            records,
+            f"binding:chroma:{scope}:{cfg.collection}",
+            legacy / "chroma" / scope / f"{cfg.collection}.json",
+        )
         self.texts = texts
         self._edited = edited
         self._function = function
         super().__init__(name, cfg, bm25_dir)
 
-    # --- binding: a file of ours, never the app's collection metadata ------------------
+    # --- binding: a record of the migration state, never the app's collection metadata --
     def _binding_of(self, col: Collection) -> IndexInfo | None:
-        if not self.binding.exists():
-            return None
-        return IndexInfo(**json.loads(self.binding.read_text()))
+        return self.binding.read()
 
     def _collection(self) -> Collection | None:
         with self._guard():
@@ -174,7 +179,7 @@ class AdoptedChromaStore(ChromaStore):
         return "as the records' documents", any(d for d in docs)
 
     def bind(self, info: IndexInfo) -> None:
-        _write_json(self.binding, dict(info.__dict__))
+        self.binding.write(info)
         self._load_info()
 
     def create(self, info: IndexInfo) -> None:
@@ -203,7 +208,7 @@ class AdoptedChromaStore(ChromaStore):
 
     def drop(self) -> None:
         super().drop()
-        self.binding.unlink(missing_ok=True)
+        self.binding.forget()
 
     # --- records in the app's layout ---------------------------------------------------
     def _text(self, doc_id: str, document: str | None) -> str | None:
@@ -340,21 +345,26 @@ class AdoptedChromaStore(ChromaStore):
 
 
 def open_adopted_chroma(
-    settings: Settings, which: str, placement: dict[str, Any] | None, bm25_dir: Any
+    settings: Settings,
+    which: str,
+    placement: dict[str, Any] | None,
+    bm25_dir: Any,
+    records: Records,
 ) -> AdoptedChromaStore | None:
     """The adopted old collection, or the new one `--into` placed beside it (None: no
-    placement, the config's indexes.new as it is). `bm25_dir(cfg)`: the sidecar's directory."""
+    placement, the config's indexes.new as it is). `bm25_dir(cfg)`: the sidecar's directory;
+    `records`: the migration state's, where bindings and edited texts live."""
     from proxy.store.adopted import BINDINGS, edited_texts, load_texts
     from proxy.store.chroma_ef import function_for
 
     old = settings.indexes.old
-    bindings = settings.data_path(BINDINGS)
+    legacy = settings.data_path(BINDINGS)
     if which == "old":
         texts = load_texts(settings)
-        edited = edited_texts(settings, texts)
-        return AdoptedChromaStore("old", old, bindings, texts=texts, edited=edited)
+        edited = edited_texts(settings, texts, records)
+        return AdoptedChromaStore("old", old, records, legacy, texts=texts, edited=edited)
     if not placement:
         return None
     cfg = old.model_copy(update={"collection": placement["collection"], "adopt": None})
     function = function_for(settings.models.new)
-    return AdoptedChromaStore("new", cfg, bindings, bm25_dir(cfg), function=function)
+    return AdoptedChromaStore("new", cfg, records, legacy, bm25_dir(cfg), function=function)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.config import IndexConfig, Settings
-from proxy.store import VectorStore
+from proxy.store import Records, VectorStore
 
 
 def chroma_bm25_dir(settings: Settings, cfg: IndexConfig) -> Path:
@@ -34,24 +34,25 @@ def is_edge_in_place(settings: Settings, placement: dict[str, Any] | None) -> bo
 
 
 def open_store(
-    settings: Settings, which: str, placement: dict[str, Any] | None = None
+    settings: Settings, which: str, placement: dict[str, Any] | None, records: Records
 ) -> VectorStore:
     """`placement`: where `migrate start --into/--in-place` put the new index (an adopted
-    collection's, or in place in the old index's edge shard)."""
+    collection's, or in place in the old index's edge shard); `records`: the migration
+    state's, where an adopted collection's binding and edited texts live (shared by a fleet)."""
     cfg: IndexConfig = getattr(settings.indexes, which)
     old = settings.indexes.old
     if old.adopt is not None and old.backend == "chroma":
         from proxy.store.chroma_adopted import open_adopted_chroma
 
         adopted = open_adopted_chroma(
-            settings, which, placement, partial(chroma_bm25_dir, settings)
+            settings, which, placement, partial(chroma_bm25_dir, settings), records
         )
         if adopted is not None:
             return adopted
     elif old.adopt is not None:
         from proxy.store.adopted import open_adopted
 
-        return open_adopted(settings, which, placement)  # type: ignore[no-any-return]
+        return open_adopted(settings, which, placement, records)  # type: ignore[no-any-return]
     if which == "new" and is_edge_in_place(settings, placement):
         from proxy.store.edge import EdgeStore
 

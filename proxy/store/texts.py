@@ -5,7 +5,8 @@ one line of the file. A line that is not a valid {id, text} gives its document n
 by `problem`, counted and listed by the migration, never a build refused whole).
 
 Edits made through the proxy to such a collection's documents can't go into the file: their
-texts are kept in `EditedTexts`, which lookups read first."""
+texts are kept in `EditedTexts` (records of the migration state, shared by a fleet), which
+lookups read first."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import orjson
 
 from proxy.document import CorpusError, parse_doc
-from proxy.sqlite import durable_sqlite
+from proxy.store import Records
 
 _BATCH = 10_000
 
@@ -149,33 +150,45 @@ def _id_of(line: bytes) -> str | None:
 
 
 class EditedTexts:
-    """Texts written through the proxy for documents whose texts come from a file: kept
-    (SQLite under the data directory, durable) and read before the file, so an edit is
-    neither lost nor re-embedded from the file's older text."""
+    """Texts written through the proxy for documents whose texts come from a file: kept as
+    records of the migration state (`edited:<doc id>`: durable, and shared by a fleet, so
+    every replica reads an edit made through another) and read before the file, so an edit is
+    neither lost nor re-embedded from the file's older text. `legacy`: the SQLite file of an
+    earlier version (`edited-texts.sqlite` under one process's data_dir), imported once."""
 
-    def __init__(self, path: Path) -> None:
-        self._db = durable_sqlite(
-            path, "CREATE TABLE IF NOT EXISTS edited (id TEXT PRIMARY KEY, text TEXT NOT NULL)"
-        )
-        self._lock = threading.Lock()
+    PREFIX = "edited:"
+
+    def __init__(self, records: Records, legacy: Path | None = None) -> None:
+        self._records = records
+        if legacy is not None:
+            self._import_legacy(legacy)
 
     def get(self, doc_id: str) -> str | None:
-        with self._lock:
-            row = self._db.execute("SELECT text FROM edited WHERE id = ?", (doc_id,)).fetchone()
-        return str(row[0]) if row else None
+        text = self._records.get(self.PREFIX + doc_id)
+        return None if text is None else str(text)
 
     def put(self, texts: Sequence[tuple[str, str]]) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(
-                "INSERT INTO edited VALUES (?, ?)"
-                " ON CONFLICT(id) DO UPDATE SET text = excluded.text",
-                list(texts),
-            )
-            self._db.execute("COMMIT")
+        for doc_id, text in texts:
+            self._records.set(self.PREFIX + doc_id, text)
 
     def forget(self, doc_ids: Sequence[str]) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("DELETE FROM edited WHERE id = ?", [(d,) for d in doc_ids])
-            self._db.execute("COMMIT")
+        for doc_id in doc_ids:
+            self._records.delete(self.PREFIX + doc_id)
+
+    def _import_legacy(self, path: Path) -> None:
+        """Its texts, where the records hold none for the document (an edit made since
+        wins), and the import recorded (`imported:<path>`) so a text forgotten since is not
+        brought back. The file is left alone (read, never written or deleted)."""
+        mark = f"imported:{path.resolve()}"
+        if not path.exists() or self._records.get(mark):
+            return
+        # (opened read-write: a WAL left by a killed process is recovered, not refused)
+        db = sqlite3.connect(path)
+        try:
+            rows = db.execute("SELECT id, text FROM edited").fetchall()
+        finally:
+            db.close()
+        for doc_id, text in rows:
+            if self.get(doc_id) is None:
+                self._records.set(self.PREFIX + doc_id, text)
+        self._records.set(mark, True)
