@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 # Material for MkDocs prints a banner about its future at every build; the build is offline.
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install infinity mpnet run test lint bench eval eval-runtimes replay cutover-load soak hosted chaos bench-writes bench-remembered docs clean
+.PHONY: install infinity mpnet run test lint bench eval eval-runtimes replay cutover-load soak hosted chaos bench-writes bench-remembered fleet docs clean
 
 install: $(STAMP)
 
@@ -106,6 +106,12 @@ hosted: install infinity
 # within 2x of before (~6 min).
 chaos: install infinity
 	$(PY) loadtest/chaos.py --seconds 240
+
+# A fleet on this box (PostgreSQL, Chroma, Infinity, crossfade serve/worker processes, all on
+# 127.0.0.1): backfill docs/s with 1 and 2 workers, fused p99 over 16 clients with 1 and 3
+# replicas, as ratios in one run (~6 min).
+fleet: install infinity
+	$(PY) -m loadtest.fleet --docs 1000 --seconds 20
 
 # /search p99 with 40 slow writes queued (the hosted model holds each 5 s) against without
 # them, in one run; exit 1 above 1.5x (~3 min).

@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 
 from loadtest.harness import free_port
-from loadtest.servers import Chroma, Infinity, hosted_model
+from loadtest.servers import Chroma, Infinity, hosted_model, start_postgres
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN = "fleet-admin-key"
@@ -47,10 +47,8 @@ class Postgres:
         self.server: Any = None
 
     def start(self) -> Postgres:
-        import pgserver
-
         self.path.mkdir(parents=True, exist_ok=True)
-        self.server = pgserver.get_server(self.path, cleanup_mode="stop")
+        self.server = start_postgres(self.path)
         return self
 
     @property

@@ -319,3 +319,15 @@ class FaultProxy:
     def embedded_texts(self) -> Counter[str]:
         """How many times each text came back embedded (200) through the proxy."""
         return Counter(t for batch in self.served for t in batch)
+
+
+def start_postgres(pgdata: Path) -> Any:
+    """A PostgreSQL 16 server on a Unix socket in `pgdata` (pgserver's binaries; as root it
+    runs as a `pgserver` user it creates); `.get_uri()`, `.cleanup()` stops it."""
+    import warnings
+
+    with warnings.catch_warnings():  # no XDG_RUNTIME_DIR here: pgserver falls back to /tmp
+        warnings.filterwarnings("ignore", "XDG_RUNTIME_DIR", UserWarning)
+        import pgserver
+
+        return pgserver.get_server(pgdata, cleanup_mode="stop")

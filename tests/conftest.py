@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
+from loadtest.servers import start_postgres
 from proxy.config import ModelConfig
 from proxy.embedding import load_embedder
 from proxy.model import Embedder
 from proxy.runtime import Runtime
-from tests.helpers import MPNET, MPNET_PATH, CachedDocuments, demo_settings, start_postgres
+from tests.helpers import MPNET, MPNET_PATH, CachedDocuments, demo_settings
 
 
 @pytest.fixture(scope="session")

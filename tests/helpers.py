@@ -269,15 +269,3 @@ def hosted_settings(data_dir: Path, base_url: str, **new: Any) -> Settings:
 
 
 # -- PostgreSQL: a real server the tests start (pgserver) -------------------------------------
-
-
-def start_postgres(pgdata: Path) -> Any:
-    """A PostgreSQL 16 server on a Unix socket in `pgdata` (pgserver's binaries; as root it
-    runs as a `pgserver` user it creates); `.get_uri()`, `.cleanup()` stops it."""
-    import warnings
-
-    with warnings.catch_warnings():  # no XDG_RUNTIME_DIR here: pgserver falls back to /tmp
-        warnings.filterwarnings("ignore", "XDG_RUNTIME_DIR", UserWarning)
-        import pgserver
-
-    return pgserver.get_server(pgdata, cleanup_mode="stop")

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
+from loadtest.servers import start_postgres
 from proxy.routing import Mode, Routing
 from proxy.state import BACKFILL, HIT, WRITES, Pointer, StateStore, StateUnavailable
 from proxy.state.postgres import PostgresState, where
 from proxy.state.sqlite import SqliteState
-from tests.helpers import start_postgres
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
