@@ -209,6 +209,9 @@ def test_concurrent_writes_of_one_document_through_two_replicas_agree(
         t.join()
     assert not failures, failures
     assert len(acks) == 2 * rounds
+    # The writes did race: some write through A was in flight while one through B was.
+    through = {n: [x for x in acks if x[2].startswith(f"written through {n}")] for n in "AB"}
+    assert any(x[0] < y[1] and y[0] < x[1] for x in through["A"] for y in through["B"])
 
     texts = {
         (name, side): r.rt.store(side).retrieve([doc], ["text"])[doc]["text"]
