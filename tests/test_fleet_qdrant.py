@@ -12,9 +12,11 @@ each replica keeps store objects of its own, as a process would, over one shared
 What it shows: a cutover through one replica moves the alias and the others serve its
 generation within 2 s; a rollback through another moves it back and the first follows; a
 replica that has not polled yet starts its control change from the pointer as another replica
-left it (it never moves the alias back or undoes a cutover it has not seen); writes of one
-document through two replicas at once leave both indexes with the same text, the last one
-acknowledged.
+left it (it never moves the alias back or undoes a cutover it has not seen); writes of the
+same documents through two replicas at once leave both indexes with the same texts, from the
+last batch acknowledged. (In one process, with local mode's one lock, batches rarely
+interleave even without the fleet's write lock: the writes test shows the property holds, it
+is not a sensitive detector of that lock missing; tests/test_fleet.py races real processes.)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +43,17 @@ from proxy.runtime import Runtime
 from tests.helpers import RW, LiveServer, demo_settings, wait_for
 
 N = 24
+BATCH = 16  # documents both replicas write in each round
+ROUNDS = 15
 KEY = "test-admin-key"
 ADMIN = {"Authorization": f"Bearer {KEY}"}
+
+
+@dataclass
+class Ack:
+    sent: float
+    acked: float
+    tag: str
 
 
 @dataclass
@@ -169,62 +181,59 @@ def test_a_stale_replica_never_undoes_a_switch_it_has_not_seen(
     assert alias(b) == old
 
 
-def test_concurrent_writes_of_one_document_through_two_replicas_agree(
+def test_concurrent_writes_of_the_same_documents_through_two_replicas_agree(
     fleet: Callable[[float], Replica],
 ) -> None:
-    """Writes through A and B at once, one document, many rounds: the write section (a
-    PostgreSQL advisory lock) applies one batch at a time in journal order, so both indexes
-    end with the same text: one that was acknowledged, and none that a later write (sent
-    after it was acknowledged) replaced."""
+    """Round after round, A and B write the same documents at once (one batch each). The
+    write section (a PostgreSQL advisory lock, each replica its own PostgresState) applies
+    one batch at a time, to both indexes, in journal order; so after every round both indexes
+    hold the same texts, all from one acknowledged batch, and never from a batch that a later
+    one (sent after it was acknowledged) replaced. Checked after each round, not only at the
+    end: a round whose batches interleaved (old index A then B, new index B then A) would show
+    there, and a later round would paper over it."""
     a, b = fleet(0.2), fleet(0.2)
-    doc = python_reference()[0].doc_id
-    rounds = 12
-    acks: list[tuple[float, float, str]] = []  # (sent, acknowledged, text)
-    lock = threading.Lock()
-    failures: list[str] = []
-    start = threading.Barrier(2)
+    ids = [d.doc_id for d in python_reference()[:BATCH]]
+    old, new = a.rt.store("old"), a.rt.store("new")
+    overlapped = 0
 
-    def writer(r: Replica, name: str) -> None:
-        with httpx.Client(timeout=60) as client:
-            start.wait()
-            for i in range(rounds):
-                text = f"written through {name}, round {i}: an edit of the document"
-                sent = time.monotonic()
-                res = client.put(
-                    r.url + "/documents",
-                    headers=RW,
-                    json={"documents": [{"id": doc, "text": text}]},
-                )
-                done = time.monotonic()
-                if res.status_code != 200:
-                    failures.append(f"{name} {i}: {res.status_code} {res.text}")
-                    continue
-                with lock:
-                    acks.append((sent, done, text))
+    def write(client: httpx.Client, r: Replica, tag: str, go: threading.Barrier) -> Ack:
+        docs = [{"id": d, "text": f"{tag}: an edit of document {d}"} for d in ids]
+        go.wait()
+        sent = time.monotonic()
+        res = client.put(r.url + "/documents", headers=RW, json={"documents": docs})
+        assert res.status_code == 200, res.text
+        return Ack(sent, time.monotonic(), tag)
 
-    threads = [threading.Thread(target=writer, args=(r, n)) for r, n in ((a, "A"), (b, "B"))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not failures, failures
-    assert len(acks) == 2 * rounds
-    # The writes did race: some write through A was in flight while one through B was.
-    through = {n: [x for x in acks if x[2].startswith(f"written through {n}")] for n in "AB"}
-    assert any(x[0] < y[1] and y[0] < x[1] for x in through["A"] for y in through["B"])
-
-    texts = {
-        (name, side): r.rt.store(side).retrieve([doc], ["text"])[doc]["text"]
-        for r, name in ((a, "A"), (b, "B"))
-        for side in ("old", "new")
-    }
-    assert len(set(texts.values())) == 1, texts
-    final = texts["A", "old"]
-    # The writes no later write follows in real time (none sent after it was acknowledged):
-    # the last applied is one of them. Two threads: at most one from each.
-    last = [x for x in acks if not any(y[0] > x[1] for y in acks)]
-    assert final in {x[2] for x in last}, (final, last)
-    # Both replicas' readers see it: a search with the text (fused: both indexes) finds it.
+    with (
+        httpx.Client(timeout=60) as to_a,
+        httpx.Client(timeout=60) as to_b,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        for i in range(ROUNDS):
+            go = threading.Barrier(2)
+            acks = [
+                f.result()
+                for f in [
+                    pool.submit(write, to_a, a, f"A{i}", go),
+                    pool.submit(write, to_b, b, f"B{i}", go),
+                ]
+            ]
+            texts = {
+                side: {d: v["text"] for d, v in s.retrieve(ids, ["text"]).items()}
+                for side, s in (("old", old), ("new", new))
+            }
+            assert texts["old"] == texts["new"], (i, texts)
+            tags = {t.split(":")[0] for t in texts["old"].values()}
+            assert len(tags) == 1, (i, tags)  # one batch, whole, last in both indexes
+            # The batches no other follows in real time (none sent after it was
+            # acknowledged): the last applied is one of them.
+            last = {x.tag for x in acks if not any(y.sent > x.acked for y in acks)}
+            assert tags <= last, (i, tags, acks)
+            x, y = acks
+            overlapped += x.sent < y.acked and y.sent < x.acked
+    assert overlapped >= ROUNDS // 2  # the writes did race, in most rounds
+    # Both replicas' searches find the last text (fused: both indexes).
+    final = texts["old"][ids[0]]
     for r in (a, b):
         hits = httpx.post(r.url + "/search", json={"query": final, "k": 1}).json()["results"]
-        assert hits[0]["doc_id"] == doc
+        assert hits[0]["doc_id"] == ids[0]
