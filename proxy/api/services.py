@@ -5,6 +5,7 @@ route needs (`access`), and the full status."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from proxy.search import Searcher
 from proxy.security import Access, Keyring, admin_key, presented_key
 from proxy.state import StateUnavailable
 
+log = logging.getLogger("crossfade")
 ADMIN_REFUSED = "admin endpoints need the admin key ('Authorization: Bearer <admin key>')"
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -108,7 +110,19 @@ class Services:
         """Work that must not delay the response (enqueueing hits, shadow comparisons)."""
         t = asyncio.create_task(coro)
         self.background.add(t)
-        t.add_done_callback(self.background.discard)
+        t.add_done_callback(self._background_done)
+
+    def _background_done(self, t: asyncio.Task[Any]) -> None:
+        """Forget a finished background task, its failure retrieved and logged here: left
+        unretrieved, asyncio logged "Task exception was never retrieved" with a traceback for
+        every search while the state store was down (each search's enqueue of its hits
+        failed). Hits not enqueued cost time, never data: the backfill's sweep finds them."""
+        self.background.discard(t)
+        if t.cancelled() or t.exception() is None:
+            return
+        e = t.exception()
+        level = logging.DEBUG if isinstance(e, StateUnavailable) else logging.WARNING
+        log.log(level, "background work after a request failed: %s", e)
 
     async def full_status(self) -> dict[str, Any]:
         out = await asyncio.to_thread(migration_status, self.rt, self.worker, self.searcher)
