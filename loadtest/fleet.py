@@ -364,16 +364,6 @@ def generation_of(url: str) -> int:
     return int(r.headers["X-Crossfade-Generation"])
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 @contextmanager
 def servers(root: Path) -> Iterator[tuple[Postgres, Chroma, Infinity]]:
     """PostgreSQL, Chroma and Infinity for a fleet under `root`, stopped at the end."""

@@ -194,3 +194,15 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 180) ->
             raise RuntimeError(f"{url} exited during start")
         time.sleep(0.3)
     raise RuntimeError(f"{url} not ready")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """`predicate`'s first truthy value within `timeout` seconds (asked every `interval`);
+    AssertionError naming `what` after it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")

@@ -90,6 +90,39 @@ class Journal(Protocol):
     def close(self) -> None: ...
 
 
+def batch_of(row: Sequence[Any], body: list[Any], rest: dict[str, Any] | None) -> Batch:
+    """A journal row (batch, op, _, begun_at, attempts, next_at, error, _) as a Batch, its
+    body and its rest (sides left and their vectors) already decoded."""
+    b, op, _, begun, attempts, next_at, error, _ = row
+    left = rest or {}
+    return Batch(
+        int(b),
+        str(op),
+        body,
+        float(begun),
+        int(attempts),
+        float(next_at),
+        error,
+        left.get("sides"),
+        left.get("vectors"),
+    )
+
+
+def status_of(now: float, figures: Sequence[Any], last: Sequence[Any] | None) -> dict[str, Any]:
+    """`Journal.status` from (count, retrying, oldest begun_at, max attempts, next retry) of
+    the batches not yet applied, and (batch, error) of the first failing one."""
+    n, retrying, oldest, attempts, next_at = figures
+    return {
+        "pending": int(n),
+        "retrying": int(retrying or 0),
+        "oldest_age_s": round(now - oldest, 1) if n else 0.0,
+        "max_attempts": int(attempts or 0),
+        "next_retry_in_s": round(max(0.0, next_at - now), 1) if retrying else None,
+        "failing_batch": int(last[0]) if last else None,
+        "last_error": last[1] if last else None,
+    }
+
+
 def backoff(base_s: float, max_s: float, attempts: int) -> float:
     """Seconds before the next try of a batch that failed `attempts` times."""
     return min(max_s, base_s * 2 ** (attempts - 1))
@@ -182,30 +215,14 @@ class WriteJournal:
                 + ("" if unflushed else " WHERE applied = 0")
                 + " ORDER BY batch"
             ).fetchall()
-        out = []
-        for b, op, body, begun, attempts, next_at, error, rest in rows:
-            left = json.loads(rest) if rest else {}
-            out.append(
-                Batch(
-                    int(b),
-                    str(op),
-                    json.loads(body),
-                    float(begun),
-                    int(attempts),
-                    float(next_at),
-                    error,
-                    left.get("sides"),
-                    left.get("vectors"),
-                )
-            )
-        return out
+        return [batch_of(r, json.loads(r[2]), json.loads(r[7]) if r[7] else None) for r in rows]
 
     def status(self, now: float | None = None) -> dict[str, Any]:
         """For `GET /migration`, `crossfade status` and /metrics: what is not yet in every
         index, and how its retries go."""
         now = time.time() if now is None else now
         with self._lock:
-            n, retrying, oldest, attempts, next_at = self._db.execute(
+            figures = self._db.execute(
                 "SELECT count(*), sum(attempts > 0), min(begun_at), max(attempts), min(next_at)"
                 " FROM pending WHERE applied = 0"
             ).fetchone()
@@ -213,15 +230,7 @@ class WriteJournal:
                 "SELECT batch, error FROM pending WHERE applied = 0 AND error IS NOT NULL"
                 " ORDER BY batch LIMIT 1"
             ).fetchone()
-        return {
-            "pending": int(n),
-            "retrying": int(retrying or 0),
-            "oldest_age_s": round(now - oldest, 1) if n else 0.0,
-            "max_attempts": int(attempts or 0),
-            "next_retry_in_s": round(max(0.0, next_at - now), 1) if retrying else None,
-            "failing_batch": int(last[0]) if last else None,
-            "last_error": last[1] if last else None,
-        }
+        return status_of(now, figures, last)
 
     def close(self) -> None:
         with self._lock:

@@ -22,7 +22,7 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from loadtest.harness import free_port  # noqa: E402
+from loadtest.harness import free_port, wait_for  # noqa: E402
 from proxy.config import Settings, load_settings, resolve_path  # noqa: E402
 from proxy.embedding import default_model_cache  # noqa: E402
 from proxy.model import Embedded, Embedder  # noqa: E402
@@ -164,16 +164,6 @@ def drain(worker: object, max_steps: int = 200) -> int:
             return total
         total += n
     raise AssertionError("worker did not finish")
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def wait_for_full_coverage(url: str, timeout: float = 300) -> None:

@@ -28,8 +28,8 @@ from loadtest.fleet import (
     corpus,
     generation_of,
     status,
-    wait_until,
 )
+from loadtest.harness import wait_for
 
 DOCS = 600
 CLIENTS = 16
@@ -61,11 +61,11 @@ def test_a_fleet_migrates_as_one(
         admin(a.url, "POST", "/admin/split", {"mode": "shadow", "percent": 10, "actor": "t"})
         t0 = time.monotonic()
         for r in (b, c):
-            wait_until(lambda r=r: generation_of(r.url) == gen + 1, 2.0, f"{r.name} split")
+            wait_for(lambda r=r: generation_of(r.url) == gen + 1, 2.0, f"{r.name} split")
             assert status(r.url)["routing"]["split_percent"] == 10
         seen_in = time.monotonic() - t0
         admin(b.url, "POST", "/admin/split", {"mode": None, "percent": 0, "actor": "t"})
-        wait_until(lambda: generation_of(c.url) == gen + 2, 2.0, "split cleared on C")
+        wait_for(lambda: generation_of(c.url) == gen + 2, 2.0, "split cleared on C")
         assert seen_in < 2.0
 
         # -- load, backfill, a pause through A, kill -9 of a worker and a replica ----------
@@ -73,11 +73,11 @@ def test_a_fleet_migrates_as_one(
         queries = [d["text"][:60] for d in docs[100::25]]
         clients = Clients(lambda: [m.url for m in fleet.replicas()], queries, owned).start()
         backfill(b.url, "resume")
-        wait_until(lambda: reembedded(a.url) >= 60, 120, "backfill under way")
+        wait_for(lambda: reembedded(a.url) >= 60, 120, "backfill under way")
         backfill(a.url, "pause")
         # Each worker finishes the batch in flight (its requests are billed: written, not
         # thrown away), then says it is paused in its heartbeat, seen through B ...
-        wait_until(
+        wait_for(
             lambda: (
                 [m["state"] for m in status(b.url)["fleet"] if m["role"] == "worker"]
                 == ["paused", "paused"]
@@ -90,18 +90,18 @@ def test_a_fleet_migrates_as_one(
         time.sleep(3)
         assert reembedded(b.url) == held, "a worker kept re-embedding after the pause"
         backfill(c.url, "resume")
-        wait_until(lambda: reembedded(a.url) >= DOCS * 0.3, 180, "30% re-embedded")
+        wait_for(lambda: reembedded(a.url) >= DOCS * 0.3, 180, "30% re-embedded")
         workers[1].kill9()
         c.kill9()
         c.start()  # restarted on its data dir: its sidecar catches up with the fleet's writes
-        cov = wait_until(
+        cov = wait_for(
             lambda: (
                 status(a.url)["indexes"]["new"]["coverage"] == 1.0
                 and status(a.url)["queue"]["total"] == 0
             ),
             300,
             "backfill to 100% with one worker left",
-            every=1,
+            interval=1,
         )
         assert cov
 
@@ -112,7 +112,7 @@ def test_a_fleet_migrates_as_one(
         assert out["audit"]["to"]["generation"] == before + 1
         lag = {}
         for r in (b, c):
-            wait_until(lambda r=r: generation_of(r.url) == before + 1, 2.0, f"{r.name} cutover")
+            wait_for(lambda r=r: generation_of(r.url) == before + 1, 2.0, f"{r.name} cutover")
             lag[r.name] = time.monotonic() - switched
         time.sleep(3)
         clients.stop()
@@ -122,7 +122,7 @@ def test_a_fleet_migrates_as_one(
         print(f"fleet: {clients.requests} requests, {clients.failovers} failovers, lag {lag}")
 
         # -- nothing lost, verify clean, one pass ----------------------------------------------
-        wait_until(lambda: status(a.url)["write_journal"]["pending"] == 0, 60, "journal drained")
+        wait_for(lambda: status(a.url)["write_journal"]["pending"] == 0, 60, "journal drained")
         final = status(b.url)
         assert final["routing"]["mode"] == "new"
         verified = fleet.cli("verify")

@@ -17,6 +17,7 @@ from proxy.migration.canary import check_canaries
 from proxy.migration.fitted import load_fit
 from proxy.migration.query_map import fit_map, load_map
 from proxy.security import redact_access_log
+from proxy.state import StateUnavailable
 from proxy.writes import flush_writes, replay_journal, retry_journal
 
 log = logging.getLogger("crossfade")
@@ -72,6 +73,8 @@ async def retry_writes(sv: Services, every_s: float = 1.0) -> None:
     while True:
         try:
             await loop.run_in_executor(sv.rt.write_pool, retry_journal, sv.rt)
+        except StateUnavailable as e:  # said once by the pointer's follower, not every second
+            log.debug("write journal retry: %s", e)
         except Exception as e:  # an index still down: logged, tried again after the backoff
             log.warning("write journal retry: %s", e)
         await asyncio.sleep(every_s)

@@ -26,7 +26,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from proxy.journal import Batch, backoff
+from proxy.journal import Batch, backoff, batch_of, status_of
 from proxy.routing import parse_routing, routing_dict
 from proxy.state import BACKFILL, HIT, Changes, Member, Pointer, Reembedded, StateUnavailable
 
@@ -163,23 +163,7 @@ class PostgresJournal:
                 + ("" if unflushed else " WHERE NOT applied")
                 + " ORDER BY batch"
             ).fetchall()
-        out = []
-        for b, op, body, begun, attempts, next_at, error, rest in rows:
-            left = rest or {}
-            out.append(
-                Batch(
-                    int(b),
-                    str(op),
-                    body,
-                    float(begun),
-                    int(attempts),
-                    float(next_at),
-                    error,
-                    left.get("sides"),
-                    left.get("vectors"),
-                )
-            )
-        return out
+        return [batch_of(r, r[2], r[7]) for r in rows]
 
     def status(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
@@ -192,16 +176,7 @@ class PostgresJournal:
                 "SELECT batch, error FROM crossfade_journal WHERE NOT applied"
                 " AND error IS NOT NULL ORDER BY batch LIMIT 1"
             ).fetchone()
-        n, retrying, oldest, attempts, next_at = row or (0, 0, None, None, None)
-        return {
-            "pending": int(n),
-            "retrying": int(retrying or 0),
-            "oldest_age_s": round(now - oldest, 1) if n else 0.0,
-            "max_attempts": int(attempts or 0),
-            "next_retry_in_s": round(max(0.0, next_at - now), 1) if retrying else None,
-            "failing_batch": int(last[0]) if last else None,
-            "last_error": last[1] if last else None,
-        }
+        return status_of(now, row or (0, 0, None, None, None), last)
 
     def close(self) -> None:
         return None  # the pool is the state's: closed with it
