@@ -111,7 +111,7 @@ chaos: install infinity
 # 127.0.0.1): backfill docs/s with 1 and 2 workers, fused p99 over 16 clients with 1 and 3
 # replicas, as ratios in one run (~6 min).
 fleet: install infinity
-	$(PY) -m loadtest.fleet --docs 1000 --seconds 20
+	$(PY) -m loadtest.fleet --docs 1500 --seconds 15
 
 # /search p99 with 40 slow writes queued (the hosted model holds each 5 s) against without
 # them, in one run; exit 1 above 1.5x (~3 min).

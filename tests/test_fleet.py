@@ -27,16 +27,13 @@ from loadtest.fleet import (
     backfill,
     corpus,
     generation_of,
+    reembedded,
     status,
 )
 from loadtest.harness import wait_for
 
 DOCS = 600
 CLIENTS = 16
-
-
-def reembedded(url: str) -> int:
-    return int(status(url)["reembedded"]["embeddings"])
 
 
 def test_a_fleet_migrates_as_one(
