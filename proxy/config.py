@@ -734,7 +734,12 @@ class StateConfig(Strict):
         "known generation marked degraded, and refuses control changes and writes.",
     )
     pool_size: int = Field(
-        8, ge=2, le=64, description="Connections to the state store per process."
+        8,
+        ge=4,
+        le=64,
+        description="Connections to the state store per process (a write holds one for the "
+        "fleet's write lock, a control change one for the control lock, beside those the "
+        "work inside them uses).",
     )
 
 

@@ -19,12 +19,13 @@ from typing import Any
 import httpx
 import pytest
 
+from loadtest.servers import start_postgres
 from proxy.app import create_app
 from proxy.demo import python_reference
 from proxy.ingest import ingest
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
-from tests.helpers import RW, LiveServer, demo_settings, start_postgres, wait_for
+from tests.helpers import RW, LiveServer, demo_settings, wait_for
 
 N = 16
 KEY = "test-admin-key"
