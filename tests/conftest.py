@@ -4,6 +4,8 @@ Helpers are in tests/helpers.py."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -71,13 +73,30 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     server.stop()
 
 
+def pg_home() -> Iterator[Path]:
+    """A directory for a PostgreSQL's data, outside pytest's temp tree: PostgreSQL runs as
+    another user (pgserver's, as root), and a pytest session starting beside this one resets
+    /tmp/pytest-of-<user> to mode 700, which cut a running server off its own files."""
+    path = Path(tempfile.mkdtemp(prefix="crossfade-pg-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres() -> Iterator[str]:
     """A real PostgreSQL 16 for the session (pgserver's binaries, a dev dependency), on a Unix
-    socket under a temp dir: yields its URI (`postgresql://postgres:@/postgres?host=DIR`)."""
-    server = start_postgres(tmp_path_factory.mktemp("postgres") / "data")
-    yield server.get_uri()
-    server.cleanup()
+    socket in a temp dir: yields its URI (`postgresql://postgres:@/postgres?host=DIR`)."""
+    for home in pg_home():
+        server = start_postgres(home / "data")
+        yield server.get_uri()
+        server.cleanup()
+
+
+@pytest.fixture
+def pg_dir() -> Iterator[Path]:
+    """A data directory for a test's own PostgreSQL (see `pg_home`)."""
+    for home in pg_home():
+        yield home / "data"
 
 
 @pytest.fixture

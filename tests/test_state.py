@@ -424,8 +424,8 @@ def _eventually(call: Any, within_s: float = 15.0) -> Any:
             time.sleep(0.1)
 
 
-def test_unreachable_raises_state_unavailable(tmp_path: Path) -> None:
-    server = start_postgres(tmp_path / "pg")
+def test_unreachable_raises_state_unavailable(pg_dir: Path) -> None:
+    server = start_postgres(pg_dir)
     # Trust auth ignores the password: it is here to show it never reaches a message.
     url = server.get_uri().replace("postgres:@", "postgres:hunter2@")
     assert "hunter2" in url
@@ -447,7 +447,7 @@ def test_unreachable_raises_state_unavailable(tmp_path: Path) -> None:
         assert "hunter2" not in str(e.value)
 
         t0 = time.monotonic()
-        server = start_postgres(tmp_path / "pg")  # back up
+        server = start_postgres(pg_dir)  # back up
         assert server.get_uri().replace("postgres:@", "postgres:hunter2@") == url
         assert _eventually(lambda: store.get("k")) == 1  # the same store, new connections
         print(f"reconnected {time.monotonic() - t0:.1f} s after the restart began")

@@ -33,9 +33,9 @@ ADMIN = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture
-def pg(tmp_path: Path) -> Iterator[dict[str, Any]]:
+def pg(pg_dir: Path) -> Iterator[dict[str, Any]]:
     """A private PostgreSQL: `server` (replaced when the test starts it again), `dir`."""
-    held = {"dir": tmp_path / "pg", "server": start_postgres(tmp_path / "pg")}
+    held = {"dir": pg_dir, "server": start_postgres(pg_dir)}
     yield held
     held["server"].cleanup()
 
