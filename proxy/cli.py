@@ -375,7 +375,11 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             raise ValueError("backfill --ray runs the backfill; pause or resume it apart")
         from proxy.migration.ray_backfill import backfill_on_ray, say_stderr
 
-        _print_json(backfill_on_ray(settings, args.ray, args.actors, say_stderr))
+        # Ray prints its own notices (a task retried after its actor died) on stdout: there
+        # they would break the JSON of the result.
+        with contextlib.redirect_stdout(sys.stderr):
+            out = backfill_on_ray(settings, args.ray, args.actors, say_stderr)
+        _print_json(out)
         return 0
     if args.action is None:
         raise ValueError("backfill needs an action (pause, resume, on, off, limit) or --ray")

@@ -98,52 +98,52 @@ def result(proc: subprocess.Popen[str], timeout: float = 150) -> dict[str, Any]:
 def test_a_backfill_through_two_actors_completes(
     tmp_path: Path, pg_url: str, chroma_server: Any, ray_cluster: str
 ) -> None:
+    """1 actor until a pause stops it (the pause: nothing more embedded after the job ends),
+    then 2 actors to the end: verify clean, no duplicates; docs/s of each, as a ratio."""
     t0 = time.monotonic()
     fleet = ray_fleet(tmp_path, pg_url, chroma_server)
     print(f"ray: setup {time.monotonic() - t0:.1f}s")
-    t0 = time.monotonic()
-    done = result(backfill(fleet, ray_cluster, 2))
-    print(f"ray: 2 actors, {DOCS} documents in {time.monotonic() - t0:.1f}s: {done}")
-    assert done["stopped"] is None and done["coverage"] == 1.0, done
-    assert done["written"] == DOCS, done
-    verified = fleet.cli("verify")
-    assert '"ok": true' in verified, verified[-2000:]
     state = PostgresState(pg_url)
     try:
-        again = state.reembedded()
-        assert again.distinct == DOCS and again.duplicates <= 0.02 * DOCS, again
-        # The actors beat as workers: seen in the fleet's members, with their progress.
+        proc = backfill(fleet, ray_cluster, 1)
+        wait_for(lambda: state.reembedded().total >= 80, 120, "80 documents re-embedded")
+        set_control(state, action="pause")
+        one = result(proc)
+        assert one["stopped"] == "paused" and 80 <= one["written"] < DOCS, one
+        settled = state.reembedded().total
+        time.sleep(1.5)
+        assert state.reembedded().total == settled  # nothing embedded after it stopped
+        set_control(state, action="resume")
+
+        t0 = time.monotonic()
+        two = result(backfill(fleet, ray_cluster, 2))
+        print(f"ray: 2 actors, the other {two['written']} in {time.monotonic() - t0:.1f}s")
+        assert two["stopped"] is None and two["coverage"] == 1.0, two
+        assert one["written"] + two["written"] == DOCS, (one, two)
+        ratio = two["steady_docs_per_s"] / max(one["steady_docs_per_s"], 1e-9)
+        print(
+            f"ray: docs/s 1 actor {one['steady_docs_per_s']:.1f}, 2 actors "
+            f"{two['steady_docs_per_s']:.1f}: x{ratio:.2f} (start-up excluded; with it "
+            f"{one['docs_per_s']:.1f} and {two['docs_per_s']:.1f})"
+        )
+        verified = fleet.cli("verify")
+        assert '"ok": true' in verified, verified[-2000:]
+        counted = state.reembedded()
+        assert counted.distinct == DOCS and counted.duplicates <= 0.02 * DOCS, counted
+        # The actors beat as workers: members of the fleet, with their progress.
         actors = [m for m in state.members(120) if m.name.startswith("ray actor")]
-        assert len(actors) == 2 and all(m.role == "worker" for m in actors), actors
+        assert len(actors) >= 2 and all(m.role == "worker" for m in actors), actors
         assert sum(m.info["processed"] for m in actors) > 0, actors
     finally:
         state.close()
 
 
-def test_pause_kill_and_rates(
+def test_an_actor_killed_mid_run_loses_nothing(
     tmp_path: Path, pg_url: str, chroma_server: Any, ray_cluster: str
 ) -> None:
     fleet = ray_fleet(tmp_path, pg_url, chroma_server)
     state = PostgresState(pg_url)
     try:
-        # -- 1 actor, then 2, each paused after ~a third: the pause stops the job ----------
-        rates: dict[int, float] = {}
-        for actors in (1, 2):
-            before = state.reembedded().total
-            proc = backfill(fleet, ray_cluster, actors)
-            wait_for(lambda b=before: state.reembedded().total >= b + 90, 120, "a third")
-            set_control(state, action="pause")
-            phase = result(proc)
-            assert phase["stopped"] == "paused", phase
-            rates[actors] = phase["steady_docs_per_s"]
-            settled = state.reembedded().total
-            time.sleep(1.5)
-            assert state.reembedded().total == settled  # nothing embedded after it stopped
-            set_control(state, action="resume")
-        ratio = rates[2] / rates[1] if rates[1] else float("nan")
-        print(f"ray: docs/s 1 actor {rates[1]:.1f}, 2 actors {rates[2]:.1f}: x{ratio:.2f}")
-
-        # -- 2 actors, one Ray worker process SIGKILLed mid-run ----------------------------
         proc = backfill(fleet, ray_cluster, 2)
 
         def running_actor() -> int | None:
@@ -158,10 +158,11 @@ def test_pause_kill_and_rates(
             return None
 
         victim = wait_for(running_actor, 120, "an actor re-embedding")
+        killed_at = state.reembedded().total
         os.kill(victim, signal.SIGKILL)
         done = result(proc, timeout=180)
-        print(f"ray: after SIGKILL of actor pid {victim}: {done}")
-        assert done["stopped"] is None and done["coverage"] == 1.0, done
+        print(f"ray: SIGKILL of actor pid {victim} at {killed_at}/{DOCS}: {done}")
+        assert killed_at < DOCS and done["stopped"] is None and done["coverage"] == 1.0, done
         verified = fleet.cli("verify")
         assert '"ok": true' in verified, verified[-2000:]
         counted = state.reembedded()

@@ -17,9 +17,9 @@ worker` does (`Reembedder.reembed`): so the guarantees are the worker's, not new
   tokens added to the spend.
 
 Pause (and `backfill off`, a spend cap, a drifted model), read from the shared state before
-each batch, stops the job after the batches in flight: the actors return further partitions
-untouched and the driver stops reading results, which ends the Ray job. Actors beat like
-workers (`fleet` in `crossfade status --json`, their rate in the fleet's).
+each batch, stops the job after the batches in flight: the actors return the partitions
+left untouched, at once, so the job ends by itself, and the driver starts no other round.
+Actors beat like workers (`fleet` in `crossfade status --json`, their rate in the fleet's).
 """
 
 from __future__ import annotations
@@ -250,10 +250,13 @@ def _rounds(
             try:
                 for row in rows:
                     got.update({k: int(row[k]) for k in KEYS})
-                    steady.see(totals["written"] + got["written"])
-                    if got["stopped"] or why_stop(rt, worker):
-                        break  # the batches in flight finish; no new one starts
-                    rt.state.beat(name, "ray", {"state": "running", **(totals + got)})
+                    if row["written"]:  # (a partition returned at a pause is no work)
+                        steady.see(totals["written"] + got["written"])
+                    # A pause is not a break: the actors answer every partition left
+                    # untouched (`stopped`) at once, so the batches in flight finish and
+                    # write, and the job ends by itself (breaking would kill them mid-batch).
+                    doing = "stopping" if got["stopped"] else "running"
+                    rt.state.beat(name, "ray", {"state": doing, **(totals + got)})
                     if time.monotonic() - last_said >= SAY_S:
                         last_said = time.monotonic()
                         say(_progress(totals + got, len(pending), t0))
@@ -263,7 +266,7 @@ def _rounds(
             finally:
                 close = getattr(rows, "close", None)
                 if close is not None:
-                    close()  # ends the job now, not when the iterator is collected
+                    close()  # a failed job's actors go now, not when it is collected
             totals += got
             say(_progress(totals, len(pending), t0))
             if got["written"]:
