@@ -165,6 +165,8 @@ class Fleet:
     migration: dict[str, Any] = field(default_factory=dict)
     collection: str = "fleet"
     members: list[Member] = field(default_factory=list)
+    # models.new instead of the hosted one (e.g. the demo's local model: tests/test_ray.py)
+    new_model: dict[str, Any] | None = None
 
     def config(self, name: str, port: int | None = None) -> Path:
         demo = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
@@ -173,7 +175,8 @@ class Fleet:
             "mode": "fused",
             "models": {
                 "old": demo["models"]["old"],
-                "new": hosted_model(
+                "new": self.new_model
+                or hosted_model(
                     self.model_url, batch_size=16, max_concurrent_requests=2, backoff_s=0.05
                 ),
             },

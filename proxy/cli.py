@@ -370,6 +370,19 @@ def spend_lines(out: dict[str, Any]) -> list[str]:
 
 def cmd_backfill(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if args.ray is not None:
+        if args.action is not None:
+            raise ValueError("backfill --ray runs the backfill; pause or resume it apart")
+        from proxy.migration.ray_backfill import backfill_on_ray, say_stderr
+
+        # Ray prints its own notices (a task retried after its actor died) on stdout: there
+        # they would break the JSON of the result.
+        with contextlib.redirect_stdout(sys.stderr):
+            out = backfill_on_ray(settings, args.ray, args.actors, say_stderr)
+        _print_json(out)
+        return 0
+    if args.action is None:
+        raise ValueError("backfill needs an action (pause, resume, on, off, limit) or --ray")
     body: dict[str, Any] = {}
     if args.action in ("pause", "resume"):
         body["action"] = args.action
@@ -736,7 +749,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "backfill", help="pause/resume the re-embed worker, switch or limit backfill"
     )
-    s.add_argument("action", choices=["pause", "resume", "on", "off", "limit"])
+    s.add_argument("action", nargs="?", choices=["pause", "resume", "on", "off", "limit"])
     s.add_argument(
         "--until", type=_percent, help="stop the background sweep at this coverage, e.g. 50%%"
     )
@@ -744,6 +757,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-spend",
         type=float,
         help="the migration's spend cap (0 = none); re-embedding resumes when raised",
+    )
+    s.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run the backfill as a Ray Data job on the Ray cluster at ADDRESS (e.g. "
+        "ray://head:10001 or head:6379; needs state.url and `pip install 'crossfade[ray]'`)",
+    )
+    s.add_argument(
+        "--actors", type=int, default=2, help="with --ray: actors embedding (one GPU each)"
     )
     s.set_defaults(func=cmd_backfill)
 

@@ -138,3 +138,32 @@ def test_demo_log_is_json_and_quiet_and_names_the_serving_pointer(
     truncated = plan["truncated"]
     assert truncated["max_length"] == 256 and 0 < truncated["sampled_docs_over"] <= 16
     assert "longer than 256 tokens" in truncated["note"]
+
+
+def test_backfill_on_ray_refusals(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`backfill --ray` refuses before it reaches anything: without state.url (actors on other
+    machines can't share a SQLite file), and without Ray installed (naming the extra)."""
+    import sys
+
+    import yaml
+
+    cfg = yaml.safe_load(Path("config/demo.yaml").read_text())
+    cfg["data_dir"] = str(tmp_path / "data")
+    path = tmp_path / "alone.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["--config", str(path), "backfill", "--ray", "127.0.0.1:1"]) == 2
+    assert "state.url" in capsys.readouterr().err
+
+    cfg["state"] = {"url": "postgresql://crossfade@127.0.0.1:1/none"}
+    cfg["indexes"] = {  # a fleet's: a server (never reached here)
+        side: {"backend": "chroma", "url": "http://127.0.0.1:1", "collection": side}
+        for side in ("old", "new")
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray: ImportError
+    assert main(["--config", str(path), "backfill", "--ray", "127.0.0.1:1"]) == 2
+    assert "pip install 'crossfade[ray]'" in capsys.readouterr().err
+    assert main(["--config", str(path), "backfill"]) == 1
+    assert "an action" in capsys.readouterr().err

@@ -67,6 +67,21 @@ def test_expired_lease_comes_back(state: StateStore) -> None:
     assert state.claim(5, 60) == []
 
 
+def test_claim_named_ids(state: StateStore) -> None:
+    """A Ray batch claims its partition's ids: queued or not, never one another holds."""
+    state.enqueue(["a", "b"], BACKFILL)
+    assert state.claim(1, 60) == ["a"]  # a worker holds a
+    assert state.claim_ids(["c", "a", "b"], 60) == ["c", "b"]  # c queued and held at once
+    assert state.claim(5, 60) == []  # none of them handed to a worker
+    assert state.claim_ids(["b", "c"], 60) == []  # a retried batch: still held, left alone
+    assert state.depth()["backfill"] == 3
+    state.done(["c"])
+    assert state.claim_ids(["c"], 0.05) == ["c"]  # done, then named again: queued and held
+    time.sleep(0.1)
+    assert state.claim_ids(["c"], 60) == ["c"]  # its lease ran out: taken again
+    assert state.claim_ids([], 60) == []
+
+
 def test_clear_queue(state: StateStore) -> None:
     state.enqueue(["a", "b"], HIT)
     state.enqueue(["c"], BACKFILL)

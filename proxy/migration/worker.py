@@ -192,18 +192,32 @@ class Reembedder:
             return 0
         if self.blocked():
             return 0
-        model = self.rt.model("new")
-        if model.hosted:  # requests of the API's batch size, several in flight
-            per_request = model.request_batch
-            size = max(self.cfg.batch_size, per_request * model.max_in_flight)
-        else:  # a window sorted by length, embedded `batch_size` at a time, in order
-            per_request = self.cfg.batch_size
-            size = max(self.cfg.batch_size, self.cfg.sort_window)
-        ids = self.state.claim(size, self.cfg.lease_s)
+        ids = self.state.claim(self.window(), self.cfg.lease_s)
         if not ids and self.refill():
-            ids = self.state.claim(size, self.cfg.lease_s)
+            ids = self.state.claim(self.window(), self.cfg.lease_s)
         if not ids:
             return 0
+        return self.reembed(ids)
+
+    def window(self) -> int:
+        """How many documents one batch claims: a hosted model's requests in flight, or a
+        local model's window sorted by length."""
+        model = self.rt.model("new")
+        if model.hosted:
+            return max(self.cfg.batch_size, model.request_batch * model.max_in_flight)
+        return max(self.cfg.batch_size, self.cfg.sort_window)
+
+    def reembed(self, ids: list[str]) -> int:
+        """Re-embed documents the caller holds (claimed, leased): one batch of `crossfade
+        worker` and of a Ray actor (proxy/migration/ray_backfill.py) alike. Skips those
+        already migrated or gone; embeds the rest; writes each chunk conditionally under the
+        fleet's write lock; takes them off the queue, counts them (duplicates) and their spend.
+        Returns documents written. Every id leaves the queue or goes back to it, released."""
+        new = self.rt.store("new")
+        model = self.rt.model("new")
+        # A hosted model: requests of the API's batch size, several in flight; a local one:
+        # the window sorted by length, embedded `batch_size` at a time, in order.
+        per_request = model.request_batch if model.hosted else self.cfg.batch_size
         payloads = new.retrieve(ids, ["text", "metadata", "text_sha256"])
         have = new.with_dense(list(payloads))
         # Deleted since enqueued, or already migrated (by a write or another worker): done.

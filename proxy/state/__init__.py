@@ -103,6 +103,12 @@ class StateStore(Protocol):
         """Up to `n` ids nobody holds, hits first; held by the caller for `lease_s`."""
         ...
 
+    def claim_ids(self, doc_ids: Sequence[str], lease_s: float) -> list[str]:
+        """Those of `doc_ids` nobody holds, held by the caller for `lease_s` (a Ray batch's
+        partition: named ids, not the queue's next ones). An id not queued is queued (as
+        BACKFILL) and held in the same step; one another process holds is left to it."""
+        ...
+
     def done(self, doc_ids: Sequence[str]) -> None: ...
 
     def release(self, doc_ids: Sequence[str]) -> None:

@@ -265,6 +265,27 @@ class PostgresState:
             ).fetchall()
         return [r[0] for r in sorted(rows, key=lambda r: (r[1], r[2], r[3]))]
 
+    def claim_ids(self, doc_ids: Sequence[str], lease_s: float) -> list[str]:
+        ids = sorted(set(doc_ids))
+        if not ids:
+            return []
+        now = time.time()
+        # One statement: an id not queued is inserted held; a queued one is taken only if its
+        # lease ran out. A row a worker's claim holds (FOR UPDATE) is waited for, then its new
+        # lease seen: never held by two at once.
+        with self._db.conn() as c:
+            rows = c.execute(
+                "INSERT INTO crossfade_queue (doc_id, priority, enqueued_at, pos, leased_until)"
+                " SELECT d, %s, %s, p::integer, %s"
+                " FROM unnest(%s::text[]) WITH ORDINALITY AS u(d, p)"
+                " ON CONFLICT (doc_id) DO UPDATE SET leased_until = excluded.leased_until"
+                " WHERE crossfade_queue.leased_until < %s"
+                " RETURNING doc_id",
+                (BACKFILL, now, now + lease_s, ids, now),
+            ).fetchall()
+        held = {r[0] for r in rows}
+        return [d for d in dict.fromkeys(doc_ids) if d in held]
+
     def done(self, doc_ids: Sequence[str]) -> None:
         if doc_ids:
             with self._db.conn() as c:

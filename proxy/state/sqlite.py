@@ -101,6 +101,27 @@ class SqliteState:
             self._db.execute("COMMIT")
             return ids
 
+    def claim_ids(self, doc_ids: Sequence[str], lease_s: float) -> list[str]:
+        ids = list(dict.fromkeys(doc_ids))
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT INTO queue (doc_id, priority, enqueued_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(doc_id) DO NOTHING",
+                [(d, BACKFILL, now) for d in ids],
+            )
+            held = []
+            for d in ids:
+                cur = self._db.execute(
+                    "UPDATE queue SET leased_until = ? WHERE doc_id = ? AND leased_until < ?",
+                    (now + lease_s, d, now),
+                )
+                if cur.rowcount:
+                    held.append(d)
+            self._db.execute("COMMIT")
+            return held
+
     def done(self, doc_ids: Sequence[str]) -> None:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
