@@ -328,6 +328,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     backfill = f"backfill {'on' if ctl['backfill'] else 'off'} until {ctl['until']:g}%"
     lazy = f"lazy {'on' if ctl['lazy'] else 'off'}"
     print(f"queue: {q['hits']} hits + {q['backfill']} backfill; {worker}; {backfill}; {lazy}")
+    for m in out.get("fleet") or []:  # a fleet: every process that beat lately
+        rate = f", {m['rate_docs_per_s']} docs/s" if m.get("rate_docs_per_s") else ""
+        print(f"fleet: {m['name']} ({m['role']}): {m.get('state', '?')}{rate}, {m['age_s']}s ago")
+    done = out.get("reembedded") or {}
+    if done.get("embeddings"):
+        print(
+            f"re-embedded: {done['documents']} documents, {done['embeddings']} embeddings "
+            f"({done['duplicates']} duplicate embeddings: documents embedded again)"
+        )
     u = out["unembeddable"]
     if u["count"]:
         ids = ", ".join(f"{i['doc_id']} ({i['why']})" for i in u["ids"][:10])
