@@ -733,6 +733,13 @@ class StateConfig(Strict):
         description="How long to wait for the state store: past it, a replica serves its last "
         "known generation marked degraded, and refuses control changes and writes.",
     )
+    changes_kept: int = Field(
+        1_000_000,
+        ge=1000,
+        description="The last this many document writes are kept in the change log replicas' "
+        "BM25 sidecars follow; a replica further behind (down that long) rebuilds its sidecar "
+        "from the collection.",
+    )
     pool_size: int = Field(
         8,
         ge=4,

@@ -191,6 +191,19 @@ def test_changes(state: StateStore) -> None:
     page = state.changes_since(page.seq)
     assert (page.doc_ids, page.seq) == ([], 4)
     assert state.changes_since(100).seq == 100  # ahead of the log: kept
+    assert state.changes_since(0).complete
+
+
+def test_pruned_changes(state: StateStore) -> None:
+    assert state.prune_changes(10) == 0  # nothing to prune
+    for i in range(5):
+        state.log_changes([f"d{i}"])
+    assert state.prune_changes(2) == 3  # keeps d3, d4
+    behind, caught_up = state.changes_since(0), state.changes_since(3)
+    assert (behind.doc_ids, behind.complete) == (["d3", "d4"], False)
+    assert (caught_up.doc_ids, caught_up.complete) == (["d3", "d4"], True)
+    assert state.prune_changes(2) == 0  # idempotent
+    assert not state.changes_since(2).complete and state.changes_since(5).complete
 
 
 def test_members(state: StateStore) -> None:

@@ -145,7 +145,7 @@ async def follow_fleet(sv: Services) -> None:
     if not rt.state.shared:
         return
     every = sv.settings.state.poll_s
-    fits = Every(1.0)
+    fits, prunes = Every(1.0), Every(60.0)
     while True:
         await sv.control.follow()
         if sv.control.state_error is None:
@@ -160,6 +160,10 @@ async def follow_fleet(sv: Services) -> None:
                     sv.searcher.fitted = await asyncio.to_thread(
                         load_fit, rt.state, rt.fingerprints()
                     )
+                if prunes.stale():
+                    prunes.put(None)
+                    kept = sv.settings.state.changes_kept
+                    await asyncio.to_thread(rt.state.prune_changes, kept)
         await asyncio.sleep(every)
 
 

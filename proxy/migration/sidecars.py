@@ -80,7 +80,8 @@ class SidecarFollower:
     back too, harmlessly). A replica whose sidecar is missing or whose position is unknown (a
     new replica, another data_dir) notes where the log stands, rebuilds the sidecar from the
     collection, then follows from the noted position: a write made during the rebuild is
-    either in the collection it scanned or in the log after that position."""
+    either in the collection it scanned or in the log after that position. So does one whose
+    position the log was pruned past (`state.changes_kept`)."""
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -100,6 +101,8 @@ class SidecarFollower:
         n = 0
         for store in self.stores():
             at = store.sidecar_position()
+            if at is not None and not state.changes_since(at, limit=0).complete:
+                at = None  # pruned past this sidecar's position: what it missed is gone
             if at is None:
                 head = state.changes_since(0, limit=0).seq
                 n += store.repair_bm25(document)

@@ -35,6 +35,7 @@ BACKFILL = 1  # found by the background sweep
 # Sections that run one at a time, fleet-wide with a shared state (`StateStore.exclusive`).
 WRITES = "writes"  # document writes and re-embed writes: one batch at a time, in journal order
 CONTROL = "control"  # switches of the serving pointer
+PRUNED = "changes:pruned_through"  # (a record) the last sequence number pruned from the log
 
 
 class StateUnavailable(Unavailable, RuntimeError):
@@ -53,10 +54,13 @@ class Pointer:
 
 @dataclass(frozen=True)
 class Changes:
-    """Documents written since a sequence number, and the sequence to ask from next."""
+    """Documents written since a sequence number, and the sequence to ask from next.
+    `complete`: False when the log was pruned past the number asked from (changes are lost
+    to that reader: it must rebuild what it derives from the log)."""
 
     doc_ids: list[str]
     seq: int
+    complete: bool = True
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,11 @@ class StateStore(Protocol):
     def log_changes(self, doc_ids: Sequence[str]) -> None: ...
 
     def changes_since(self, seq: int, limit: int = 10_000) -> Changes: ...
+
+    def prune_changes(self, keep: int) -> int:
+        """Delete all but the last `keep` changes (a reader further behind gets `complete`
+        False); how many were deleted."""
+        ...
 
     # --- the fleet -------------------------------------------------------------------------
     def beat(self, name: str, role: str, info: dict[str, Any]) -> None:

@@ -28,7 +28,16 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from proxy.journal import Batch, backoff, batch_of, status_of
 from proxy.routing import parse_routing, routing_dict
-from proxy.state import BACKFILL, HIT, Changes, Member, Pointer, Reembedded, StateUnavailable
+from proxy.state import (
+    BACKFILL,
+    HIT,
+    PRUNED,
+    Changes,
+    Member,
+    Pointer,
+    Reembedded,
+    StateUnavailable,
+)
 
 _loose = partial(json.dumps, default=str)  # audit entries and heartbeats, as SqliteState
 
@@ -519,6 +528,7 @@ class PostgresState:
             )
 
     def changes_since(self, seq: int, limit: int = 10_000) -> Changes:
+        complete = seq >= int(self.get(PRUNED, 0))
         with self._db.conn() as c:
             rows = c.execute(
                 "SELECT seq, doc_id FROM crossfade_changes WHERE seq > %s ORDER BY seq LIMIT %s",
@@ -526,8 +536,25 @@ class PostgresState:
             ).fetchall()
             if not rows:
                 row = c.execute("SELECT coalesce(max(seq), 0) FROM crossfade_changes").fetchone()
-                return Changes([], max(seq, int(row[0]) if row else 0))
-        return Changes(list(dict.fromkeys(r[1] for r in rows)), int(rows[-1][0]))
+                return Changes([], max(seq, int(row[0]) if row else 0), complete)
+        return Changes(list(dict.fromkeys(r[1] for r in rows)), int(rows[-1][0]), complete)
+
+    def prune_changes(self, keep: int) -> int:
+        with self._db.tx() as c:
+            # The writers' lock: the cut and the record of it agree with what readers see.
+            c.execute("SELECT pg_advisory_xact_lock(hashtext('crossfade-changes'))")
+            row = c.execute(
+                "SELECT coalesce(max(seq), 0) - %s FROM crossfade_changes", (keep,)
+            ).fetchone()
+            cut = int(row[0]) if row else 0
+            n = c.execute("DELETE FROM crossfade_changes WHERE seq <= %s", (cut,)).rowcount
+            if n:
+                c.execute(
+                    "INSERT INTO crossfade_kv VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET"
+                    " value = to_jsonb(greatest(crossfade_kv.value::bigint, %s))",
+                    (PRUNED, Jsonb(cut), cut),
+                )
+        return int(n)
 
     # --- the fleet ------------------------------------------------------------------------
     def beat(self, name: str, role: str, info: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from proxy.journal import WriteJournal
 from proxy.routing import parse_routing, routing_dict
 from proxy.sqlite import durable_sqlite
-from proxy.state import BACKFILL, HIT, Changes, Member, Pointer, Reembedded
+from proxy.state import BACKFILL, HIT, PRUNED, Changes, Member, Pointer, Reembedded
 from proxy.store import write_json_atomic
 
 DB = "migration.sqlite"
@@ -320,14 +320,27 @@ class SqliteState:
             self._db.execute("COMMIT")
 
     def changes_since(self, seq: int, limit: int = 10_000) -> Changes:
+        complete = seq >= int(self.get(PRUNED, 0))
         with self._lock:
             rows = self._db.execute(
                 "SELECT seq, doc_id FROM changes WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
             ).fetchall()
             if not rows:
                 last = self._db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
-                return Changes([], max(seq, int(last)))
-        return Changes(list(dict.fromkeys(r[1] for r in rows)), int(rows[-1][0]))
+                return Changes([], max(seq, int(last)), complete)
+        return Changes(list(dict.fromkeys(r[1] for r in rows)), int(rows[-1][0]), complete)
+
+    def prune_changes(self, keep: int) -> int:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            (cut,) = self._db.execute(
+                "SELECT coalesce(max(seq), 0) - ? FROM changes", (keep,)
+            ).fetchone()
+            n = self._db.execute("DELETE FROM changes WHERE seq <= ?", (cut,)).rowcount
+            self._db.execute("COMMIT")
+        if n:
+            self.set(PRUNED, max(int(cut), int(self.get(PRUNED, 0))))
+        return int(n)
 
     def beat(self, name: str, role: str, info: dict[str, Any]) -> None:
         with self._lock:
