@@ -167,6 +167,8 @@ class Fleet:
     members: list[Member] = field(default_factory=list)
     # models.new instead of the hosted one (e.g. the demo's local model: tests/test_ray.py)
     new_model: dict[str, Any] | None = None
+    # where the models' ONNX exports are cached (default: under each member's data dir)
+    model_cache: str | None = None
 
     def config(self, name: str, port: int | None = None) -> Path:
         demo = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
@@ -202,6 +204,8 @@ class Fleet:
             "writes": {"flush_interval_s": 1.0},
             "bm25_avg_len": demo["bm25_avg_len"],
         }
+        if self.model_cache:
+            cfg["model_cache"] = self.model_cache
         path = self.root / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         return path

@@ -111,17 +111,24 @@ class ChildServer:
 
 
 class Infinity(ChildServer):
-    """`infinity_emb v2` in a child process (warm-up on), stopped at exit. `pooling` serves
-    the same weights pooled otherwise (other vectors under the same name)."""
+    """`infinity_emb v2` in a child process (warm-up on, unless `warmup` is False: ~15 s of
+    a start here, for a server whose speed nothing measures), stopped at exit. `pooling`
+    serves the same weights pooled otherwise (other vectors under the same name)."""
 
     def __init__(
-        self, log: Path, port: int | None = None, pooling: str | None = None, name: str = ""
+        self,
+        log: Path,
+        port: int | None = None,
+        pooling: str | None = None,
+        name: str = "",
+        warmup: bool = True,
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.log = log
         self.pooling = pooling
         self.name = name or SERVED_NAME
+        self.warmup = warmup
 
     def start(self, timeout: float = 240) -> Infinity:
         cmd = [
@@ -146,6 +153,8 @@ class Infinity(ChildServer):
             "--url-prefix",
             "/v1",
         ]
+        if not self.warmup:
+            cmd.append("--no-model-warmup")
         env = {**os.environ, "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
         self._run(cmd, env, self.url + "/models", timeout)
         return self

@@ -32,7 +32,10 @@ from loadtest.fleet import (
 )
 from loadtest.harness import wait_for
 
-DOCS = 600
+# Enough documents that the kill at 30% lands mid-backfill, with batches still to come
+# (under way at 10%: the pause's batches in flight end below 30%); the bounds below are
+# shares of it.
+DOCS = 400
 CLIENTS = 16
 
 
@@ -46,11 +49,17 @@ def test_a_fleet_migrates_as_one(
     fleet.setup(docs)
     clients: Clients | None = None
     try:
-        a, b, c = (fleet.add("serve").start() for _ in range(3))
+        # Members of a kind start together, then each is waited for (a start-up is mostly
+        # imports and models).
+        a, b, c = replicas = [fleet.add("serve").start(wait=False) for _ in range(3)]
+        for r in replicas:
+            r.wait_ready()
 
         # -- control through A, observed on B and C ----------------------------------------
         backfill(a.url, "pause")  # before any worker runs: none may embed a document
-        workers = [fleet.add("worker").start() for _ in range(2)]
+        workers = [fleet.add("worker").start(wait=False) for _ in range(2)]
+        for w in workers:
+            w.wait_ready()
         time.sleep(2)
         assert reembedded(b.url) == 0
         assert status(c.url)["control"]["paused"] is True
@@ -70,7 +79,7 @@ def test_a_fleet_migrates_as_one(
         queries = [d["text"][:60] for d in docs[100::25]]
         clients = Clients(lambda: [m.url for m in fleet.replicas()], queries, owned).start()
         backfill(b.url, "resume")
-        wait_for(lambda: reembedded(a.url) >= 60, 120, "backfill under way")
+        wait_for(lambda: reembedded(a.url) >= DOCS // 10, 120, "backfill under way")
         backfill(a.url, "pause")
         # Each worker finishes the batch in flight (its requests are billed: written, not
         # thrown away), then says it is paused in its heartbeat, seen through B ...
@@ -87,7 +96,9 @@ def test_a_fleet_migrates_as_one(
         time.sleep(3)
         assert reembedded(b.url) == held, "a worker kept re-embedding after the pause"
         backfill(c.url, "resume")
-        wait_for(lambda: reembedded(a.url) >= DOCS * 0.3, 180, "30% re-embedded")
+        killed_at = wait_for(
+            lambda: (n := reembedded(a.url)) >= DOCS * 0.3 and n, 180, "30% re-embedded"
+        )
         workers[1].kill9()
         c.kill9()
         c.start()  # restarted on its data dir: its sidecar catches up with the fleet's writes
@@ -101,6 +112,7 @@ def test_a_fleet_migrates_as_one(
             interval=1,
         )
         assert cov
+        print(f"fleet: paused at {held}, killed at {killed_at} of {DOCS}")
 
         # -- cutover through A under load: every replica on the new generation in 2 s ---------
         before = generation_of(a.url)

@@ -70,6 +70,9 @@ def ray_fleet(tmp_path: Path, pg_url: str, chroma_server: Any) -> Fleet:
         {"lease_s": 10.0, "batch_size": 16},
         f"ray{uuid.uuid4().hex[:8]}",
         new_model=demo["models"]["new"],
+        # The session's export cache (tests/helpers.py): the new model is exported to ONNX
+        # once, not once per test (the export is tested in tests/test_cli.py).
+        model_cache=os.environ["CROSSFADE_MODEL_CACHE"],
     )
     fleet.setup(corpus(DOCS))
     return fleet
@@ -77,7 +80,8 @@ def ray_fleet(tmp_path: Path, pg_url: str, chroma_server: Any) -> Fleet:
 
 def backfill(fleet: Fleet, address: str, actors: int) -> subprocess.Popen[str]:
     """`crossfade backfill --ray` as the operator runs it: a process of its own, with the
-    data dir `fleet.setup` used (the actors, on this host, find its ONNX export there)."""
+    config `fleet.setup` used (the actors, on this host, find the ONNX export in its model
+    cache)."""
     return subprocess.Popen(
         [sys.executable, "-m", "proxy.cli", "--config", str(fleet.config("cli"))]
         + ["backfill", "--ray", address, "--actors", str(actors)],
