@@ -67,8 +67,10 @@ def test_status_names_the_serving_pointer_and_a_paused_worker_has_no_rate(
     assert cli(capsys, cfg, "backfill", "pause")[0] == 0
     wait_for(lambda: status()["worker_state"] == "paused", 60, "the batch in flight to land")
     code, out, _ = cli(capsys, cfg, "status")
-    queue = out.splitlines()[-1]
+    queue = next(line for line in out.splitlines() if line.startswith("queue:"))
     assert "worker paused;" in queue and "rate" not in queue and "ETA" not in queue, queue
+    done = status()["reembedded"]  # the re-embeds so far, said in words too
+    assert f"re-embedded: {done['documents']} documents, {done['embeddings']} embeddings" in out
     code, out, _ = cli(capsys, cfg, "status", "--json")
     s = json.loads(out)
     assert s["worker_state"] == "paused" and s["rate_docs_per_s"] == 0 and s["eta_s"] is None
