@@ -541,6 +541,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
             cpu_worker_hour=args.cpu_worker_hour,
             gpu_hour=args.gpu_hour,
         )
+        out["capacity"]["tokens_per_doc_from"] = (
+            "--tokens-per-doc"
+            if args.tokens_per_doc
+            else f"{out['tokens']['counted_by']} of the configured new model on the sample "
+            "(an API model counting with another tokenizer: pass --tokens-per-doc)"
+        )
+        out["capacity"]["cpu_rate_from"] = (
+            "--cpu-docs-per-s" if args.cpu_docs_per_s else "the new model on the sample, now"
+        )
     _print_json(out)
     return 0
 
