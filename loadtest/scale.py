@@ -46,11 +46,17 @@ from proxy.point import make_point  # noqa: E402
 from proxy.runtime import Runtime  # noqa: E402
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """VmRSS (all resident pages), RssAnon (the process's own heap) or RssFile (the shards'
+    mapped files: page cache the kernel can drop and read again)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def rss(pid: int) -> dict[str, int]:
+    return {f: round(rss_mb(pid, f)) for f in ("VmRSS", "RssAnon", "RssFile")}
 
 
 def du_mb(path: Path) -> float:
@@ -230,12 +236,12 @@ def measure(config: Path, data: Path, qs: list[str], n1: int, n16: int) -> dict[
     try:
         out: dict[str, Any] = {
             "startup_to_ready_s": ready_s,
-            "rss_mb_idle": round(rss_mb(proc.pid)),
+            "rss_mb_idle": rss(proc.pid),
         }
         load(url, qs[-20:], 1, 20)  # warm-up (first-query paths, page cache)
         out["fused@1"] = load(url, qs, 1, n1)
         out["fused@16"] = load(url, qs, 16, n16)
-        out["rss_mb_after_load"] = round(rss_mb(proc.pid))
+        out["rss_mb_after_load"] = rss(proc.pid)
         return out
     finally:
         stop(proc)
@@ -308,8 +314,11 @@ def ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
     x, y = a["after_optimize"], b["after_optimize"]
     out |= {
         "startup_to_ready_s": r(x["startup_to_ready_s"], y["startup_to_ready_s"]),
-        "rss_idle": r(x["rss_mb_idle"], y["rss_mb_idle"]),
-        "rss_after_load": r(x["rss_mb_after_load"], y["rss_mb_after_load"]),
+        "rss_idle": r(x["rss_mb_idle"]["VmRSS"], y["rss_mb_idle"]["VmRSS"]),
+        "rss_after_load": r(x["rss_mb_after_load"]["VmRSS"], y["rss_mb_after_load"]["VmRSS"]),
+        "rss_anon_after_load": r(
+            x["rss_mb_after_load"]["RssAnon"], y["rss_mb_after_load"]["RssAnon"]
+        ),
         "fused@1_p50": r(x["fused@1"]["p50_ms"], y["fused@1"]["p50_ms"]),
         "fused@1_p99": r(x["fused@1"]["p99_ms"], y["fused@1"]["p99_ms"]),
         "fused@16_p50": r(x["fused@16"]["p50_ms"], y["fused@16"]["p50_ms"]),
