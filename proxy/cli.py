@@ -518,8 +518,44 @@ def cmd_plan(args: argparse.Namespace) -> int:
     settings = _settings(args)
     query = f"?sample={args.sample}" if args.sample else ""
     out = _from_proxy_or_stores(settings, "/admin/plan" + query, lambda rt: plan(rt, args.sample))
+    if args.docs:
+        from proxy.migration.plan import capacity
+
+        tpm = (
+            {k: int(v) for k, v in (kv.split("=") for kv in args.tpm.split(","))}
+            if args.tpm
+            else None
+        )
+        # Rates: this corpus's sample, measured just now, unless measured elsewhere and given
+        # (the worker's own rate from loadtest/scale.py); a GPU's only if given.
+        out["capacity"] = capacity(
+            args.docs,
+            args.tokens_per_doc or out["tokens"]["per_doc"],
+            args.cpu_docs_per_s or out["docs_per_s_full_speed"],
+            args.store_points_per_s,
+            settings.plan.price_per_million_tokens,
+            _ints(args.workers),
+            gpu_docs_per_s=args.gpu_docs_per_s,
+            gpus=_ints(args.gpus),
+            tpm=tpm,
+            cpu_worker_hour=args.cpu_worker_hour,
+            gpu_hour=args.gpu_hour,
+        )
+        out["capacity"]["tokens_per_doc_from"] = (
+            "--tokens-per-doc"
+            if args.tokens_per_doc
+            else f"{out['tokens']['counted_by']} of the configured new model on the sample "
+            "(an API model counting with another tokenizer: pass --tokens-per-doc)"
+        )
+        out["capacity"]["cpu_rate_from"] = (
+            "--cpu-docs-per-s" if args.cpu_docs_per_s else "the new model on the sample, now"
+        )
     _print_json(out)
     return 0
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
@@ -810,6 +846,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("plan", help="estimate re-embed time, tokens, cost and storage")
     s.add_argument("--sample", type=int, help="documents embedded to measure speed")
+    s.add_argument("--docs", type=int, help="capacity plan for this many documents (e.g. 10M)")
+    s.add_argument("--workers", default="1,8,32", help="CPU worker counts to plan for")
+    s.add_argument(
+        "--cpu-docs-per-s",
+        type=float,
+        help="one CPU worker's measured rate (default: the new model on this sample, now)",
+    )
+    s.add_argument("--gpu-docs-per-s", type=float, help="one GPU's measured rate (no default)")
+    s.add_argument("--gpus", default="1,8,32", help="GPU counts to plan for")
+    s.add_argument("--tokens-per-doc", type=float, help="default: counted on the sample")
+    s.add_argument(
+        "--store-points-per-s",
+        type=float,
+        help="the vector store's measured write rate (loadtest/scale.py's seeding rate)",
+    )
+    s.add_argument(
+        "--tpm",
+        help="API tokens-per-minute limits, name=TPM,... (default: OpenAI's published "
+        "text-embedding-3-small tiers)",
+    )
+    s.add_argument("--cpu-worker-hour", type=float, help="price of one CPU worker-hour")
+    s.add_argument("--gpu-hour", type=float, help="price of one GPU-hour")
     s.set_defaults(func=cmd_plan)
 
     s = sub.add_parser("optimize", help="build an embedded shard's HNSW index (proxy stopped)")

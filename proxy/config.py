@@ -574,7 +574,12 @@ class ServerConfig(Strict):
     max_query_chars: int = Field(2048, ge=1, description="Longer queries are refused (422).")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger bodies are refused.")
     query_cache_size: int = Field(4096, ge=0, description="LRU entries of query vectors/model.")
-    coverage_refresh_s: float = Field(2.0, ge=0.1, description="How often coverage is recounted.")
+    coverage_refresh_s: float = Field(
+        2.0,
+        ge=0.1,
+        description="How often coverage is recounted, at most: a recount that took c seconds "
+        "waits 50c (the embedded engine's count stops every request while it runs).",
+    )
     history_interval_s: float = Field(
         5.0, ge=0.5, description="How often coverage is sampled for the dashboard's chart."
     )
