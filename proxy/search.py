@@ -70,8 +70,9 @@ class Coverage:
     """Share of documents in the new index that hold a new-model vector, recounted at most
     every `refresh_s` seconds (a count per query would cost more than the query): off the
     event loop, one recount at a time (queries arriving meanwhile share it). The embedded
-    engine's exact count holds the GIL for its whole run (0.5 s for the two counts at a
-    million documents, measured: loadtest/scale.py), stopping every request meanwhile; so a
+    engine's exact count (`blocking_count`) holds the GIL for its whole run (0.5 s for the
+    two counts at a million documents, measured: loadtest/scale.py), stopping every request
+    meanwhile; so a
     recount that took `c` seconds is not repeated for `COST_RATIO * c` (at least `refresh_s`):
     counts never take more than 1/COST_RATIO of the serving time, whatever the size."""
 
@@ -103,8 +104,9 @@ class Coverage:
                 self.total = self.store.count() + self.outside()
                 self.migrated = self.store.count(dense_only=True)
                 self.value = self.migrated / self.total if self.total else 0.0
-                took = time.perf_counter() - t0
-                self._counted.seconds = max(self.refresh_s, self.COST_RATIO * took)
+                if self.store.blocking_count:  # a server's count stops nothing here
+                    took = time.perf_counter() - t0
+                    self._counted.seconds = max(self.refresh_s, self.COST_RATIO * took)
         except Unavailable as e:  # an index or the state store: keep the last count
             log.debug("coverage not recounted: %s", e)
         return self._counted.put(self.value)

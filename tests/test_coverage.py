@@ -10,10 +10,14 @@ from proxy.search import Coverage
 
 
 class Counting:
-    """A store whose counts take `cost` seconds each."""
+    """A store whose counts take `cost` seconds each, holding the process like the embedded
+    engine's (`blocking` False: like a server's)."""
 
-    def __init__(self, cost: float, total: int = 10, migrated: int = 4) -> None:
+    def __init__(
+        self, cost: float, total: int = 10, migrated: int = 4, blocking: bool = True
+    ) -> None:
         self.cost, self.total, self.migrated, self.counts = cost, total, migrated, 0
+        self.blocking_count = blocking
 
     def info(self) -> object:
         return object()
@@ -28,6 +32,12 @@ def test_cheap_counts_keep_refresh_s() -> None:
     cov = Coverage(Counting(0.0), refresh_s=0.1)  # type: ignore[arg-type]
     assert cov.recount() == 0.4
     assert cov._counted.seconds == 0.1
+
+
+def test_a_servers_counts_keep_refresh_s() -> None:
+    cov = Coverage(Counting(0.01, blocking=False), refresh_s=0.1)  # type: ignore[arg-type]
+    cov.recount()
+    assert cov._counted.seconds == 0.1  # a server's count stops nothing in this process
 
 
 def test_costly_counts_are_spaced_by_their_cost() -> None:

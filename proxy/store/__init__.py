@@ -193,6 +193,9 @@ class VectorStore(Protocol):
     # index (Chroma's): one that can fall out of step with it, or go missing (another
     # data_dir). `sidecar_missing`, `bm25_divergence` and `repair_bm25` check and mend it.
     bm25_sidecar: bool = False
+    # Its count runs in this process holding the GIL (the embedded engine): every request
+    # waits while it runs, so the serving path's recounts are spaced by their cost.
+    blocking_count: bool = False
 
     @property
     def location(self) -> str:
