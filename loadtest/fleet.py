@@ -30,7 +30,7 @@ import httpx
 import numpy as np
 import yaml
 
-from loadtest.harness import free_port
+from loadtest.harness import free_port, stop_process
 from loadtest.servers import Chroma, Infinity, hosted_model, start_postgres
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,14 +144,7 @@ class Member:
         self.proc.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
+        stop_process(self.proc)
 
 
 @dataclass

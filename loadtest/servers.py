@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import random
-import signal
 import subprocess
 import sysconfig
 import threading
@@ -27,7 +26,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from loadtest.harness import free_port
+from loadtest.harness import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 INFINITY_VENV = ROOT / ".venv-infinity"
@@ -100,14 +99,7 @@ class ChildServer:
         raise RuntimeError(f"{name} did not start within {timeout}s: see {self.log}")
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 30 s."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
+        stop_process(self.proc)
 
 
 class Infinity(ChildServer):

@@ -22,7 +22,7 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from loadtest.harness import free_port, wait_for  # noqa: E402
+from loadtest.harness import free_port, stop_process, wait_for  # noqa: E402
 from proxy.config import Settings, load_settings, resolve_path  # noqa: E402
 from proxy.embedding import default_model_cache  # noqa: E402
 from proxy.model import Embedded, Embedder  # noqa: E402
@@ -231,13 +231,7 @@ class ProxyProcess:
         self.proc.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
+        stop_process(self.proc)
 
     def status(self) -> dict[str, Any]:
         return httpx.get(self.url + "/migration", timeout=10).json()
