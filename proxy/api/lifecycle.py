@@ -120,8 +120,6 @@ async def sample_history(sv: Services) -> None:
             depth = await asyncio.to_thread(rt.state.depth)
             rate = round(sv.worker.stats.rate(), 2)
             sv.history.record(round(cov.value, 4), cov.migrated, cov.total, depth["total"], rate)
-        with suppress(Exception):  # a fit stored by `crossfade tune` serves from here on
-            sv.searcher.fitted = await asyncio.to_thread(load_fit, rt.state, rt.fingerprints())
         await asyncio.sleep(sv.settings.server.history_interval_s)
 
 
@@ -138,28 +136,31 @@ async def reembed_after(checked: asyncio.Event, sv: Services) -> None:
 
 
 async def follow_fleet(sv: Services) -> None:
-    """With a shared state: take switches made through other replicas or the CLI (the
-    pointer, read every `state.poll_s`), reload a fitted fusion, and say this replica is
-    alive. Alone (SQLite), nobody else switches: nothing to follow."""
+    """Reload a fitted fusion (stored by `crossfade tune` or another replica) once a second;
+    and with a shared state, every `state.poll_s`: take switches made through other replicas
+    or the CLI (the pointer), catch the BM25 sidecars up, say this replica is alive. Alone
+    (SQLite), nobody else switches."""
     rt = sv.rt
-    if not rt.state.shared:
-        return
-    every = sv.settings.state.poll_s
+    shared = rt.state.shared
+    every = sv.settings.state.poll_s if shared else 1.0
     fits, prunes = Every(1.0), Every(60.0)
     while True:
-        await sv.control.follow()
+        if shared:
+            await sv.control.follow()
         if sv.control.state_error is None:
-            try:
-                await asyncio.to_thread(sv.sidecars.catch_up)
-            except Exception as e:  # an index down: the log keeps the ids, tried next round
-                log.warning("BM25 sidecar catch-up: %s", e)
-            with suppress(Exception):  # a beat or a fit missed is retried next round
-                await asyncio.to_thread(rt.state.beat, sv.member, "serve", sv.worker.report())
+            with suppress(Exception):  # a fit missed is read again next round
                 if fits.stale():
                     fits.put(None)
                     sv.searcher.fitted = await asyncio.to_thread(
                         load_fit, rt.state, rt.fingerprints()
                     )
+        if shared and sv.control.state_error is None:
+            try:
+                await asyncio.to_thread(sv.sidecars.catch_up)
+            except Exception as e:  # an index down: the log keeps the ids, tried next round
+                log.warning("BM25 sidecar catch-up: %s", e)
+            with suppress(Exception):  # a beat missed is retried next round
+                await asyncio.to_thread(rt.state.beat, sv.member, "serve", sv.worker.report())
                 if prunes.stale():
                     prunes.put(None)
                     kept = sv.settings.state.changes_kept

@@ -101,19 +101,19 @@ class SidecarFollower:
         n = 0
         for store in self.stores():
             at = store.sidecar_position()
-            if at is not None and not state.changes_since(at, limit=0).complete:
-                at = None  # pruned past this sidecar's position: what it missed is gone
-            if at is None:
-                head = state.changes_since(0, limit=0).seq
+            changes = state.changes_since(at) if at is not None else None
+            # None: no position; not complete: pruned past it, what it missed is gone
+            if changes is None or not changes.complete:
+                at = state.changes_since(0, limit=0).seq
                 n += store.repair_bm25(document)
-                store.set_sidecar_position(head)
-                at = head
-            while True:
+                store.set_sidecar_position(at)
                 changes = state.changes_since(at)
+            while True:
                 if changes.doc_ids:
                     n += store.repair_bm25(document, changes.doc_ids)
                 if changes.seq == at:
                     break
                 store.set_sidecar_position(changes.seq)
                 at = changes.seq
+                changes = state.changes_since(at)
         return n
