@@ -224,6 +224,30 @@ def test_edge_index_survives_reopen(tmp_path: Path) -> None:
     again.close()
 
 
+def test_edge_names_hits_from_its_doc_id_map(tmp_path: Path) -> None:
+    """Hits are named from the point id -> doc id map every upsert fills, not from their
+    payloads; a shard written before the map existed names its hits from their payloads once,
+    then from the map."""
+    from proxy.store.doc_ids import FILE, DocIds
+
+    cfg = IndexConfig(backend="edge", path="x")
+    s = EdgeStore("t", tmp_path / "shard", cfg)
+    s.create(INFO)
+    s.upsert([write(d, t) for d, t in TEXTS.items()])
+    s.close()
+    ids = DocIds(tmp_path / "shard")
+    assert ids.lookup([point_id(d) for d in TEXTS]) == {point_id(d): d for d in TEXTS}
+    ids.close()
+    (tmp_path / "shard" / FILE).unlink()  # as a shard written before the map
+    again = EdgeStore("t", tmp_path / "shard", cfg)
+    assert [d for d, _ in again.search_dense(vec(3), 1)] == ["d3"]
+    assert {d for d, _ in again.search_dense(vec(0), 5)} == set(TEXTS)
+    again.close()
+    ids = DocIds(tmp_path / "shard")
+    assert ids.lookup([point_id(d) for d in TEXTS]) == {point_id(d): d for d in TEXTS}
+    ids.close()
+
+
 def test_sweep_and_fingerprint_counts(store: VectorStore) -> None:
     assert sorted(store.without_dense(10)) == ["d3", "d4"]
     assert store.without_dense(1)[0] in {"d3", "d4"}

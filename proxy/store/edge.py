@@ -37,6 +37,7 @@ from proxy.store import (
     point_id,
     write_json_atomic,
 )
+from proxy.store.doc_ids import DocIds
 
 META_FILE = "crossfade_index.json"
 # Per-point bookkeeping of the vector a shard was created with (see proxy/store/__init__.py).
@@ -105,6 +106,7 @@ class _Shard:
 
     def __init__(self, path: Path, handle: qe.EdgeShard, bindings: Bindings) -> None:
         self.path, self.handle, self.bindings, self.refs = path, handle, bindings, 1
+        self.doc_ids = DocIds(path)
 
 
 _OPEN: dict[Path, _Shard] = {}
@@ -146,12 +148,7 @@ def _release(shard: _Shard) -> None:
         _OPEN.pop(shard.path.resolve(), None)
         shard.handle.flush()
         shard.handle.close()
-
-
-# Point id (as the engine returns it: a UUID) -> doc id, shared by every index (the same doc
-# id gives the same point id).
-DOC_OF: dict[Any, str] = {}
-DOC_OF_MAX = 1 << 21
+        shard.doc_ids.close()
 
 
 class EdgeStore(VectorStore):
@@ -173,10 +170,14 @@ class EdgeStore(VectorStore):
             self._ref = _acquire(name, path, primary or cfg.vector)
 
     @property
-    def shard(self) -> qe.EdgeShard:
+    def _open(self) -> _Shard:
         if self._ref is None:
             raise RuntimeError(f"index {self.name!r} at {self.path} does not exist yet")
-        return self._ref.handle
+        return self._ref
+
+    @property
+    def shard(self) -> qe.EdgeShard:
+        return self._open.handle
 
     def info(self) -> IndexInfo | None:
         return self._ref.bindings.vectors.get(self.vector) if self._ref else None
@@ -265,6 +266,7 @@ class EdgeStore(VectorStore):
 
     def upsert(self, points: Sequence[PointWrite]) -> None:
         check_fingerprints(self.info(), points)
+        self._open.doc_ids.remember((point_id(p.doc_id), p.doc_id) for p in points)
         plain = [p for p in points if p.if_text_sha256 is None]
         if self.in_place or not self.tracked:
             self._upsert_vectors(plain)
@@ -330,19 +332,21 @@ class EdgeStore(VectorStore):
         self.shard.flush()
 
     def _named(self, points: list[qe.ScoredPoint]) -> list[tuple[str, float]]:
-        """(doc id, score) per hit. A point id is uuid5 of its doc id, a mapping that never
-        changes: ids not seen yet are read once, and no hit pays for a payload read (which
-        costs more than a search over a few thousand vectors)."""
-        ids = [p.id for p in points]  # keyed as returned: a str() per hit costs as much again
-        unknown = [i for i in ids if i not in DOC_OF]
+        """(doc id, score) per hit, from the shard's remembered doc ids (proxy/store/doc_ids.py):
+        no hit pays for a payload read, except once where a shard predates them."""
+        ids = [str(p.id) for p in points]
+        doc_of = self._open.doc_ids.lookup(ids)
+        unknown = [i for i in ids if i not in doc_of]
         if unknown:
-            if len(DOC_OF) > DOC_OF_MAX:
-                DOC_OF.clear()
-            for r in self.shard.retrieve(unknown, ["doc_id"], False):
-                if r.payload:
-                    DOC_OF[r.id] = r.payload["doc_id"]
+            read = [
+                (str(r.id), r.payload["doc_id"])
+                for r in self.shard.retrieve(unknown, ["doc_id"], False)
+                if r.payload
+            ]
+            self._open.doc_ids.remember(read)
+            doc_of.update(read)
         return [
-            (DOC_OF[i], float(p.score)) for i, p in zip(ids, points, strict=True) if i in DOC_OF
+            (doc_of[i], float(p.score)) for i, p in zip(ids, points, strict=True) if i in doc_of
         ]
 
     def search_dense(
