@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 # Material for MkDocs prints a banner about its future at every build; the build is offline.
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install infinity mpnet run test lint bench eval eval-runtimes replay cutover-load soak hosted chaos bench-writes bench-remembered fleet docs clean
+.PHONY: install infinity mpnet run test lint bench eval eval-runtimes replay cutover-load soak hosted chaos bench-writes bench-remembered fleet scale docs clean
 
 install: $(STAMP)
 
@@ -112,6 +112,12 @@ chaos: install infinity
 # replicas, as ratios in one run (~6 min).
 fleet: install infinity
 	$(PY) -m loadtest.fleet --docs 1500 --seconds 15
+
+# 100,000 and 1,000,000 documents on the embedded engine: seeding, disk, start-up, RSS, the
+# HNSW build beside a serving proxy, fused p50/p99 at 1 and 16 clients, backfill docs/s, as
+# ratios 1M/100k (~40 min on 2 cores, ~20 GB of disk under .crossfade/scale).
+scale: install
+	$(PY) loadtest/scale.py --docs 100000,1000000
 
 # /search p99 with 40 slow writes queued (the hosted model holds each 5 s) against without
 # them, in one run; exit 1 above 1.5x (~3 min).

@@ -4,14 +4,14 @@
 
 SciFact's 5,183 documents are replicated into --docs documents (each copy's text tagged, its
 vectors the original's plus small noise, re-normalised: precomputed, from the embedding cache
-that `crossfade eval` fills). Reports, per size: seeding rate (upsert, points/s), the counts a
-serving proxy makes (coverage), the backfill's rate on a sample (documents put back to no
-dense vector, re-embedded through the worker's guarded path, beside the model alone), disk,
-proxy start-up to ready and RSS, the HNSW build (`optimize()`: how long, how long it freezes
-its own process, it holds the GIL) and what a serving proxy sees meanwhile (the build runs in
-another process on a copy of the shards, as `crossfade optimize` runs offline: the proxy never
-calls it), then fused latency at 1 and 16 clients after the build. Growth as ratios to the
-first size.
+that `crossfade eval --beir <scifact>` fills, else computed once here). Reports, per size:
+seeding rate (upsert, points/s), the counts a serving proxy makes (coverage), the backfill's
+rate on a sample (documents put back to no dense vector, re-embedded through the worker's
+guarded path, beside the model alone), disk, proxy start-up to ready and RSS, the HNSW build
+(`optimize()`: how long, how long it freezes its own process, it holds the GIL) and what a
+serving proxy sees meanwhile (the build runs in another process on a copy of the shards, as
+`crossfade optimize` runs offline: the proxy never calls it), then fused latency at 1 and 16
+clients after the build. Growth as ratios to the first size.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from proxy.beir import load_beir  # noqa: E402
 from proxy.config import load_settings  # noqa: E402
 from proxy.document import Doc  # noqa: E402
 from proxy.embedding import embed_documents_cached  # noqa: E402
+from proxy.experiment import scratch_settings  # noqa: E402
 from proxy.ingest import ensure_index  # noqa: E402
 from proxy.point import make_point  # noqa: E402
 from proxy.runtime import Runtime  # noqa: E402
@@ -112,7 +113,9 @@ def backfill_sample(rt: Runtime, docs: list[Doc], n: int) -> dict[str, Any]:
 
 def build(data: Path, beir: Path, n_docs: int, backfill: int) -> dict[str, Any]:
     settings = load_settings(ROOT / "config" / "scifact.yaml", data_dir=str(data))
-    cache = ROOT / ".crossfade" / "scifact" / "cache"
+    # The embedding cache `crossfade eval --beir <scifact>` fills (its scratch data dir).
+    scratch = scratch_settings(load_settings(ROOT / "config" / "scifact.yaml"), beir)
+    cache = ROOT / scratch.data_path("cache")
     if cache.exists():
         shutil.copytree(cache, data / "cache")
     base = load_beir(beir, "test").docs
@@ -258,9 +261,10 @@ def serve_during_build(config: Path, data: Path, built: Path, qs: list[str]) -> 
             [sys.executable, __file__, "--optimize-only", str(built)],
             stdout=subprocess.PIPE,
         )
-        # Paced (4 requests/s, one at a time): a sample of latency through the build that
-        # leaves the build its share of this box's cores; a freeze would show as one request
-        # as long as the freeze.
+        # Paced, one at a time, idle three times as long as the last request took (at least
+        # 250 ms between starts): a sample of latency through the build that leaves the build
+        # its share of this box's cores even where a request is a 1M brute-force scan; a
+        # freeze would show as one request as long as the freeze.
         lat: list[float] = []
         errors = 0
         i = 0
@@ -272,7 +276,7 @@ def serve_during_build(config: Path, data: Path, built: Path, qs: list[str]) -> 
                 r = http.post("/search", json=body)
                 lat.append((time.perf_counter() - t0) * 1000)
                 errors += r.status_code != 200
-                time.sleep(max(0.0, 0.25 - lat[-1] / 1000))
+                time.sleep(max(0.25 - lat[-1] / 1000, 3 * lat[-1] / 1000))
         out_text, _ = builder.communicate()
         build = json.loads(out_text)
         arr = np.array(lat or [0.0])
