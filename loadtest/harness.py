@@ -208,13 +208,13 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
-def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM a child still running, then SIGKILL after 60 s."""
+def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 60) -> None:
+    """SIGTERM a child still running, then SIGKILL after `grace` seconds."""
     if proc is None or proc.poll() is not None:
         return
     proc.terminate()
     try:
-        proc.wait(timeout=60)
+        proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=30)

@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from loadtest.bench import queries  # noqa: E402
-from loadtest.harness import free_port, run_load, wait_ready  # noqa: E402
+from loadtest.harness import free_port, run_load, stop_process, wait_ready  # noqa: E402
 from proxy.beir import load_beir  # noqa: E402
 from proxy.config import load_settings  # noqa: E402
 from proxy.document import Doc  # noqa: E402
@@ -45,6 +44,8 @@ from proxy.experiment import scratch_settings  # noqa: E402
 from proxy.ingest import ensure_index  # noqa: E402
 from proxy.point import make_point  # noqa: E402
 from proxy.runtime import Runtime  # noqa: E402
+
+STOP_GRACE_S = 120  # a proxy on 1M points flushes its shards on the way out
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -212,14 +213,9 @@ def start(config: Path, data: Path) -> tuple[subprocess.Popen[bytes], str, float
     try:
         wait_ready(url, proc, 900)
     except BaseException:
-        stop(proc)
+        stop_process(proc, grace=STOP_GRACE_S)
         raise
     return proc, url, round(time.perf_counter() - t0, 1)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(120)
 
 
 def load(url: str, qs: list[str], clients: int, n: int) -> dict[str, Any]:
@@ -247,7 +243,7 @@ def measure(config: Path, data: Path, qs: list[str], n1: int, n16: int) -> dict[
         out["rss_mb_after_load"] = rss(proc.pid)
         return out
     finally:
-        stop(proc)
+        stop_process(proc, grace=STOP_GRACE_S)
 
 
 def serve_during_build(config: Path, data: Path, built: Path, qs: list[str]) -> dict[str, Any]:
@@ -291,7 +287,7 @@ def serve_during_build(config: Path, data: Path, built: Path, qs: list[str]) -> 
             },
         }
     finally:
-        stop(proc)
+        stop_process(proc, grace=STOP_GRACE_S)
 
 
 def ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:

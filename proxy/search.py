@@ -72,9 +72,8 @@ class Coverage:
     event loop, one recount at a time (queries arriving meanwhile share it). The embedded
     engine's exact count (`blocking_count`) holds the GIL for its whole run (0.5 s for the
     two counts at a million documents, measured: loadtest/scale.py), stopping every request
-    meanwhile; so a
-    recount that took `c` seconds is not repeated for `COST_RATIO * c` (at least `refresh_s`):
-    counts never take more than 1/COST_RATIO of the serving time, whatever the size."""
+    meanwhile; so a recount that took `c` seconds is not repeated for `COST_RATIO * c` (at
+    least `refresh_s`): counts never take more than 1/COST_RATIO of the serving time."""
 
     COST_RATIO = 50.0
 
