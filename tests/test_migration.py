@@ -17,6 +17,7 @@ from proxy.config import Settings
 from proxy.demo import python_reference
 from proxy.document import Doc
 from proxy.ingest import ingest
+from proxy.migration.ray_backfill import clear_dead_claims
 from proxy.migration.start import start_migration
 from proxy.migration.status import migration_status, verify
 from proxy.migration.worker import Reembedder, set_control
@@ -113,6 +114,23 @@ def test_backfill_limit_and_switch(migrating: Runtime) -> None:
     set_control(rt.state, backfill=True)
     drain(worker)
     assert rt.store("new").count(dense_only=True) == N
+
+
+def test_claims_a_dead_process_left_are_cleared_once_their_lease_ends(migrating: Runtime) -> None:
+    """A Ray actor killed as its write landed leaves its chunk queued under its lease: once
+    the lease ends the driver takes the migrated (and the deleted) off the queue, and hands
+    back the one still to embed."""
+    rt = migrating
+    docs = python_reference()[:3]
+    migrated, deleted, pending = (d.doc_id for d in docs)
+    assert rt.state.claim_ids([migrated, deleted, pending], 0.5) == sorted(
+        [migrated, deleted, pending]
+    )
+    upsert_documents(rt, [docs[0]])  # written by the process that then died
+    delete_documents(rt, [deleted])
+    left = clear_dead_claims(rt, rt.store("new"), lease_s=0.5)
+    assert left == 1 and rt.state.claim(5, 60) == [pending]
+    assert rt.store("new").with_dense([migrated, pending]) == {migrated}
 
 
 def test_sorted_window_batches_by_length_and_a_pause_acts_between_batches(

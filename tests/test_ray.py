@@ -6,8 +6,9 @@ new model (all-MiniLM-L6-v2, ONNX).
 What it shows: a backfill through 2 actors completes, `crossfade verify` clean, no document
 embedded twice beyond 2%; a pause stops the job; a Ray worker process SIGKILLed mid-run loses
 nothing (its batch is retried by Ray: claimed and skipped, never written twice; the documents
-it held are taken by a later round once its lease ends); docs/s with 1 and 2 actors, printed
-as a ratio (no assertion: on 2 busy cores it need not be 2x).
+it held are taken by a later round once its lease ends, or off the queue if it wrote them);
+docs/s with 1 and 2 actors, printed as a ratio (no assertion: on 2 busy cores it need not be
+2x).
 """
 
 from __future__ import annotations
@@ -169,8 +170,12 @@ def test_an_actor_killed_mid_run_loses_nothing(
         assert killed_at < DOCS and done["stopped"] is None and done["coverage"] == 1.0, done
         verified = fleet.cli("verify")
         assert '"ok": true' in verified, verified[-2000:]
+        # Nothing lost is read from the index (above); the count errs low, never high: the
+        # victim's chunk whose write landed as it died (16 at most) is written, not counted.
         counted = state.reembedded()
-        assert counted.distinct == DOCS and counted.duplicates <= 0.02 * DOCS, counted
-        assert state.depth()["total"] == 0  # no claim left behind
+        assert DOCS - 16 <= counted.distinct <= DOCS, counted
+        assert counted.duplicates <= 0.02 * DOCS, counted
+        # What it held is cleared once its lease ends: no claim left behind.
+        assert done["left_queued"] == 0 and state.depth()["total"] == 0, done
     finally:
         state.close()

@@ -14,7 +14,13 @@ worker` does (`Reembedder.reembed`): so the guarantees are the worker's, not new
 - documents already migrated (by a write, a worker, an earlier attempt) are skipped;
 - each chunk is written with a text-hash condition under the fleet's write lock, then taken
   off the queue and counted (`record_reembedded`: duplicates show in `crossfade status`), its
-  tokens added to the spend.
+  tokens added to the spend. A process killed while its write is in flight may leave that
+  chunk (one at most) written but uncounted, still queued under its lease: the index is the
+  truth (coverage, `verify`), the count errs low, never high.
+
+When no document is pending, the driver clears what dead processes left queued: it waits up
+to a lease for their leases to end, then takes the migrated (or deleted) documents off the
+queue (`left_queued` in its answer: what it could not clear).
 
 Pause (and `backfill off`, a spend cap, a drifted model), read from the shared state before
 each batch, stops the job after the batches in flight: the actors return the partitions
@@ -164,6 +170,25 @@ def _progress(totals: Counter[str], pending: int, t0: float) -> dict[str, Any]:
     }
 
 
+def clear_dead_claims(rt: Any, new: Any, lease_s: float) -> int:
+    """Queue entries left by processes that died holding them (their documents written, or
+    deleted, by then): waited for up to a lease, taken off the queue if migrated or gone.
+    One not migrated is released to whoever re-embeds next. Returns the entries left."""
+    deadline = time.monotonic() + lease_s + 2.0
+    while True:
+        ids = rt.state.claim(1000, lease_s)
+        present = new.retrieve(ids, ["text_sha256"]) if ids else {}
+        migrated = new.with_dense(list(present)) if present else set()
+        rt.state.done([d for d in ids if d not in present or d in migrated])
+        pending = [d for d in present if d not in migrated]
+        rt.state.release(pending)
+        left = rt.state.depth()["total"]
+        if not left or pending or time.monotonic() >= deadline:
+            return left
+        if not ids:
+            time.sleep(1.0)
+
+
 def _coverage(new: Any) -> float:
     total = new.count()
     return round(new.count(dense_only=True) / total, 4) if total else 0.0
@@ -278,6 +303,11 @@ def _rounds(
                 break
             # Others hold them (leases), or a model or index is down: wait a little.
             time.sleep(min(cfg.lease_s, 2.0) if got["held"] else 1.0)
+        left = (
+            clear_dead_claims(rt, new, cfg.lease_s)
+            if stopped is None
+            else rt.state.depth()["total"]
+        )
         took = time.monotonic() - t0
         out = {
             "ray": address,
@@ -289,6 +319,7 @@ def _rounds(
             "docs_per_s": round(totals["written"] / took, 2) if took > 0 else 0.0,
             "steady_docs_per_s": steady.rate(),
             "coverage": _coverage(new),
+            "left_queued": left,
             "stopped": stopped,
         }
         rt.state.beat(name, "ray", {"state": stopped or "done", **{k: totals[k] for k in KEYS}})
