@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from proxy.api.lifecycle import warm_indexes
 from proxy.app import create_app
 from proxy.demo import python_reference
 from proxy.ingest import ingest
@@ -30,6 +32,23 @@ def server(tmp_path_factory: pytest.TempPathFactory, models: dict) -> Iterator[t
     ingest(rt, "new", docs[::3], progress=False)  # a third already migrated
     with LiveServer(create_app(rt)) as live:
         yield live.url, rt
+
+
+def test_start_up_warms_both_indexes_search_files(
+    server: tuple[str, Runtime], caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the lifespan runs before serving: each index's dense vectors and graph read."""
+    _, rt = server
+    dense = [
+        f
+        for index in (rt.settings.indexes.old, rt.settings.indexes.new)
+        for f in rt.settings.data_path(index.path or "").rglob("*")
+        if f.is_file() and {"vector_storage-dense", "vector_index-dense"} & set(f.parts)
+    ]
+    size = sum(f.stat().st_size for f in dense)
+    with caplog.at_level(logging.INFO, logger="crossfade"):
+        warm_indexes(rt)
+    assert size > 0 and f"index files warmed: {size / 2**20:.1f} MB" in caplog.text
 
 
 def counts(rt: Runtime) -> tuple[int, int, int]:

@@ -248,6 +248,27 @@ def test_edge_names_hits_from_its_doc_id_map(tmp_path: Path) -> None:
     ids.close()
 
 
+def test_edge_warms_the_files_its_dense_search_reads_within_a_budget(tmp_path: Path) -> None:
+    """`warm` (before a proxy serves) reads this index's dense vectors and graph, whole or
+    up to its budget, and nothing else of the shard (payloads, BM25)."""
+    s = EdgeStore("t", tmp_path / "shard", IndexConfig(backend="edge", path="x"))
+    assert s.warm(1 << 30) == 0  # no index yet
+    s.create(INFO)
+    s.upsert([write(d, t) for d, t in TEXTS.items()])
+    s.flush()
+    dense = [
+        f
+        for f in (tmp_path / "shard" / "segments").rglob("*")
+        if f.is_file() and {"vector_storage-dense", "vector_index-dense"} & set(f.parts)
+    ]
+    size = sum(f.stat().st_size for f in dense)
+    shard = sum(f.stat().st_size for f in (tmp_path / "shard").rglob("*") if f.is_file())
+    assert 0 < size < shard
+    assert s.warm(1 << 30) == size
+    assert s.warm(size // 3) == size // 3
+    s.close()
+
+
 def test_sweep_and_fingerprint_counts(store: VectorStore) -> None:
     assert sorted(store.without_dense(10)) == ["d3", "d4"]
     assert store.without_dense(1)[0] in {"d3", "d4"}

@@ -206,6 +206,14 @@ class VectorStore(Protocol):
         """Reachability probe, one small request (raises IndexUnavailable). An embedded
         index has nothing to reach."""
 
+    def warm(self, budget: int) -> int:
+        """Read the files a search of this index touches into the OS page cache, up to
+        `budget` bytes, before it serves: bytes read. An embedded shard maps its vectors and
+        graph from disk, and at a million points a cold one answers its first few hundred
+        dense searches in ~5 ms instead of ~0.6 (docs/measurements/scale.md). A server holds
+        its own memory: nothing to do."""
+        return 0
+
     def seeded(self, doc_ids: Sequence[str]) -> set[str]:
         """In place: the ids among `doc_ids` already seeded into this index."""
         raise NotImplementedError(f"index {self.name!r} is not in place")

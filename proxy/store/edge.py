@@ -151,6 +151,21 @@ def _release(shard: _Shard) -> None:
         shard.doc_ids.close()
 
 
+def _read_through(files: list[Path], budget: int) -> int:
+    """Read `files` in order, up to `budget` bytes, into a buffer thrown away: their pages
+    stay in the page cache. (posix_fadvise(WILLNEED) returns at once and, measured at 1M,
+    left the first searches as slow as without it.)"""
+    buf = memoryview(bytearray(8 << 20))
+    done = 0
+    for f in files:
+        with f.open("rb", buffering=0) as fh:
+            while done < budget and (n := fh.readinto(buf[: min(len(buf), budget - done)])):
+                done += n
+        if done >= budget:
+            break
+    return done
+
+
 class EdgeStore(VectorStore):
     """One index: the dense vector `cfg.vector` of the shard at `path` (+ BM25 on the new
     side). `primary`: the vector a shard's bindings file of the one-index format describes
@@ -178,6 +193,24 @@ class EdgeStore(VectorStore):
     @property
     def shard(self) -> qe.EdgeShard:
         return self._open.handle
+
+    def warm(self, budget: int) -> int:
+        if self.info() is None:
+            return 0
+        # This index's dense vectors and graph (BM25's index is loaded in memory already);
+        # the engine names their folders after the vector, the unnamed one without a suffix.
+        parts = [
+            f"{p}-{self.vector}" if self.vector else p for p in ("vector_storage", "vector_index")
+        ]
+        segments = self.path / "segments"
+        files = [
+            f
+            for segment in (sorted(segments.iterdir()) if segments.is_dir() else [])
+            for part in parts
+            for f in sorted((segment / part).rglob("*"))
+            if f.is_file()
+        ]
+        return _read_through(files, budget)
 
     def info(self) -> IndexInfo | None:
         return self._ref.bindings.vectors.get(self.vector) if self._ref else None
