@@ -14,6 +14,7 @@ from proxy.demo import python_reference
 from proxy.ingest import ingest
 from proxy.migration.start import start_migration
 from proxy.runtime import Runtime
+from proxy.store.doc_ids import FILE as DOC_IDS
 from tests.helpers import RW, LiveServer, demo_settings, wait_for
 
 TOPICS = ("assert", "assignment", "exceptions", "for", "with", "lambda", "import", "try")
@@ -37,13 +38,18 @@ def server(tmp_path_factory: pytest.TempPathFactory, models: dict) -> Iterator[t
 def test_start_up_warms_both_indexes_search_files(
     server: tuple[str, Runtime], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """What the lifespan runs before serving: each index's dense vectors and graph read."""
+    """What the lifespan runs before serving: each index's doc-id map, dense vectors and
+    graph read."""
     _, rt = server
     dense = [
         f
         for index in (rt.settings.indexes.old, rt.settings.indexes.new)
         for f in rt.settings.data_path(index.path or "").rglob("*")
-        if f.is_file() and {"vector_storage-dense", "vector_index-dense"} & set(f.parts)
+        if f.is_file()
+        and (
+            {"vector_storage-dense", "vector_index-dense"} & set(f.parts)
+            or f.name.startswith(DOC_IDS)
+        )
     ]
     size = sum(f.stat().st_size for f in dense)
     with caplog.at_level(logging.INFO, logger="crossfade"):

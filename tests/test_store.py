@@ -29,6 +29,7 @@ from proxy.store import (
     point_id,
 )
 from proxy.store.chroma import ChromaStore, UnsupportedFilter, to_chroma_where
+from proxy.store.doc_ids import FILE as DOC_IDS
 from proxy.store.edge import EdgeStore
 from proxy.store.server import ServerStore
 
@@ -249,8 +250,8 @@ def test_edge_names_hits_from_its_doc_id_map(tmp_path: Path) -> None:
 
 
 def test_edge_warms_the_files_its_dense_search_reads_within_a_budget(tmp_path: Path) -> None:
-    """`warm` (before a proxy serves) reads this index's dense vectors and graph, whole or
-    up to its budget, and nothing else of the shard (payloads, BM25)."""
+    """`warm` (before a proxy serves) reads this index's doc-id map, dense vectors and graph,
+    whole or up to its budget, and nothing else of the shard (payloads, BM25)."""
     s = EdgeStore("t", tmp_path / "shard", IndexConfig(backend="edge", path="x"))
     assert s.warm(1 << 30) == 0  # no index yet
     s.create(INFO)
@@ -258,8 +259,12 @@ def test_edge_warms_the_files_its_dense_search_reads_within_a_budget(tmp_path: P
     s.flush()
     dense = [
         f
-        for f in (tmp_path / "shard" / "segments").rglob("*")
-        if f.is_file() and {"vector_storage-dense", "vector_index-dense"} & set(f.parts)
+        for f in (tmp_path / "shard").rglob("*")
+        if f.is_file()
+        and (
+            {"vector_storage-dense", "vector_index-dense"} & set(f.parts)
+            or f.name.startswith(DOC_IDS)
+        )
     ]
     size = sum(f.stat().st_size for f in dense)
     shard = sum(f.stat().st_size for f in (tmp_path / "shard").rglob("*") if f.is_file())

@@ -63,7 +63,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def warm_indexes(rt: Runtime) -> None:
     """The indexes' search files into the page cache (VectorStore.warm), within half of the
     memory free now: a box too small for them serves as before, reading them as it goes."""
-    budget = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    try:
+        budget = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError):  # an OS that does not say (macOS): warm nothing
+        budget = 0
     t0, read = time.perf_counter(), 0
     for side in SIDES:
         try:

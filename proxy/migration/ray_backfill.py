@@ -45,7 +45,8 @@ import numpy as np
 from proxy.config import ConfigError, Settings
 from proxy.migration.worker import Reembedder, control_state
 from proxy.model import ModelUnavailable
-from proxy.store import IndexUnavailable
+from proxy.runtime import Runtime
+from proxy.store import IndexUnavailable, VectorStore
 
 log = logging.getLogger("crossfade.ray")
 
@@ -83,8 +84,6 @@ class ReembedBatch:
     once, a heartbeat thread, then one call per partition."""
 
     def __init__(self, settings: Settings, beat_s: float = 1.0) -> None:
-        from proxy.runtime import Runtime
-
         self.rt = Runtime(settings)
         self.rt.model("new")  # a model that can't load fails the actor here, named
         self.worker = Reembedder(self.rt)
@@ -170,7 +169,7 @@ def _progress(totals: Counter[str], pending: int, t0: float) -> dict[str, Any]:
     }
 
 
-def clear_dead_claims(rt: Any, new: Any, lease_s: float) -> int:
+def clear_dead_claims(rt: Runtime, new: VectorStore, lease_s: float) -> int:
     """Queue entries left by processes that died holding them (their documents written, or
     deleted, by then): waited for up to a lease, taken off the queue if migrated or gone.
     One not migrated is released to whoever re-embeds next. Returns the entries left."""
@@ -202,8 +201,6 @@ def backfill_on_ray(
 ) -> dict[str, Any]:
     """Run the backfill on the Ray cluster at `address` until no document is pending, or a
     pause (or backfill off, the spend cap, a drifted model) stops it. Returns the totals."""
-    from proxy.runtime import Runtime
-
     if settings.state.url is None:
         raise ConfigError(
             "state.url: `crossfade backfill --ray` shares the migration's queue and leases "

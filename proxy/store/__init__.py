@@ -209,9 +209,9 @@ class VectorStore(Protocol):
     def warm(self, budget: int) -> int:
         """Read the files a search of this index touches into the OS page cache, up to
         `budget` bytes, before it serves: bytes read. An embedded shard maps its vectors and
-        graph from disk, and at a million points a cold one answers its first few hundred
-        dense searches in ~5 ms instead of ~0.6 (docs/measurements/scale.md). A server holds
-        its own memory: nothing to do."""
+        graph from disk, and names hits from a map on disk: at a million points, cold, its
+        first few hundred dense searches took 6-12 ms instead of 2 (docs/measurements/
+        scale.md). A server holds its own memory: nothing to do."""
         return 0
 
     def seeded(self, doc_ids: Sequence[str]) -> set[str]:

@@ -37,6 +37,7 @@ from proxy.store import (
     point_id,
     write_json_atomic,
 )
+from proxy.store.doc_ids import FILE as DOC_IDS_FILE
 from proxy.store.doc_ids import DocIds
 
 META_FILE = "crossfade_index.json"
@@ -197,13 +198,14 @@ class EdgeStore(VectorStore):
     def warm(self, budget: int) -> int:
         if self.info() is None:
             return 0
-        # This index's dense vectors and graph (BM25's index is loaded in memory already);
-        # the engine names their folders after the vector, the unnamed one without a suffix.
+        # The doc-id map every hit is named from, then this index's dense vectors and graph
+        # (BM25's index is loaded in memory already); the engine names their folders after
+        # the vector, the unnamed one without a suffix.
         parts = [
             f"{p}-{self.vector}" if self.vector else p for p in ("vector_storage", "vector_index")
         ]
         segments = self.path / "segments"
-        files = [
+        files = sorted(self.path.glob(DOC_IDS_FILE + "*")) + [
             f
             for segment in (sorted(segments.iterdir()) if segments.is_dir() else [])
             for part in parts
