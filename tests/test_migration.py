@@ -3,6 +3,8 @@ pause/limit, the edit-during-re-embed race, the bilingual-write guard, and verif
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import sys
@@ -27,7 +29,7 @@ from proxy.state import BACKFILL, HIT
 from proxy.state.sqlite import SqliteState
 from proxy.store import FingerprintMismatch, PointWrite
 from proxy.writes import delete_documents, upsert_documents
-from tests.helpers import demo_settings, drain
+from tests.helpers import demo_settings, drain, wait_for
 
 N = 40
 
@@ -212,6 +214,55 @@ class EditsMidFlight:
             self.fired = True
             upsert_documents(self.rt, [self.doc])
         return out
+
+
+class HeldInFlight(EditsMidFlight):
+    """The new model, holding each batch until released: a batch kept in flight."""
+
+    def __init__(self, real: Embedder) -> None:
+        self.real, self.fingerprint, self.request_batch = real, real.fingerprint, real.request_batch
+        self.entered, self.go = threading.Event(), threading.Event()
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        self.entered.set()
+        assert self.go.wait(60)
+        return self.real.embed_documents(texts)
+
+
+def test_a_worker_mid_batch_after_a_resume_never_reports_paused(migrating: Runtime) -> None:
+    """`paused` in a worker's report (its fleet heartbeat) means no batch in flight: a pause
+    is waited for by reading it. A worker resumed and deep in its first batch said `paused`
+    until that batch ended (seen in tests/test_fleet.py: 16 documents written after both
+    workers reported paused)."""
+    rt = migrating
+    held = HeldInFlight(rt.model("new"))
+    rt._models["new"] = held  # type: ignore[assignment]
+    worker = Reembedder(rt)
+
+    async def run() -> None:
+        task = asyncio.create_task(worker.run(idle_s=0.02))
+        try:
+            set_control(rt.state, action="pause")
+            await asyncio.to_thread(
+                wait_for, lambda: worker.report()["state"] == "paused", 30, "the worker paused"
+            )
+            set_control(rt.state, action="resume")
+            assert await asyncio.to_thread(held.entered.wait, 30)
+            report = worker.report()
+            assert report["busy"] and report["state"] != "paused", report
+            held.go.set()  # and the batch ends written
+            await asyncio.to_thread(
+                wait_for, lambda: worker.stats.processed > 0, 30, "the batch written"
+            )
+        finally:
+            held.go.set()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await asyncio.to_thread(worker.executor.shutdown, True)  # a step in flight ends
+
+    asyncio.run(run())
+    assert rt.store("new").count(dense_only=True) == worker.stats.processed > 0
 
 
 def test_edit_during_reembed_ends_with_the_final_texts_vector(migrating: Runtime) -> None:

@@ -110,6 +110,7 @@ class ReembedBatch:
                 stats.state = "paused" if reason == "paused" else "idle"
             out["stopped"] = len(ids)
             return {k: np.array([v]) for k, v in out.items()}
+        stats.resume()
         # A retried task (Ray retries a task whose actor died, and re-runs one whose output
         # was lost) must not write twice, and does not: its ids are claimed again first
         # (those the failed attempt still holds by lease are left alone: `held`, taken by a

@@ -51,8 +51,8 @@ class Stats:
     skipped: int = 0
     batches: int = 0
     busy: bool = False  # a batch in flight (a pause waits for it)
-    # running | idle (nothing queued) | waiting (index or model down) | capped (spend cap) |
-    # blocked (the new model's canary drifted)
+    # running | paused (and no batch in flight) | idle (nothing queued) | waiting (index or
+    # model down) | capped (spend cap) | blocked (the new model's canary drifted)
     state: str = "starting"
     last_error: str | None = None
     failed_requests: int = 0  # hosted: requests that failed after their retries
@@ -64,6 +64,13 @@ class Stats:
         self.events.append((now, written))
         while self.events and self.events[0][0] < now - self.window_s:
             self.events.popleft()
+
+    def resume(self) -> None:
+        """A pause seen to be over: said before the next batch starts. Left as it was until
+        the batch ended, a worker deep in its first batch after a resume reported itself
+        paused, and a pause that followed looked done while that batch still wrote."""
+        if self.state == "paused":
+            self.state = "running"
 
     def rate(self, now: float | None = None) -> float:
         """Documents re-embedded per second of wall time (sleeps included) over the window."""
@@ -311,6 +318,7 @@ class Reembedder:
                 self.stats.state = "paused"
                 await asyncio.sleep(idle_s)
                 continue
+            self.stats.resume()
             t0 = time.monotonic()
             self.stats.busy = True
             try:
