@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from loadtest.bench import queries  # noqa: E402
+from proxy.api.lifecycle import warm_indexes  # noqa: E402
 from proxy.config import load_settings  # noqa: E402
 from proxy.runtime import Runtime  # noqa: E402
 
@@ -45,7 +46,7 @@ def main() -> int:
         sparse = [rt.bm25.query(q) for q in qs]
         if args.warm:
             t0 = time.perf_counter()
-            read = old.warm(1 << 40) + new.warm(1 << 40)
+            read = warm_indexes(rt)  # as `crossfade serve` does, within its budget
             out["warm"] = {"mb": round(read / 2**20), "s": round(time.perf_counter() - t0, 1)}
         calls = {
             "dense_old": lambda i: old.search_dense(vo[i], 100),

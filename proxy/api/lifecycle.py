@@ -60,9 +60,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await asyncio.to_thread(rt.close)
 
 
-def warm_indexes(rt: Runtime) -> None:
+def warm_indexes(rt: Runtime) -> int:
     """The indexes' search files into the page cache (VectorStore.warm), within half of the
-    memory free now: a box too small for them serves as before, reading them as it goes."""
+    memory free now: a box too small for them serves as before, reading them as it goes.
+    Returns the bytes read."""
     try:
         budget = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
     except (ValueError, OSError):  # an OS that does not say (macOS): warm nothing
@@ -75,6 +76,7 @@ def warm_indexes(rt: Runtime) -> None:
             log.warning("%s index not warmed: %s", side, e)
     if read:
         log.info("index files warmed: %.1f MB in %.1f s", read / 2**20, time.perf_counter() - t0)
+    return read
 
 
 def recover_writes(sv: Services) -> None:
